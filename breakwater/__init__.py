@@ -1,0 +1,1 @@
+"""breakwater (under construction)."""

@@ -1,0 +1,1 @@
+"""microrpc (under construction)."""

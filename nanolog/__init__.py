@@ -1,0 +1,1 @@
+"""nanolog (under construction)."""
