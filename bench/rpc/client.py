@@ -1,0 +1,184 @@
+"""Clients for bench/rpc_bench.py: closed-loop latency or pipelined throughput.
+
+    python bench/rpc/client.py KIND ADDRESS [--calls N --warmup N] [--inflight K
+        --seconds S --warmup-seconds S] [--codec raw|msgpack] [--poll block|spin]
+
+Latency kinds (one call in flight, ``--calls`` timed calls after ``--warmup``):
+zmq-req, zmq-dealer, grpc, socket, microrpc. Throughput kinds (``--inflight`` calls in
+flight, completions counted over ``--seconds``): zmq-dealer-pipe, microrpc-pipe.
+Prints one JSON line; latency results carry an encoded HdrHistogram (ns).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import socket
+from typing import Callable
+
+from common import PAYLOAD, arm_alarm, emit, latency_loop, throughput_window
+
+
+def zmq_req(address: str, args) -> tuple[Callable[[bytes], bytes], Callable[[], None]]:
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(address)
+    send, recv = sock.send, sock.recv
+
+    def call(p: bytes) -> bytes:
+        send(p)
+        return recv()
+
+    return call, sock.close
+
+
+def zmq_dealer(address: str, args):
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(address)
+    send, recv = sock.send, sock.recv
+
+    def call(p: bytes) -> bytes:
+        send(p)
+        return recv()
+
+    return call, sock.close
+
+
+def grpc_client(address: str, args):
+    import grpc
+
+    channel = grpc.insecure_channel(address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    # No serializers: the request and response are the raw bytes (matches the server's
+    # generic handler, so there is no protobuf anywhere on the path).
+    stub = channel.unary_unary("/bench.Echo/Echo")
+    return stub, channel.close
+
+
+def socket_client(address: str, args):
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sendall, recv = sock.sendall, sock.recv
+
+    def call(p: bytes) -> bytes:
+        sendall(p)
+        data = recv(32)
+        while len(data) < 32:
+            more = recv(32 - len(data))
+            if not more:
+                raise SystemExit("server closed the connection")
+            data += more
+        return data
+
+    return call, sock.close
+
+
+def microrpc_client(address: str, args):
+    import functools
+
+    import microrpc
+
+    c = microrpc.Client(address, codec=args.codec, poll=args.poll, timeout=5.0)
+    return functools.partial(c.call, "echo"), c.close
+
+
+LATENCY = {
+    "zmq-req": zmq_req,
+    "zmq-dealer": zmq_dealer,
+    "grpc": grpc_client,
+    "socket": socket_client,
+    "microrpc": microrpc_client,
+}
+
+
+def zmq_dealer_pipe(address: str, args) -> dict:
+    """pyzmq DEALER keeping ``inflight`` requests outstanding against a ROUTER echo."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(address)
+    send, recv = sock.send, sock.recv
+    for _ in range(args.inflight):
+        send(PAYLOAD)
+    poll = zmq.NOBLOCK
+
+    def step() -> int:
+        # Block for one reply, then drain what is already there; each reply is
+        # replaced at once so the window stays full.
+        n = 0
+        reply = recv()
+        while True:
+            if reply != PAYLOAD:
+                raise SystemExit("echo mismatch")
+            send(PAYLOAD)
+            n += 1
+            try:
+                reply = recv(poll)
+            except zmq.Again:
+                return n
+
+    out = throughput_window(step, args.warmup_seconds, args.seconds)
+    sock.close(linger=0)
+    return out
+
+
+def microrpc_pipe(address: str, args) -> dict:
+    """microrpc Python client: ``call_async`` with a window of ``inflight`` futures,
+    waiting on the oldest and replacing it as soon as it completes."""
+    import microrpc
+
+    c = microrpc.Client(address, codec=args.codec, poll=args.poll, timeout=5.0)
+    call_async = c.call_async
+    window = collections.deque(call_async("echo", PAYLOAD) for _ in range(args.inflight))
+    popleft, append = window.popleft, window.append
+
+    def step() -> int:
+        if popleft().result(timeout=5.0) != PAYLOAD:
+            raise SystemExit("echo mismatch")
+        append(call_async("echo", PAYLOAD))
+        return 1
+
+    out = throughput_window(step, args.warmup_seconds, args.seconds)
+    for f in window:
+        f.result(timeout=5.0)
+    c.close()
+    return out
+
+
+THROUGHPUT = {"zmq-dealer-pipe": zmq_dealer_pipe, "microrpc-pipe": microrpc_pipe}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("kind", choices=sorted(LATENCY) + sorted(THROUGHPUT))
+    ap.add_argument("address")
+    ap.add_argument("--calls", type=int, default=20_000)
+    ap.add_argument("--warmup", type=int, default=2_000)
+    ap.add_argument("--max-seconds", type=float, default=60.0,
+                    help="stop timing after this long and report the calls done (marked truncated)")
+    ap.add_argument("--inflight", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--warmup-seconds", type=float, default=0.5)
+    ap.add_argument("--codec", default="raw", choices=["raw", "msgpack"])
+    ap.add_argument("--poll", default="block", choices=["block", "spin", "adaptive"])
+    args = ap.parse_args()
+    # Hard bound well past the soft one: the harness also kills us on its own timeout.
+    arm_alarm(max(args.max_seconds, args.seconds + args.warmup_seconds) + 30)
+    affinity = sorted(os.sched_getaffinity(0))
+    if args.kind in THROUGHPUT:
+        out = THROUGHPUT[args.kind](args.address, args)
+    else:
+        call, close = LATENCY[args.kind](args.address, args)
+        out = latency_loop(call, args.calls, args.warmup, args.max_seconds)
+        close()
+    out["affinity"] = affinity
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()
