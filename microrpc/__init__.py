@@ -1,1 +1,34 @@
-"""microrpc (under construction)."""
+"""microrpc: microsecond RPC for Python.
+
+A Cython protocol core and native TCP/Unix-socket transport, a server that runs handlers on
+one epoll I/O thread, and clients for threads (``Client``) and asyncio (``AsyncClient``).
+See DESIGN.md for the architecture and docs/wire.md for the wire format.
+"""
+from microrpc.errors import (
+    ConnectionLost,
+    DeadlineExceeded,
+    MessageTooLarge,
+    MethodNotFound,
+    Overloaded,
+    ProtocolError,
+    RemoteError,
+    RpcError,
+)
+from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
+from microrpc.server import Server, ServerStatistics
+
+__all__ = [
+    "Client",
+    "ClientStatistics",
+    "Server",
+    "ServerStatistics",
+    "DEFAULT_TIMEOUT",
+    "RpcError",
+    "RemoteError",
+    "DeadlineExceeded",
+    "Overloaded",
+    "MethodNotFound",
+    "ConnectionLost",
+    "ProtocolError",
+    "MessageTooLarge",
+]

@@ -1,0 +1,415 @@
+# cython: language_level=3
+"""microrpc's protocol core: frames, an incremental parser, and the table of pending calls.
+
+Sans-I/O: nothing here touches a socket, a thread or a clock. Transports feed received bytes
+to a :class:`FrameParser` and take :class:`Frame` objects out; they put outgoing frames into
+an :class:`OutBuffer` and send its bytes however they like (one ``send`` per batch).
+
+Wire format, version 1 (also in docs/wire.md). Little-endian, 32-byte header::
+
+     0               1               2               3
+     0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7
+    +---------------+---------------+---------------+---------------+
+    |     magic 0xB5 'R' (2 bytes)  |  version = 1  |     kind      |  0
+    +---------------+---------------+---------------+---------------+
+    |     flags     |     codec     |       name_len (u16)          |  4
+    +---------------+---------------+---------------+---------------+
+    |                        call_id (u64)                          |  8
+    |                                                               |
+    +---------------------------------------------------------------+
+    |                        session (u32)                          | 16
+    +---------------------------------------------------------------+
+    |                      deadline_us (u32)                        | 20
+    +---------------------------------------------------------------+
+    |                        credit (u32)                           | 24
+    +---------------------------------------------------------------+
+    |                       body_len (u32)                          | 28
+    +---------------------------------------------------------------+
+    |  method name (name_len bytes, REQUEST only), then body        | 32
+    +---------------------------------------------------------------+
+
+kind: 1 REQUEST, 2 RESPONSE, 3 ERROR, 4 CREDIT, 5 CANCEL, 6 PING, 7 PONG.
+flags: bit 0 HAS_CREDIT (``credit`` is an absolute Breakwater window); other bits zero.
+codec: 0 raw, 1 msgpack, 2 pickle. credit: demand in a REQUEST, window otherwise.
+deadline_us: time the caller still waits, relative, 0 = none.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memmove
+
+from microrpc.errors import ProtocolError
+
+# The magic number's two bytes. 0xB5 is the Latin-1 micro sign: a byte no text protocol
+# starts with, so a peer speaking HTTP or ZMTP to us fails on the first two bytes.
+DEF MAGIC0 = 0xB5
+DEF MAGIC1 = 0x52
+DEF VERSION = 1
+DEF KIND_MAX = 7
+DEF KNOWN_FLAGS = 1
+DEF MAX_NAME = 255
+# Below this the parser's buffer never shrinks; it is the usual size of a burst of frames.
+DEF INITIAL_CAPACITY = 65536
+
+HEADER = HEADER_SIZE
+REQUEST = KIND_REQUEST
+RESPONSE = KIND_RESPONSE
+ERROR = KIND_ERROR
+CREDIT = KIND_CREDIT
+CANCEL = KIND_CANCEL
+PING = KIND_PING
+PONG = KIND_PONG
+HAS_CREDIT = FLAG_HAS_CREDIT
+RAW = CODEC_RAW
+MSGPACK = CODEC_MSGPACK
+PICKLE = CODEC_PICKLE
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+
+cdef inline uint16_t load16(const uint8_t* p) noexcept nogil:
+    return <uint16_t>p[0] | (<uint16_t>p[1] << 8)
+
+
+cdef inline uint32_t load32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+            | (<uint32_t>p[3] << 24))
+
+
+cdef inline uint64_t load64(const uint8_t* p) noexcept nogil:
+    return <uint64_t>load32(p) | (<uint64_t>load32(p + 4) << 32)
+
+
+cdef inline void store16(uint8_t* p, uint16_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = v >> 8
+
+
+cdef inline void store32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+    p[2] = (v >> 16) & 0xFF
+    p[3] = v >> 24
+
+
+cdef inline void store64(uint8_t* p, uint64_t v) noexcept nogil:
+    store32(p, <uint32_t>v)
+    store32(p + 4, <uint32_t>(v >> 32))
+
+
+cdef class Frame:
+    """One decoded frame. Attributes mirror the header fields; ``name`` and ``body`` are bytes."""
+
+    def __repr__(self):
+        return (f"Frame(kind={self.kind}, flags={self.flags}, codec={self.codec}, "
+                f"call_id={self.call_id}, session={self.session}, "
+                f"deadline_us={self.deadline_us}, credit={self.credit}, "
+                f"name={self.name!r}, body=<{len(self.body)} bytes>)")
+
+    def __eq__(self, other):
+        if not isinstance(other, Frame):
+            return NotImplemented
+        cdef Frame o = other
+        return (self.kind == o.kind and self.flags == o.flags and self.codec == o.codec
+                and self.call_id == o.call_id and self.session == o.session
+                and self.deadline_us == o.deadline_us and self.credit == o.credit
+                and self.name == o.name and self.body == o.body)
+
+    __hash__ = None
+
+
+cdef object _protocol_error(str what):
+    # Out of line: raising builds strings, which the fast path should never pay for.
+    raise ProtocolError(what)
+
+
+cdef class FrameParser:
+    """Incremental frame parser: feed it bytes in any split, take whole frames out.
+
+    Frames are validated as soon as their header is complete, before the body is buffered, so
+    an oversized or malformed frame is refused without reading (or allocating for) its body.
+    After a ProtocolError the stream cannot be resynchronised (lengths are untrustworthy), so
+    the parser stays broken and the caller must close the connection.
+    """
+
+    def __cinit__(self, Py_ssize_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE):
+        if max_message_size <= 0:
+            raise ValueError("max_message_size must be positive")
+        self.max_message_size = max_message_size
+        self.cap = INITIAL_CAPACITY
+        self.buf = <char*>malloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.start = 0
+        self.end = 0
+        self.broken = False
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    cpdef Py_ssize_t buffered(self):
+        """Bytes received but not yet returned as frames."""
+        return self.end - self.start
+
+    cdef char* reserve(self, Py_ssize_t n) except NULL:
+        """Room for at least ``n`` more bytes at the end; the caller writes there then commits."""
+        cdef Py_ssize_t used = self.end - self.start
+        cdef char* grown
+        if self.cap - self.end >= n:
+            return self.buf + self.end
+        if self.start > 0:
+            # Compact first: usually the consumed prefix is most of the buffer.
+            memmove(self.buf, self.buf + self.start, used)
+            self.start = 0
+            self.end = used
+            if self.cap - self.end >= n:
+                return self.buf + self.end
+        cdef Py_ssize_t newcap = self.cap * 2
+        while newcap - used < n:
+            newcap *= 2
+        grown = <char*>realloc(self.buf, newcap)
+        if grown == NULL:
+            raise MemoryError()
+        self.buf = grown
+        self.cap = newcap
+        return self.buf + self.end
+
+    cdef void commit(self, Py_ssize_t n) noexcept:
+        self.end += n
+
+    def feed(self, data):
+        """Append received bytes (any bytes-like object)."""
+        cdef const unsigned char[::1] view = data
+        cdef Py_ssize_t n = view.shape[0]
+        if n == 0:
+            return
+        cdef char* dst = self.reserve(n)
+        memcpy(dst, &view[0], n)
+        self.commit(n)
+
+    cdef Frame next_frame(self):
+        """The next whole frame, or None. Raises ProtocolError on malformed input."""
+        cdef Py_ssize_t avail = self.end - self.start
+        cdef const uint8_t* h
+        cdef Py_ssize_t name_len, body_len
+        cdef int kind, flags, codec
+        cdef Frame f
+        if self.broken:
+            _protocol_error("stream already failed; the connection must be closed")
+        if avail < HEADER_SIZE:
+            return None
+        h = <const uint8_t*>(self.buf + self.start)
+        if h[0] != MAGIC0 or h[1] != MAGIC1:
+            self.broken = True
+            _protocol_error(f"bad magic {bytes(h[0:2])!r}: the peer is not speaking microrpc")
+        if h[2] != VERSION:
+            self.broken = True
+            _protocol_error(f"unsupported protocol version {h[2]} (this side speaks {VERSION})")
+        kind = h[3]
+        flags = h[4]
+        codec = h[5]
+        if kind < 1 or kind > KIND_MAX:
+            self.broken = True
+            _protocol_error(f"unknown frame kind {kind}")
+        if flags & ~KNOWN_FLAGS:
+            self.broken = True
+            _protocol_error(f"unknown flag bits 0x{flags:02x}")
+        if codec > CODEC_PICKLE:
+            self.broken = True
+            _protocol_error(f"unknown codec {codec}")
+        name_len = load16(h + 6)
+        body_len = load32(h + 28)
+        if kind == KIND_REQUEST:
+            if name_len == 0 or name_len > MAX_NAME:
+                self.broken = True
+                _protocol_error(f"request method name length {name_len} not in 1..{MAX_NAME}")
+        elif name_len != 0:
+            self.broken = True
+            _protocol_error(f"method name on a frame of kind {kind}")
+        if name_len + body_len > self.max_message_size:
+            self.broken = True
+            _protocol_error(f"frame of {name_len + body_len} bytes is over the "
+                            f"max_message_size limit of {self.max_message_size}")
+        if avail < HEADER_SIZE + name_len + body_len:
+            return None
+        f = Frame.__new__(Frame)
+        f.kind = kind
+        f.flags = flags
+        f.codec = codec
+        f.call_id = load64(h + 8)
+        f.session = load32(h + 16)
+        f.deadline_us = load32(h + 20)
+        f.credit = load32(h + 24)
+        cdef const char* p = <const char*>(h + HEADER_SIZE)
+        f.name = PyBytes_FromStringAndSize(p, name_len) if name_len else b""
+        f.body = PyBytes_FromStringAndSize(p + name_len, body_len)
+        self.start += HEADER_SIZE + name_len + body_len
+        if self.start == self.end:
+            self.start = 0
+            self.end = 0
+        return f
+
+    def next(self):
+        """Python-level :meth:`next_frame`: the next whole frame or None."""
+        return self.next_frame()
+
+    def frames(self):
+        """Every whole frame buffered now, as a list."""
+        cdef list out = []
+        cdef Frame f = self.next_frame()
+        while f is not None:
+            out.append(f)
+            f = self.next_frame()
+        return out
+
+
+cdef class OutBuffer:
+    """Outgoing bytes: frames appended back to back, sent in as few syscalls as possible."""
+
+    def __cinit__(self, Py_ssize_t capacity=INITIAL_CAPACITY):
+        self.cap = capacity if capacity > 0 else INITIAL_CAPACITY
+        self.buf = <char*>malloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.start = 0
+        self.end = 0
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    def __len__(self):
+        return self.end - self.start
+
+    cdef int _grow(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t used = self.end - self.start
+        cdef char* grown
+        if self.start > 0:
+            memmove(self.buf, self.buf + self.start, used)
+            self.start = 0
+            self.end = used
+            if self.cap - self.end >= extra:
+                return 0
+        cdef Py_ssize_t newcap = self.cap * 2
+        while newcap - used < extra:
+            newcap *= 2
+        grown = <char*>realloc(self.buf, newcap)
+        if grown == NULL:
+            raise MemoryError()
+        self.buf = grown
+        self.cap = newcap
+        return 0
+
+    cdef int put_frame(self, int kind, int flags, int codec, uint64_t call_id,
+                       uint32_t session, uint32_t deadline_us, uint32_t credit,
+                       const char* name, Py_ssize_t name_len,
+                       const char* body, Py_ssize_t body_len) except -1:
+        cdef Py_ssize_t total = HEADER_SIZE + name_len + body_len
+        if self.cap - self.end < total:
+            self._grow(total)
+        cdef uint8_t* h = <uint8_t*>(self.buf + self.end)
+        h[0] = MAGIC0
+        h[1] = MAGIC1
+        h[2] = VERSION
+        h[3] = kind
+        h[4] = flags
+        h[5] = codec
+        store16(h + 6, <uint16_t>name_len)
+        store64(h + 8, call_id)
+        store32(h + 16, session)
+        store32(h + 20, deadline_us)
+        store32(h + 24, credit)
+        store32(h + 28, <uint32_t>body_len)
+        if name_len:
+            memcpy(h + HEADER_SIZE, name, name_len)
+        if body_len:
+            memcpy(h + HEADER_SIZE + name_len, body, body_len)
+        self.end += total
+        return 0
+
+    cdef void consume(self, Py_ssize_t n) noexcept:
+        self.start += n
+        if self.start >= self.end:
+            self.start = 0
+            self.end = 0
+
+    def append(self, int kind, uint64_t call_id, bytes name=b"", bytes body=b"", *,
+               int flags=0, int codec=0, uint32_t session=0, uint32_t deadline_us=0,
+               uint32_t credit=0):
+        """Append one frame (Python-level; transports use the C-level put_frame)."""
+        _check_frame_args(kind, flags, codec, len(name), len(body))
+        self.put_frame(kind, flags, codec, call_id, session, deadline_us, credit,
+                       PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
+                       PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+
+    def take(self):
+        """Every buffered byte, as bytes; the buffer is left empty."""
+        cdef bytes out = PyBytes_FromStringAndSize(self.buf + self.start, self.end - self.start)
+        self.start = 0
+        self.end = 0
+        return out
+
+
+cdef int _check_frame_args(int kind, int flags, int codec, Py_ssize_t name_len,
+                           Py_ssize_t body_len) except -1:
+    if kind < 1 or kind > KIND_MAX:
+        raise ValueError(f"unknown frame kind {kind}")
+    if flags & ~KNOWN_FLAGS:
+        raise ValueError(f"unknown flag bits 0x{flags:02x}")
+    if codec < 0 or codec > CODEC_PICKLE:
+        raise ValueError(f"unknown codec {codec}")
+    if kind == KIND_REQUEST and not 1 <= name_len <= MAX_NAME:
+        raise ValueError(f"method name must be 1..{MAX_NAME} bytes")
+    if kind != KIND_REQUEST and name_len:
+        raise ValueError("only requests carry a method name")
+    if body_len > 0xFFFFFFFF:
+        raise ValueError("body over 4 GiB")
+    return 0
+
+
+def encode_frame(int kind, uint64_t call_id, bytes name=b"", bytes body=b"", *, int flags=0,
+                 int codec=0, uint32_t session=0, uint32_t deadline_us=0, uint32_t credit=0):
+    """One frame as bytes."""
+    cdef OutBuffer out = OutBuffer(HEADER_SIZE + len(name) + len(body))
+    out.append(kind, call_id, name, body, flags=flags, codec=codec, session=session,
+               deadline_us=deadline_us, credit=credit)
+    return out.take()
+
+
+cdef class CallTable:
+    """Calls in flight on one connection: call id -> whatever the caller waits on.
+
+    Ids are allocated here, increasing from 1 and wrapping at 2**64 (never reaching a live id
+    in practice: that would take 2**64 calls), so a late reply to a finished call finds nothing.
+    """
+    cdef dict _calls
+    cdef uint64_t _next
+
+    def __cinit__(self):
+        self._calls = {}
+        self._next = 1
+
+    cpdef uint64_t add(self, object waiter):
+        cdef uint64_t cid = self._next
+        self._next += 1
+        if self._next == 0:
+            self._next = 1
+        self._calls[cid] = waiter
+        return cid
+
+    cpdef object pop(self, uint64_t call_id):
+        """The waiter of ``call_id`` (removed), or None for an unknown or finished call."""
+        return self._calls.pop(call_id, None)
+
+    cpdef object get(self, uint64_t call_id):
+        return self._calls.get(call_id)
+
+    def drain(self):
+        """Remove and return every waiter (the connection failed)."""
+        cdef list waiters = list(self._calls.values())
+        self._calls.clear()
+        return waiters
+
+    def __len__(self):
+        return len(self._calls)
+
+    def __contains__(self, call_id):
+        return call_id in self._calls

@@ -1,0 +1,196 @@
+"""The microrpc server: registered methods served from one epoll I/O thread."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from microrpc import _core, _native, transport
+from microrpc.codecs import codec_id
+
+__all__ = ["Server", "ServerStatistics"]
+
+# Safe codecs are always accepted; pickle only when named (it runs code on decode).
+_SAFE_CODECS = ("raw", "msgpack")
+
+
+@dataclass(frozen=True)
+class ServerStatistics:
+    calls: int                 # requests received (including rejected ones)
+    errors: int                # ERROR replies sent (handler raised, not found, rejected, ...)
+    protocol_errors: int       # connections closed for malformed or oversized frames
+    rejects: int               # requests refused by overload control
+    bytes_in: int
+    bytes_out: int
+    queue_depth: int           # requests admitted and not finished (run queue + worker pool)
+    connections: int           # open now
+    connections_accepted: int
+    credit_frames: int         # standalone credit frames sent (Breakwater)
+    cancelled: int             # cancel requests that found their call
+    deadline_skipped: int      # calls not run because their deadline had passed
+    overload: Any = None       # the overload policy's own statistics(), if any
+
+
+class Server:
+    """Serve registered methods on ``address`` (``tcp://host:port`` or ``unix:///path``).
+
+    The socket is bound at construction, so ``server.address`` (with the real port when
+    port 0 was asked for) is known before :meth:`start`. Plain handlers run to completion on
+    the I/O thread, which is the fastest path for short handlers; register a handler with
+    ``blocking=True`` when it sleeps, does I/O or runs long, and it runs on a pool of
+    ``workers`` threads instead.
+
+    Only registered methods are callable. Tracebacks are sent to clients only with
+    ``send_tracebacks=True`` (they can reveal server internals).
+    """
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:0",
+        *,
+        codec: str | Iterable[str] = _SAFE_CODECS,
+        overload: Any = None,
+        max_message_size: int = _core.DEFAULT_MAX_MESSAGE_SIZE,
+        poll: str = "block",
+        spin_us: float = 50.0,
+        workers: int = 4,
+        send_tracebacks: bool = False,
+    ):
+        if poll not in _native.POLL_MODES:
+            raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
+        if max_message_size <= 0:
+            raise ValueError("max_message_size must be positive")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        names = {codec} if isinstance(codec, str) else set(codec)
+        mask = 0
+        for name in names | set(_SAFE_CODECS):
+            mask |= 1 << codec_id(name)
+        self._codec_mask = mask
+        self._methods: dict[bytes, tuple[Callable, bool]] = {}
+        self._overload = overload
+        self._max_message_size = max_message_size
+        self._poll = poll
+        self._spin_us = spin_us
+        self._workers = workers
+        self._send_tracebacks = send_tracebacks
+        self._sock, self._bound = transport.listen(address)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: _native.ServerLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    # -- registration ------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return str(self._bound)
+
+    def register(self, name: str, function: Callable, *, blocking: bool = False) -> Callable:
+        """Make ``function`` callable as ``name``. Returns ``function``."""
+        if not callable(function):
+            raise TypeError(f"{function!r} is not callable")
+        raw = name.encode("utf-8") if isinstance(name, str) else b""
+        if not 1 <= len(raw) <= 255:
+            raise ValueError("a method name must be a str of 1..255 UTF-8 bytes")
+        self._methods[raw] = (function, bool(blocking))
+        return function
+
+    def method(self, function: Callable | None = None, *, name: str | None = None,
+               blocking: bool = False):
+        """Decorator: ``@server.method`` or ``@server.method(name=..., blocking=True)``."""
+        def decorate(fn: Callable) -> Callable:
+            return self.register(name or fn.__name__, fn, blocking=blocking)
+        return decorate(function) if function is not None else decorate
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _make_loop(self) -> _native.ServerLoop:
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("this server was stopped; create a new one")
+            if self._loop is not None:
+                raise RuntimeError("the server is already running")
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self._workers, thread_name_prefix="microrpc-worker")
+            self._loop = _native.ServerLoop(
+                self._methods, self._executor, self._overload, self._codec_mask,
+                self._max_message_size, self._send_tracebacks, self._poll, self._spin_us)
+            self._loop.add_listener(self._sock.fileno())
+            return self._loop
+
+    def start(self) -> "Server":
+        """Serve on a background thread; returns at once."""
+        loop = self._make_loop()
+        self._thread = threading.Thread(target=loop.run, name="microrpc-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve on the calling thread until :meth:`stop` (from another thread) or Ctrl-C."""
+        loop = self._make_loop()
+        try:
+            loop.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._finish()
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting calls; give calls in flight ``grace`` seconds, then end them with
+        an error. Every call in flight ends with a result or an error; nothing hangs."""
+        loop = self._loop
+        if loop is None:
+            self._finish()
+            return
+        loop.request_stop(grace)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(grace + 5.0)
+        self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._sock.close()
+        if self._bound.scheme == "unix":
+            try:
+                os.unlink(self._bound.path)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "Server":
+        if self._loop is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- statistics --------------------------------------------------------------------
+
+    def statistics(self) -> ServerStatistics:
+        loop = self._loop
+        policy = self._overload
+        if loop is None:
+            return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                    policy.statistics() if policy is not None else None)
+        return ServerStatistics(
+            calls=loop.calls, errors=loop.errors, protocol_errors=loop.protocol_errors,
+            rejects=loop.rejects, bytes_in=loop.bytes_in, bytes_out=loop.bytes_out,
+            queue_depth=loop.queue_depth(), connections=loop.connection_count(),
+            connections_accepted=loop.connections_accepted, credit_frames=loop.credit_frames,
+            cancelled=loop.cancelled, deadline_skipped=loop.deadline_skipped,
+            overload=policy.statistics() if policy is not None else None,
+        )
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else ("running" if self._loop else "not started")
+        return f"<microrpc.Server {self.address} {state}>"
