@@ -81,7 +81,10 @@ class Case:
     server: Callable[["Ctx"], list[str]]
     client: Callable[["Ctx", str], list[str]]
     requires: str | None = None  # "microrpc" | "grpc" | "gcc"
-    spins: bool = False  # busy-polls on both sides: meaningless when they share a core
+    # Busy-polls without bound on both sides: meaningless when they share a core (each
+    # spins away the other's time slice). microrpc's "spin" spins for spin_us and then
+    # sleeps, so its rows run in every placement.
+    spins: bool = False
     c_latency: bool = False  # client writes raw int64 ns to a file instead of a histogram
 
 
@@ -148,7 +151,6 @@ def _microrpc_latency(codec: str, poll: str, transport: str = "tcp") -> Case:
         microrpc_server(poll, transport),
         py_latency_client("microrpc", "--codec", codec, "--poll", poll),
         requires="microrpc",
-        spins=poll == "spin",
     )
 
 
@@ -350,8 +352,9 @@ def run_once(case: Case, placement: str, ctx: Ctx) -> dict[str, Any]:
         try:
             rc = client.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            _stop(client)
             raise CaseFailed(f"client still running after {limit:.0f} s; killed; stderr: {_tail(err)}")
+        finally:
+            _stop(client)  # no-op when it exited; also runs on SIGTERM/Ctrl-C of the harness
         if rc != 0:
             raise CaseFailed(f"client exited with {rc}; stderr: {_tail(err)}; server stderr: {_tail(server_err)}")
         lines = out.read_text().strip().splitlines()
@@ -531,6 +534,8 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 def _fmt_spread(s: dict | None, digits: int = 1) -> str:
     if not s:
         return "-"
+    if s["n"] == 1:
+        return _fmt(s["median"], digits)
     return f"{_fmt(s['median'], digits)} ({_fmt(s['min'], digits)}..{_fmt(s['max'], digits)})"
 
 
@@ -654,8 +659,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # Unwind through the finally blocks of run_once, which stop our children by pid.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     if args.list_cases:
         for c in CASES:
             print(f"{c.name}\t{c.kind}\t{c.label}")
