@@ -14,11 +14,13 @@ from microrpc.errors import (
     RemoteError,
     RpcError,
 )
+from microrpc.aio import AsyncClient
 from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
 from microrpc.server import Server, ServerStatistics
 
 __all__ = [
     "Client",
+    "AsyncClient",
     "ClientStatistics",
     "Server",
     "ServerStatistics",

@@ -1026,6 +1026,7 @@ def _run_in_worker(ServerLoop loop, _Request r):
         loop.post_completion(r, 0, b"")
         return
     if r.deadline_ns and now_ns() >= r.deadline_ns:
+        loop.deadline_skipped += 1       # safe: this runs with the GIL held throughout
         loop.post_completion(r, KIND_ERROR, msgpack.packb(
             [ERR_DEADLINE, "DeadlineExceeded", "deadline passed before the call started", None]))
         return

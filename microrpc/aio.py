@@ -1,0 +1,246 @@
+"""The asyncio client: one reader callback on the socket's fd routes replies to futures.
+
+No thread per call and no task per call: ``call`` queues its frame, tries to send it at once
+(falling back to a writer callback when the socket is full) and awaits a future that the
+reader callback completes. Timeouts are timer callbacks on the loop that fail the future;
+the socket read is never cancelled, so no reply is ever lost half-read.
+An ``AsyncClient`` belongs to the event loop it was first used on.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from microrpc import _core, _native, codecs, transport
+from microrpc.client import _UNSET, DEFAULT_TIMEOUT, ClientStatistics, outcome_of
+from microrpc.errors import ConnectionLost, DeadlineExceeded, RpcError
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """asyncio twin of :class:`microrpc.Client` (same arguments, ``await`` the calls)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        codec: str = "msgpack",
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_message_size: int = _core.DEFAULT_MAX_MESSAGE_SIZE,
+        connect_timeout: float | None = 5.0,
+        session: int = 0,
+    ):
+        transport.parse_address(address)
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive or None")
+        self.address = address
+        self._codec = codecs.codec_id(codec)
+        self._timeout = timeout
+        self._max_message_size = max_message_size
+        self._connect_timeout = connect_timeout
+        self._session = session
+        self._table = _core.CallTable()
+        self._chan: _native.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Future | None = None
+        self._writing = False
+        self._closed = False
+        self._names: dict[str, bytes] = {}
+        self._connects = 0
+        self._calls = self._ok = self._errors = self._timeouts = 0
+
+    # -- connection --------------------------------------------------------------------
+
+    async def connect(self) -> "AsyncClient":
+        await self._channel()
+        return self
+
+    async def _channel(self) -> _native.Channel:
+        chan = self._chan
+        if chan is not None and not chan.closed:
+            return chan
+        if self._closed:
+            raise ConnectionLost("the client is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("an AsyncClient is bound to the event loop it was first used on")
+        if self._connecting is None:
+            self._connecting = loop.create_task(self._open())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> _native.Channel:
+        addr = transport.parse_address(self.address)
+        loop = self._loop
+        if addr.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: Any = addr.path
+        else:
+            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            target = (addr.host, addr.port)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, target), self._connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            sock.close()
+            raise ConnectionLost(f"cannot connect to {self.address}: {exc}") from None
+        chan = _native.Channel(sock.detach(), self._max_message_size, "block")
+        self._chan = chan
+        self._connects += 1
+        loop.add_reader(chan.fileno(), self._on_readable, chan)
+        return chan
+
+    def _fail(self, chan: _native.Channel, error: RpcError) -> None:
+        if self._chan is not chan:
+            return
+        self._chan = None
+        fd = chan.fileno()
+        if fd >= 0 and self._loop is not None:
+            self._loop.remove_reader(fd)
+            if self._writing:
+                self._loop.remove_writer(fd)
+        self._writing = False
+        chan.close()
+        for fut in self._table.drain():
+            if not fut.done():
+                fut.set_exception(error)
+
+    # -- I/O callbacks -----------------------------------------------------------------
+
+    def _on_readable(self, chan: _native.Channel) -> None:
+        try:
+            frames = chan.recv_frames(0, False)
+        except RpcError as exc:
+            self._fail(chan, exc)
+            return
+        table = self._table
+        for f in frames:
+            if f.kind == _core.RESPONSE or f.kind == _core.ERROR:
+                fut = table.pop(f.call_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(f)
+
+    def _on_writable(self, chan: _native.Channel) -> None:
+        try:
+            done = chan.flush(0, False)
+        except RpcError as exc:
+            self._fail(chan, exc)
+            return
+        if done and self._writing:
+            self._writing = False
+            self._loop.remove_writer(chan.fileno())
+
+    def _send(self, chan: _native.Channel) -> None:
+        if self._writing:
+            return             # the writer callback will send it with the rest
+        try:
+            done = chan.flush(0, False)
+        except RpcError as exc:
+            self._fail(chan, exc)
+            raise
+        if not done:
+            self._writing = True
+            self._loop.add_writer(chan.fileno(), self._on_writable, chan)
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
+        """``await`` the result of ``method(*args)`` on the server, or an RpcError."""
+        name = self._names.get(method)
+        if name is None:
+            name = method.encode("utf-8")
+            if not 1 <= len(name) <= 255:
+                raise ValueError("a method name must be 1..255 UTF-8 bytes")
+            self._names[method] = name
+        body = codecs.encode_args(self._codec, args)
+        if timeout is _UNSET:
+            timeout = self._timeout
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive or None")
+        chan = await self._channel()
+        loop = self._loop
+        fut = loop.create_future()
+        cid = self._table.add(fut)
+        self._calls += 1
+        deadline_us = min(max(int(timeout * 1e6), 1), 0xFFFFFFFF) if timeout is not None else 0
+        try:
+            chan.put_frame(_core.REQUEST, cid, name, body, self._codec, self._session,
+                           deadline_us, 0)
+        except RpcError:
+            self._table.pop(cid)
+            self._errors += 1
+            raise
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._expire, fut, cid)
+        try:
+            self._send(chan)
+            frame = await fut
+            result = outcome_of(frame)
+        except asyncio.CancelledError:
+            self._abandon(chan, cid)
+            raise
+        except DeadlineExceeded:
+            self._timeouts += 1
+            self._errors += 1
+            raise
+        except RpcError:
+            self._errors += 1
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self._ok += 1
+        return result
+
+    def _expire(self, fut: asyncio.Future, cid: int) -> None:
+        if not fut.done():
+            fut.set_exception(DeadlineExceeded(f"no reply within the deadline (call {cid})"))
+            chan = self._chan
+            if chan is not None:
+                self._abandon(chan, cid)
+
+    def _abandon(self, chan: _native.Channel, cid: int) -> None:
+        """Forget call ``cid`` and tell the server (best effort)."""
+        if self._table.pop(cid) is None:
+            return          # already answered: nothing to cancel
+        if not chan.closed:
+            try:
+                chan.put_frame(_core.CANCEL, cid, b"", b"", 0, self._session)
+                self._send(chan)
+            except RpcError:
+                pass
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        chan = self._chan
+        if chan is not None:
+            self._fail(chan, ConnectionLost("the client was closed"))
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    def statistics(self) -> ClientStatistics:
+        chan = self._chan
+        return ClientStatistics(
+            calls=self._calls, ok=self._ok, errors=self._errors, timeouts=self._timeouts,
+            in_flight=len(self._table), reconnects=max(self._connects - 1, 0),
+            bytes_sent=chan.bytes_sent if chan else 0,
+            bytes_received=chan.bytes_received if chan else 0,
+        )
