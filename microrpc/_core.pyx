@@ -195,12 +195,20 @@ cdef class FrameParser:
         cdef Frame f
         if self.broken:
             _protocol_error("stream already failed; the connection must be closed")
-        if avail < HEADER_SIZE:
+        if avail == 0:
             return None
         h = <const uint8_t*>(self.buf + self.start)
-        if h[0] != MAGIC0 or h[1] != MAGIC1:
+        # Check the magic and version from the first bytes that arrive, so a peer speaking
+        # another protocol is refused at once even if it never sends a whole header.
+        if h[0] != MAGIC0 or (avail > 1 and h[1] != MAGIC1):
             self.broken = True
-            _protocol_error(f"bad magic {bytes(h[0:2])!r}: the peer is not speaking microrpc")
+            _protocol_error(f"bad magic {bytes(h[0:min(avail, 2)])!r}: "
+                            f"the peer is not speaking microrpc")
+        if avail > 2 and h[2] != VERSION:
+            self.broken = True
+            _protocol_error(f"unsupported protocol version {h[2]} (this side speaks {VERSION})")
+        if avail < HEADER_SIZE:
+            return None
         if h[2] != VERSION:
             self.broken = True
             _protocol_error(f"unsupported protocol version {h[2]} (this side speaks {VERSION})")

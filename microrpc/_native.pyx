@@ -362,6 +362,7 @@ cdef class _Conn:
     cdef bint paused           # EPOLLIN disarmed: the peer is not reading its replies
     cdef bint closed
     cdef dict sessions         # wire session id -> policy sid
+    cdef list deferred         # admitted requests held back while the peer is not reading
     cdef readonly str peer
 
 
@@ -446,7 +447,7 @@ cdef class ServerLoop:
         self.max_message_size = max_message_size
         # Replies queued for a peer that does not read are bounded: past this, the loop
         # stops reading that peer's requests until its replies drain.
-        self.out_limit = max(4 * 1024 * 1024, 2 * max_message_size)
+        self.out_limit = max(4 * 1024 * 1024, max_message_size + HEADER_SIZE)
         self.send_tracebacks = send_tracebacks
         self.poll_mode = POLL_MODES[poll]
         self.spin_ns = <int64_t>(spin_us * 1000)
@@ -485,7 +486,19 @@ cdef class ServerLoop:
         self.wake()
 
     def queue_depth(self):
-        return len(self.runq) + len(self.inflight)
+        cdef _Conn c
+        cdef Py_ssize_t held = 0
+        for c in self.conns.values():
+            held += len(c.deferred)
+        return len(self.runq) + len(self.inflight) + held
+
+    def buffered_output(self):
+        """Reply bytes produced but not yet accepted by the peers' sockets."""
+        cdef _Conn c
+        cdef Py_ssize_t total = 0
+        for c in self.conns.values():
+            total += c.out.end - c.out.start
+        return total
 
     def connection_count(self):
         return len(self.conns)
@@ -508,6 +521,7 @@ cdef class ServerLoop:
             c.parser = FrameParser(self.max_message_size)
             c.out = OutBuffer()
             c.sessions = {}
+            c.deferred = []
             try:
                 s = socket.socket(fileno=fd)
                 try:
@@ -529,6 +543,9 @@ cdef class ServerLoop:
         self.conns.pop(c.fd, None)
         epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.fd, NULL)
         close(c.fd)
+        for r in c.deferred:
+            self._finish_silently(r)        # nobody is left to answer; return the credit
+        c.deferred = []
         if self.policy is not None:
             now = now_ns()
             for sid in c.sessions.values():
@@ -572,6 +589,10 @@ cdef class ServerLoop:
     cdef int _handle_frames(self, _Conn c, int64_t now) except -1:
         cdef Frame f
         while not c.closed:
+            if c.out.end - c.out.start > self.out_limit:
+                # The peer is not reading its replies: leave the rest of its requests in the
+                # parser until they drain (_flush resumes), so memory stays bounded.
+                return 0
             try:
                 f = c.parser.next_frame()
             except ProtocolError:
@@ -658,6 +679,9 @@ cdef class ServerLoop:
         """Start (inline, or on the worker pool) one request from the run queue."""
         cdef Frame f = r.frame
         cdef int64_t now
+        if r.conn.out.end - r.conn.out.start > self.out_limit:
+            r.conn.deferred.append(r)        # run once the peer has read its replies
+            return 0
         if r.cancelled:
             # The client already gave up; it expects no reply. Its credit still comes back.
             self._finish_silently(r)
@@ -786,6 +810,16 @@ cdef class ServerLoop:
             if c.closed:
                 continue
             self._update_interest(c)
+            if not c.paused and (c.deferred or c.parser.buffered()):
+                self._resume(c)
+        return 0
+
+    cdef int _resume(self, _Conn c) except -1:
+        """The peer read enough of its replies: run what was held back."""
+        cdef list held = c.deferred
+        c.deferred = []
+        self.runq.extend(held)
+        self._handle_frames(c, now_ns())
         return 0
 
     cdef int _update_interest(self, _Conn c) except -1:

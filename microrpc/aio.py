@@ -145,8 +145,8 @@ class AsyncClient:
         try:
             done = chan.flush(0, False)
         except RpcError as exc:
-            self._fail(chan, exc)
-            raise
+            self._fail(chan, exc)    # fails every waiting future, the caller's included
+            return
         if not done:
             self._writing = True
             self._loop.add_writer(chan.fileno(), self._on_writable, chan)

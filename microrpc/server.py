@@ -24,7 +24,8 @@ class ServerStatistics:
     rejects: int               # requests refused by overload control
     bytes_in: int
     bytes_out: int
-    queue_depth: int           # requests admitted and not finished (run queue + worker pool)
+    queue_depth: int           # requests admitted and not finished (queued, running, held back)
+    buffered_output: int       # reply bytes waiting for slow readers (bounded per connection)
     connections: int           # open now
     connections_accepted: int
     credit_frames: int         # standalone credit frames sent (Breakwater)
@@ -180,12 +181,13 @@ class Server:
         loop = self._loop
         policy = self._overload
         if loop is None:
-            return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                     policy.statistics() if policy is not None else None)
         return ServerStatistics(
             calls=loop.calls, errors=loop.errors, protocol_errors=loop.protocol_errors,
             rejects=loop.rejects, bytes_in=loop.bytes_in, bytes_out=loop.bytes_out,
-            queue_depth=loop.queue_depth(), connections=loop.connection_count(),
+            queue_depth=loop.queue_depth(), buffered_output=loop.buffered_output(),
+            connections=loop.connection_count(),
             connections_accepted=loop.connections_accepted, credit_frames=loop.credit_frames,
             cancelled=loop.cancelled, deadline_skipped=loop.deadline_skipped,
             overload=policy.statistics() if policy is not None else None,

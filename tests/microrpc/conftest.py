@@ -1,8 +1,14 @@
-"""Fixtures for the microrpc tests: servers on every native transport, stopped afterwards."""
+"""Fixtures for the microrpc tests: servers on every native transport, stopped afterwards.
+
+hypothesis is imported here, at collection, because pytest otherwise imports it lazily at the
+end of the run, and CPython 3.11 can fail compiling ("AST constructor recursion depth
+mismatch") while daemon threads from the tests are still alive.
+"""
 import os
 import tempfile
 import threading
 
+import hypothesis  # noqa: F401  (see the docstring)
 import pytest
 
 import microrpc
