@@ -1,1 +1,18 @@
-"""nanolog (under construction)."""
+"""nanolog: a NanoLog-style binary logger for Python.
+
+A call records only a format id, a timestamp and the binary arguments; formatting happens
+later, in the decoder (``nanolog.read``) or the ``nanolog`` command-line tool.
+"""
+from nanolog.errors import (DamagedLogError, EmptyLogError, LogFileError, NotANanologFile,
+                            UnsupportedVersion)
+from nanolog.format import LEVELS, level_name
+from nanolog.logger import Logger, Statistics
+from nanolog.reference import Record, read_reference
+
+read = read_reference
+
+__all__ = [
+    "Logger", "Statistics", "read", "read_reference", "Record", "LEVELS", "level_name",
+    "LogFileError", "EmptyLogError", "NotANanologFile", "UnsupportedVersion",
+    "DamagedLogError",
+]

@@ -1,0 +1,269 @@
+"""The pure-Python reference decoder: small, slow, and the oracle the tests trust.
+
+It reads a whole file into memory and follows ``nanolog.format`` literally. The fast
+decoder (``nanolog._decode``) must produce the same records, the same text and the same
+errors at the same offsets; the test suite checks that on every file it writes.
+"""
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from typing import Iterator
+
+from nanolog.errors import DamagedLogError, EmptyLogError, NotANanologFile, UnsupportedVersion
+from nanolog.format import (CHUNK_HEADER, CHUNK_TRAILER, F_PREFORMAT, F_VERBATIM,
+                            FILE_HEADER, K_DICT, K_DROPS, K_RECORDS, K_SESSION, K_THREAD,
+                            KIND_NAMES, MAGIC, MAX_CHUNK, SESSION, T_BIGINT, T_BYTES,
+                            T_FALSE, T_FLOAT, T_INT, T_NONE, T_STR, T_SURR, T_TEXT, T_TRUE,
+                            VERSION, FormatShape, level_name, unzigzag)
+
+_DOUBLE = struct.Struct("<d")
+
+
+class Record:
+    """One decoded log record."""
+
+    __slots__ = ("time", "level", "thread", "thread_name", "pid", "format", "args",
+                 "file", "line", "_flags", "_text_at")
+
+    def __init__(self, time, level, thread, thread_name, pid, format, args, file, line,
+                 flags, text_at):
+        self.time = time              # wall-clock ns since the epoch
+        self.level = level
+        self.thread = thread          # native thread id
+        self.thread_name = thread_name
+        self.pid = pid
+        self.format = format
+        self.args = args              # tuple; a T_TEXT argument appears as its text
+        self.file = file
+        self.line = line
+        self._flags = flags
+        self._text_at = text_at       # positions of T_TEXT arguments
+
+    @property
+    def level_name(self) -> str:
+        return level_name(self.level)
+
+    @property
+    def message(self) -> str:
+        if self._flags & F_VERBATIM:
+            return self.format
+        if self._flags & F_PREFORMAT:
+            return self.args[0]
+        fmt = self.format
+        if self._text_at:
+            fmt = FormatShape(fmt).with_text_at(fmt, self._text_at)
+        return fmt % self.args
+
+    def __repr__(self) -> str:
+        return (f"Record(time={self.time}, level={self.level_name}, "
+                f"thread={self.thread_name!r}, message={self.message!r})")
+
+
+def format_time(ns: int) -> str:
+    """Local wall-clock time with nanoseconds: ``2024-05-01 12:00:00.123456789``."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)) + f".{frac:09d}"
+
+
+def format_text(rec) -> str:
+    """The text line ``nanolog decode`` prints for a record."""
+    return f"{format_time(rec.time)} {level_name(rec.level):<8} [{rec.thread_name}] {rec.message}"
+
+
+class _Malformed(Exception):
+    pass
+
+
+class _Cursor:
+    __slots__ = ("buf", "pos", "end")
+
+    def __init__(self, buf, pos, end):
+        self.buf, self.pos, self.end = buf, pos, end
+
+    def varint(self) -> int:
+        result = shift = 0
+        for _ in range(10):
+            if self.pos >= self.end:
+                raise _Malformed("varint runs past the end of the chunk")
+            b = self.buf[self.pos]
+            self.pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                if result >= 1 << 64:
+                    raise _Malformed("varint exceeds 64 bits")
+                return result
+            shift += 7
+        raise _Malformed("varint longer than 10 bytes")
+
+    def take(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise _Malformed(f"field of {n} bytes runs past the end of the chunk")
+        out = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def text(self, errors: str = "strict") -> str:
+        try:
+            return self.take(self.varint()).decode("utf-8", errors)
+        except UnicodeDecodeError as e:
+            raise _Malformed(f"invalid UTF-8: {e.reason}") from None
+
+
+def _arg(cur: _Cursor):
+    """One tagged argument -> (value, is_text)."""
+    tag = cur.take(1)[0]
+    if tag == T_INT:
+        return unzigzag(cur.varint()), False
+    if tag == T_FLOAT:
+        return _DOUBLE.unpack(cur.take(8))[0], False
+    if tag == T_STR:
+        return cur.text(), False
+    if tag == T_TEXT:
+        return cur.text(), True
+    if tag == T_NONE:
+        return None, False
+    if tag == T_TRUE:
+        return True, False
+    if tag == T_FALSE:
+        return False, False
+    if tag == T_BYTES:
+        return cur.take(cur.varint()), False
+    if tag == T_BIGINT:
+        digits = cur.take(cur.varint())
+        try:
+            return int(digits.decode("ascii")), False
+        except (UnicodeDecodeError, ValueError):
+            raise _Malformed("invalid big-int digits") from None
+    if tag == T_SURR:
+        return cur.text("surrogatepass"), False
+    raise _Malformed(f"unknown argument tag {tag}")
+
+
+def check_header(data: bytes, path: str | None) -> None:
+    """Raise the right error for a file that is not a readable nanolog file."""
+    if not data:
+        raise EmptyLogError("empty file (0 bytes): not a nanolog log", path)
+    if len(data) < FILE_HEADER.size:
+        if MAGIC.startswith(data[:len(MAGIC)]):
+            raise DamagedLogError(f"truncated: the {FILE_HEADER.size}-byte file header is "
+                                  f"incomplete ({len(data)} bytes)", path, 0)
+        raise NotANanologFile("not a nanolog file (no nanolog magic at the start)", path)
+    magic, version, _ = FILE_HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise NotANanologFile("not a nanolog file (no nanolog magic at the start)", path)
+    if version != VERSION:
+        raise UnsupportedVersion(f"unsupported nanolog format version {version} "
+                                 f"(this decoder reads version {VERSION})", path, version)
+
+
+def read_reference(source, *, ordered: bool = True, path: str | None = None) -> Iterator[Record]:
+    """Records of a file (path) or of bytes. Raises DamagedLogError after the whole ones."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = str(source)
+        with open(source, "rb") as f:
+            data = f.read()
+    check_header(data, path)
+
+    formats: dict[int, tuple] = {}
+    threads: dict[int, tuple] = {}
+    session = None  # (mono, real, pid)
+    pending: list[Record] = []
+    pending_round = None
+    pos = FILE_HEADER.size
+    n = len(data)
+
+    def flush_round():
+        nonlocal pending
+        out = sorted(pending, key=lambda r: r.time) if ordered else pending
+        pending = []
+        return out
+
+    while pos < n:
+        start = pos
+        if n - pos < CHUNK_HEADER.size + CHUNK_TRAILER.size:
+            yield from flush_round()
+            raise DamagedLogError(f"truncated: incomplete chunk at offset {start} "
+                                  f"({n - pos} bytes left)", path, start)
+        kind, length = CHUNK_HEADER.unpack_from(data, pos)
+        if length > MAX_CHUNK:
+            yield from flush_round()
+            raise DamagedLogError(f"corrupt: chunk at offset {start} claims {length} bytes "
+                                  f"(limit {MAX_CHUNK})", path, start)
+        body = pos + CHUNK_HEADER.size
+        end = body + length
+        if end + CHUNK_TRAILER.size > n:
+            yield from flush_round()
+            raise DamagedLogError(f"truncated: chunk at offset {start} needs "
+                                  f"{end + CHUNK_TRAILER.size - start} bytes, the file has "
+                                  f"{n - start} left", path, start)
+        (crc,) = CHUNK_TRAILER.unpack_from(data, end)
+        if zlib.crc32(data[start:end]) != crc:
+            yield from flush_round()
+            raise DamagedLogError(f"corrupt: chunk at offset {start} fails its checksum",
+                                  path, start)
+        pos = end + CHUNK_TRAILER.size
+        cur = _Cursor(data, body, end)
+        try:
+            if kind == K_SESSION:
+                yield from flush_round()
+                if length != SESSION.size:
+                    raise _Malformed(f"SESSION payload of {length} bytes")
+                session = SESSION.unpack_from(data, body)
+                formats, threads = {}, {}
+                pending_round = None
+                continue
+            if kind not in KIND_NAMES:
+                raise _Malformed(f"unknown chunk kind {kind}")
+            if session is None:
+                raise _Malformed(f"{KIND_NAMES[kind]} chunk before any SESSION")
+            if kind == K_DICT:
+                fid = cur.varint()
+                level, flags = cur.take(2)
+                nargs = cur.varint()
+                fmt = cur.text("surrogatepass")
+                file = cur.text("surrogatepass")
+                line = cur.varint()
+                if fid in formats and formats[fid][:4] != (level, flags, nargs, fmt):
+                    raise _Malformed(f"format id {fid} defined twice")
+                formats[fid] = (level, flags, nargs, fmt, file, line)
+            elif kind == K_THREAD:
+                number = cur.varint()
+                threads[number] = (cur.varint(), cur.text("surrogatepass"))
+            elif kind == K_DROPS:
+                cur.varint(), cur.varint(), cur.varint()
+            else:  # K_RECORDS
+                number = cur.varint()
+                rnd = cur.varint()
+                ts = cur.varint()
+                if number not in threads:
+                    raise _Malformed(f"unknown thread {number}")
+                native, tname = threads[number]
+                mono0, real0, pid = session
+                batch = []
+                while cur.pos < end:
+                    fid = cur.varint()
+                    ts += cur.varint()
+                    if fid not in formats:
+                        raise _Malformed(f"unknown format id {fid}")
+                    level, flags, nargs, fmt, file, line = formats[fid]
+                    args, text_at = [], []
+                    for i in range(nargs):
+                        value, is_text = _arg(cur)
+                        args.append(value)
+                        if is_text:
+                            text_at.append(i)
+                    batch.append(Record(real0 + ts - mono0, level, native, tname, pid, fmt,
+                                        tuple(args), file, line, flags, frozenset(text_at)))
+                if rnd != pending_round:
+                    yield from flush_round()
+                    pending_round = rnd
+                pending.extend(batch)
+        except _Malformed as e:
+            yield from flush_round()
+            raise DamagedLogError(f"corrupt: malformed {KIND_NAMES.get(kind, kind)} chunk "
+                                  f"at offset {start}: {e}", path, start) from None
+    yield from flush_round()

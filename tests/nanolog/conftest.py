@@ -1,0 +1,40 @@
+"""Shared fixtures for the nanolog tests."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+@pytest.fixture
+def logpath(tmp_path):
+    return tmp_path / "app.nlog"
+
+
+def _run_child(code: str, *args: str, timeout: float = 60, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def run_child():
+    """Run Python code in a fresh interpreter; returns the CompletedProcess."""
+    return _run_child
+
+
+def record_tuple(r):
+    """The fields a decoder must agree on, for comparing decoders record by record."""
+    return (r.time, r.level, r.thread, r.thread_name, r.pid, r.format, _args_key(r.args),
+            r.file, r.line, r.message)
+
+
+def _args_key(args):
+    # NaN != NaN: compare floats by their repr so identical records compare equal.
+    return tuple(repr(a) if isinstance(a, float) else a for a in args)
+
+
+@pytest.fixture
+def as_tuple():
+    return record_tuple
