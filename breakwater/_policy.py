@@ -43,7 +43,7 @@ __all__ = [
 # and the reference's shipped configurations put d_t at 0.4-0.45 x SLO and the drop
 # threshold at 2 * d_t ~ 0.8-0.9 x SLO. The simulation in tests/breakwater confirmed
 # that 500 us / 1 ms keeps the p99 of admitted requests under that SLO at 2x and 4x load.
-DEFAULT_TARGET_DELAY_NS = 500_000
+DEFAULT_TARGET_DELAY_NS = 300_000
 DEFAULT_AQM_THRESHOLD_NS = 2 * DEFAULT_TARGET_DELAY_NS
 
 

@@ -179,7 +179,7 @@ class Breakwater(OverloadPolicy):
         aqm_threshold_ns: int | None = None,
         tick_interval_ns: int = 200_000,
         alpha: float = 0.02,
-        beta: float = 0.4,
+        beta: float = 0.05,
         md_floor: float = 0.5,
         min_pool: int = 1,
         max_window: int = 64,
@@ -273,11 +273,15 @@ class Breakwater(OverloadPolicy):
         target = self.target_delay_ns
         pool = self._pool
         if queue_delay_ns < target:
-            step = self.alpha * n
-            self._carry += step if step > 1.0 else 1.0  # A = max(alpha * N, 1), Eq. (3)
-            whole = int(self._carry)
-            pool += whole
-            self._carry -= whole
+            # Anti-windup (not in the reference): grow only while the pool binds, i.e. is
+            # less than twice what is issued. At low load the reference climbs to its
+            # ceiling (64 x sessions) and, on a spike, must first be cut back down from there.
+            if pool < 2 * self._issued + self.min_pool:
+                step = self.alpha * n
+                self._carry += step if step > 1.0 else 1.0  # A = max(alpha * N, 1), Eq. (3)
+                whole = int(self._carry)
+                pool += whole
+                self._carry -= whole
         else:
             # d == d_t decreases by a factor 1, as the reference: it only resets the carry.
             factor = 1.0 - self.beta * (queue_delay_ns - target) / target

@@ -41,7 +41,7 @@ def closed(bw: Breakwater, clock, sid: int) -> None:
     assert bw.session_state(sid) == CLOSED
 
 
-def check_invariants(bw: Breakwater) -> None:
+def check_invariants(bw: Breakwater, after_tick: bool = False) -> None:
     sessions = bw._sessions
     st = bw.statistics()
     live = [s for s in sessions.values() if s.state != CLOSED]
@@ -52,7 +52,9 @@ def check_invariants(bw: Breakwater) -> None:
     assert all(s.win <= bw.max_window for s in live)
     assert {s.sid for s in live if s.state == DRAINED} == set(bw._drained)
     assert all(s.win == 0 and s.pending == 0 for s in bw._drained.values())
-    assert bw.min_pool <= st.pool <= max(bw.min_pool, bw.max_window * st.sessions) or st.ticks == 0
+    assert st.pool >= bw.min_pool
+    if after_tick:  # the ceiling follows the session count at each tick
+        assert st.pool <= max(bw.min_pool, bw.max_window * st.sessions)
 
 
 # --- parameters --------------------------------------------------------------------------
@@ -164,11 +166,27 @@ def test_pool_never_below_min_pool(clock):
 
 
 def test_pool_never_above_max_window_per_session(clock):
-    bw = Breakwater(alpha=1.0, max_window=8)
+    bw = Breakwater(alpha=1.0, max_window=2)
     for sid in range(3):
         bw.open_session(sid, clock())
+        bw.on_request(sid, 0, clock(), 0)
+        bw.on_request(sid, 0, clock(), 0)  # each holds 2: issued 6
     grow(bw, clock, 100)
-    assert bw.statistics().pool == 24
+    assert bw.statistics().pool == 6
+
+
+def test_pool_does_not_wind_up_when_it_does_not_bind(clock):
+    # Anti-windup: below target the pool grows only while pool < 2 * issued + min_pool.
+    bw = Breakwater(alpha=1.0, min_pool=1)
+    for sid in range(10):  # issued 10
+        bw.open_session(sid, clock())
+    grow(bw, clock, 100)
+    assert bw.statistics().pool == 21
+    for sid in range(10):  # more credits issued: the pool may grow again
+        for _ in range(3):
+            bw.on_request(sid, 0, clock(), 0)
+    grow(bw, clock, 100)
+    assert bw.statistics().pool == 2 * 30 + 1  # 21 + 4 ticks of 10
 
 
 def test_pool_resets_when_the_last_session_closes(clock):
@@ -186,12 +204,18 @@ def test_window_is_demand_plus_overcommitment_share(clock):
     bw = Breakwater(alpha=0.1, min_pool=1)
     for sid in range(10):
         bw.open_session(sid, clock())
-    grow(bw, clock, 40)  # +1 per tick (alpha * N = 1)
-    assert bw.statistics().pool == 41 and bw.statistics().issued == 10
-    assert bw.on_request(0, 5, clock(), 0) is True  # 1 running, 5 more queued at the client
-    # Eq. (5): min(pending + demand + oc, win + room) = min(0 + 5 + 31 // 10, 1 + 31) = 8
-    assert bw.on_complete(0, clock()) == 8
-    assert bw.statistics().issued == 17
+    grow(bw, clock, 40)  # +1 per tick (alpha * N = 1), up to 2 * issued + 1 (anti-windup)
+    assert bw.statistics().pool == 21 and bw.statistics().issued == 10
+    assert bw.on_request(0, 25, clock(), 0) is True  # 1 running, 25 more queued at the client
+    # Eq. (5): min(pending + demand + oc, win + room) = min(0 + 25 + 11 // 10, 1 + 11) = 12
+    assert bw.on_complete(0, clock()) == 12
+    assert bw.statistics().issued == 21
+    bw.on_request(1, 3, clock(), 0)
+    # room 0 now: share 1, and the window stays put (Eq. 5 needs room): min(0 + 3 + 1, 1) = 1
+    assert bw.on_complete(1, clock()) == 1
+    bw.on_tick(clock.advance(bw.tick_interval_ns), 0)  # pool 22: room 1
+    bw.on_request(1, 3, clock(), 0)
+    assert bw.on_complete(1, clock()) == 2  # min(0 + 3 + 1, 1 + 1)
 
 
 def test_window_capped_by_room(clock):
@@ -219,25 +243,26 @@ def test_over_issued_pool_takes_one_credit_back_per_response(clock):
     bw = Breakwater(alpha=0.5, min_pool=1)
     bw.open_session(1, clock())
     bw.open_session(2, clock())
-    grow(bw, clock, 20)  # pool 21
     for _ in range(6):
         assert bw.on_request(1, 30, clock(), 0)
-    # issued 7, room 14, share 7: min(5 running + 30 queued + 7, 6 + 14) = 20
-    assert bw.on_complete(1, clock()) == 20
+    grow(bw, clock, 20)  # issued 7: the pool stops at 2 * 7 + 1 = 15
+    assert bw.statistics().pool == 15
+    # room 8, share 4: min(5 running + 30 queued + 4, 6 + 8) = 14
+    assert bw.on_complete(1, clock()) == 14
     for _ in range(10):  # pool collapses to the floor
         bw.on_tick(clock.advance(bw.tick_interval_ns), BIG)
     assert bw.statistics().pool == 1
     wins = [bw.on_complete(1, clock()) for _ in range(5)]
-    assert wins == [19, 18, 17, 16, 15]  # Eq. (6): one back per response, lazily
+    assert wins == [13, 12, 11, 10, 9]  # Eq. (6): one back per response, lazily
 
 
 def test_surplus_revoked_when_a_request_shows_less_demand(clock):
     bw = Breakwater(alpha=0.5, min_pool=1)
     bw.open_session(1, clock())
     bw.open_session(2, clock())
-    grow(bw, clock, 20)
+    grow(bw, clock, 20)  # pool 5 (anti-windup: 2 * issued + 1)
     bw.on_request(1, 10, clock(), 0)
-    assert bw.on_complete(1, clock()) > 5
+    assert bw.on_complete(1, clock()) == 4  # min(0 + 10 + 1, 1 + 3)
     issued = bw.statistics().issued
     win = bw.session_window(1)
     assert bw.on_request(1, 0, clock(), 0) is True  # the client's queue is empty now
@@ -557,7 +582,7 @@ def test_random_walk_respects_table_and_invariants(clock):
     """Random legal call sequences over 30 sessions: every transition is one the table lists,
     and issued credits, in-flight counts and the drained list stay consistent."""
     rng = random.Random(3)
-    bw = Breakwater(min_pool=2, alpha=0.05, max_window=6)
+    bw = Breakwater(min_pool=2, alpha=0.05, beta=0.5, max_window=6)
     running: dict[int, int] = {}  # sid -> admitted requests not completed
     for _ in range(20_000):
         sid = rng.randrange(30)
@@ -591,7 +616,7 @@ def test_random_walk_respects_table_and_invariants(clock):
             for gsid, w in grants:
                 assert w == 1 and drained_before[gsid] == DRAINED
                 assert bw.session_state(gsid) in SESSION_TABLE[(DRAINED, SessionEvent.GRANT)][1]
-            check_invariants(bw)
+            check_invariants(bw, after_tick=True)
             continue
         assert bw.session_state(sid) in SESSION_TABLE[(before, event)][1], (before, event)
         check_invariants(bw)
