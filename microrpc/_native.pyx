@@ -607,14 +607,38 @@ cdef class ServerLoop:
             elif f.kind == KIND_CANCEL:
                 self._cancel(c, f.call_id)
             elif f.kind == KIND_PING:
-                c.out.put_frame(KIND_PONG, 0, 0, f.call_id, f.session, 0, 0, NULL, 0, NULL, 0)
-                self._mark_dirty(c)
+                self._pong(c, f, now)
             else:
                 # Responses, errors and credits only travel server -> client.
                 self.protocol_errors += 1
                 self._close_conn(c)
                 return 0
         return 0
+
+    cdef int _pong(self, _Conn c, Frame f, int64_t now) except -1:
+        """Answer a ping. With a credit policy the pong registers the session and carries its
+        first window: that is how a client learns, before its first call, that this server
+        hands out credits (a pong without HAS_CREDIT means it does not)."""
+        cdef int flags = 0
+        cdef uint32_t window = 0
+        if self.policy_credits:
+            window = self.policy.open_session(self._session_id(c, f.session, now), now)
+            flags = FLAG_HAS_CREDIT
+            self.credit_frames += 1
+        c.out.put_frame(KIND_PONG, flags, 0, f.call_id, f.session, 0, window, NULL, 0, NULL, 0)
+        self._mark_dirty(c)
+        return 0
+
+    cdef object _session_id(self, _Conn c, uint32_t session, int64_t now):
+        """The policy's id for (connection, wire session), registering it on first sight."""
+        sid = c.sessions.get(session)
+        if sid is None:
+            sid = self.next_sid
+            self.next_sid += 1
+            c.sessions[session] = sid
+            self.sid_conn[sid] = (c, session)
+            self.policy.open_session(sid, now)
+        return sid
 
     cdef inline int _mark_dirty(self, _Conn c) except -1:
         if not c.dirty:
@@ -646,13 +670,7 @@ cdef class ServerLoop:
             self._reply_error(r, ERR_UNAVAILABLE, "Unavailable", "the server is stopping", None)
             return 0
         if self.policy is not None:
-            sid = c.sessions.get(f.session)
-            if sid is None:
-                sid = self.next_sid
-                self.next_sid += 1
-                c.sessions[f.session] = sid
-                self.sid_conn[sid] = (c, f.session)
-                self.policy.open_session(sid, now)
+            sid = self._session_id(c, f.session, now)
             r.sid = sid
             if not self.policy.on_request(sid, f.credit, now, self._queue_delay(now)):
                 self.rejects += 1
@@ -683,8 +701,9 @@ cdef class ServerLoop:
             r.conn.deferred.append(r)        # run once the peer has read its replies
             return 0
         if r.cancelled:
-            # The client already gave up; it expects no reply. Its credit still comes back.
-            self._finish_silently(r)
+            # The client gave up and ignores the answer, but every request gets exactly one
+            # response frame: the client's credit accounting counts on it.
+            self._reply_error(r, ERR_DEADLINE, "Cancelled", "cancelled by the client", None)
             return 0
         entry = self.methods.get(f.name)
         if entry is None:
@@ -758,8 +777,8 @@ cdef class ServerLoop:
         while self.completions:
             r, kind, body = self.completions.popleft()
             self.inflight.pop((r.conn.id, r.frame.call_id), None)
-            if kind == 0:
-                self._finish_silently(r)       # cancelled before it started
+            if kind == 0:                      # cancelled before a worker started it
+                self._reply_error(r, ERR_DEADLINE, "Cancelled", "cancelled by the client", None)
             else:
                 self._reply(r, kind, body)
         return 0

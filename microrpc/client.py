@@ -12,6 +12,12 @@ machines). Thread safety, and how it works:
   until the reader hands it its reply, or leaves and lets it take over.
 * Futures from ``call_async`` are completed by whichever thread is reading; when no caller
   is waiting, a background thread (started on the first ``call_async``) reads for them.
+
+Overload control: on connecting, the client pings the server. A server with a credit policy
+(Breakwater) answers with the session's first window, and from then on every call spends a
+credit (``breakwater.ClientCredits``): without one it waits in a short local queue, and fails
+with ``Overloaded(side="client")`` if no credit comes in time. A server without credits costs
+nothing on the call path.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import breakwater
 from microrpc import _core, _native, codecs, transport
 from microrpc.errors import (
     ConnectionLost,
@@ -55,6 +62,7 @@ class ClientStatistics:
     reconnects: int       # connections made after the first
     bytes_sent: int
     bytes_received: int
+    credits: Any = None   # breakwater.ClientStatistics when the server hands out credits
 
 
 def outcome_of(frame: _core.Frame) -> Any:
@@ -81,13 +89,27 @@ def outcome_of(frame: _core.Frame) -> Any:
 
 class _Slot:
     """What a synchronous caller waits on."""
-    __slots__ = ("frame", "error", "done", "waiting")
+    __slots__ = ("frame", "error", "done", "waiting", "queued", "cid")
 
     def __init__(self) -> None:
+        self.cid = 0                          # call id once sent
         self.frame: _core.Frame | None = None
         self.error: BaseException | None = None
         self.done = False
         self.waiting = False
+        self.queued: _Queued | None = None   # set while it waits for credit
+
+
+class _Queued:
+    """A call held back for lack of credit: everything needed to send it later."""
+    __slots__ = ("waiter", "name", "body", "deadline_ns", "deadline_us")
+
+    def __init__(self, waiter, name, body, deadline_ns, deadline_us):
+        self.waiter = waiter
+        self.name = name
+        self.body = body
+        self.deadline_ns = deadline_ns
+        self.deadline_us = deadline_us
 
 
 class Client:
@@ -131,10 +153,14 @@ class Client:
         self._send_lock = threading.Lock()
         self._table = _core.CallTable()
         self._chan: _native.Channel | None = None
+        self._credits: breakwater.ClientCredits | None = None
+        self._queued: set[_Queued] = set()
         self._reading = False
         self._closed = False
-        self._futures: dict[int, concurrent.futures.Future] = {}
-        self._future_deadlines: list[tuple[int, int]] = []    # heap of (deadline_ns, call id)
+        # Pending futures -> call id (or the _Queued record while waiting for credit).
+        self._futures: dict[concurrent.futures.Future, Any] = {}
+        self._future_deadlines: list = []      # heap of (deadline_ns, seq, future)
+        self._seq = 0
         self._reader_thread: threading.Thread | None = None
         self._connects = 0
         self._calls = self._ok = self._errors = self._timeouts = 0
@@ -148,10 +174,33 @@ class Client:
         if self._closed:
             raise ConnectionLost("the client is closed")
         sock = transport.connect(self.address, self._connect_timeout)
-        self._chan = _native.Channel(sock.detach(), self._max_message_size, self._poll,
-                                     self._spin_us)
+        chan = _native.Channel(sock.detach(), self._max_message_size, self._poll, self._spin_us)
+        self._credits = self._handshake(chan)
+        self._chan = chan
         self._connects += 1
-        return self._chan
+        return chan
+
+    def _handshake(self, chan: _native.Channel) -> breakwater.ClientCredits | None:
+        """Ping the new connection: the pong says whether the server hands out credits."""
+        timeout = self._connect_timeout if self._connect_timeout is not None else 30.0
+        deadline = _native.monotonic_ns() + int(timeout * 1e9)
+        try:
+            chan.send_frame(_core.PING, 0, b"", b"", 0, self._session, 0, 0, deadline)
+            while True:
+                frames = chan.recv_frames(deadline)
+                if not frames:
+                    raise ConnectionLost(f"no answer from {self.address} within {timeout} s")
+                for f in frames:
+                    if f.kind != _core.PONG:
+                        raise ProtocolError(f"expected a pong, got a frame of kind {f.kind}")
+                    if not f.flags & _core.HAS_CREDIT:
+                        return None
+                    credits = breakwater.ClientCredits()
+                    credits.on_credit(f.credit, _native.monotonic_ns())
+                    return credits
+        except BaseException:
+            chan.close()
+            raise
 
     def _channel_locked(self) -> _native.Channel:
         chan = self._chan
@@ -175,13 +224,18 @@ class Client:
             chan.close()
             self._retire_locked(chan)
             waiters = self._table.drain()
-            futures = list(self._futures.values())
+            waiters.extend(q.waiter for q in self._queued)
+            self._queued.clear()
+            self._credits = None        # the next connection registers afresh
+            futures = list(self._futures)
             self._futures.clear()
             self._future_deadlines.clear()
             for w in waiters:
                 if isinstance(w, _Slot):
                     w.error = error
                     w.done = True
+                elif w not in futures:
+                    futures.append(w)
             self._cond.notify_all()
         for f in futures:
             self._settle(f, error=error)
@@ -211,14 +265,31 @@ class Client:
 
     def _send(self, waiter: Any, name: bytes, body: bytes, deadline_ns: int,
               deadline_us: int) -> tuple[_native.Channel, int]:
+        """Send a request now, or (no credit) queue it: then the call id returned is 0."""
+        demand = 0
         with self._cond:
             chan = self._channel_locked()
-            cid = self._table.add(waiter)
             self._calls += 1
+            credits = self._credits
+            if credits is not None:
+                queued = _Queued(waiter, name, body, deadline_ns, deadline_us)
+                decision = credits.submit(queued, _native.monotonic_ns())
+                if decision == breakwater.Submit.REJECTED:
+                    raise Overloaded("no credit, and the client's local queue is full",
+                                     side="client")
+                if decision == breakwater.Submit.QUEUED:
+                    self._queued.add(queued)
+                    if type(waiter) is _Slot:
+                        waiter.queued = queued
+                    self._cond.notify_all()      # the reader must now watch its expiry
+                    return chan, 0
+                demand = credits.demand()
+            cid = self._table.add(waiter)
+            self._note_sent(waiter, cid)
         try:
             with self._send_lock:
                 chan.send_frame(_core.REQUEST, cid, name, body, self._codec, self._session,
-                                deadline_us, 0, deadline_ns)
+                                deadline_us, demand, deadline_ns)
         except MessageTooLarge:
             self._table.pop(cid)
             raise
@@ -231,6 +302,59 @@ class Client:
             self._table.pop(cid)
             raise
         return chan, cid
+
+    def _transmit(self, chan: _native.Channel, ready: list) -> None:
+        """Send calls that were waiting for credit and now have it, in one flush."""
+        with self._cond:
+            if self._chan is not chan:
+                return                           # the connection failed meanwhile
+            credits = self._credits
+            sends = []
+            for q in ready:
+                self._queued.discard(q)
+                if type(q.waiter) is _Slot:
+                    q.waiter.queued = None
+                cid = self._table.add(q.waiter)
+                self._note_sent(q.waiter, cid)
+                sends.append((cid, q, credits.demand() if credits else 0))
+        try:
+            with self._send_lock:
+                for cid, q, demand in sends:
+                    chan.put_frame(_core.REQUEST, cid, q.name, q.body, self._codec,
+                                   self._session, q.deadline_us, demand)
+                chan.flush(0)
+        except RpcError as exc:
+            self._fail_connection(chan, exc)
+
+    def _expire_queued(self) -> None:
+        """Fail the calls that waited for credit longer than the credit wait allows."""
+        with self._cond:
+            credits = self._credits
+            if credits is None or not self._queued:
+                return
+            expired = credits.expire(_native.monotonic_ns())
+            for q in expired:
+                self._queued.discard(q)
+            wake = False
+            futures = []
+            for q in expired:
+                w = q.waiter
+                error = Overloaded("no credit arrived in time", side="client")
+                if type(w) is _Slot:
+                    w.error, w.done, w.queued = error, True, None
+                    wake = True
+                else:
+                    futures.append((w, error))
+            if wake:
+                self._cond.notify_all()
+        for fut, error in futures:
+            self._settle(fut, error=error)
+
+    def _credit_deadline(self) -> int:
+        credits = self._credits
+        if credits is None or not self._queued:
+            return 0
+        return credits.next_deadline_ns() or 0
 
     def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
         """Call ``method(*args)`` on the server and return its result, or raise an RpcError."""
@@ -269,16 +393,30 @@ class Client:
                 if slot.done:
                     return
                 if deadline_ns and _native.monotonic_ns() >= deadline_ns:
-                    self._give_up(chan, cid)
+                    queued = slot.queued
+                    if queued is not None:
+                        if self._credits is not None and self._credits.cancel(queued):
+                            self._queued.discard(queued)
+                            slot.queued = None
+                            raise DeadlineExceeded("no credit before the deadline")
+                    else:
+                        self._give_up(chan, slot.cid)
                     if slot.done:
                         return
                     raise DeadlineExceeded(f"no reply within the deadline (call {cid})")
                 self._reading = True
             self._read_until(chan, slot, deadline_ns)
 
+    def _note_sent(self, waiter: Any, cid: int) -> None:
+        """Record the call id of a waiter (called with the condition held)."""
+        if type(waiter) is _Slot:
+            waiter.cid = cid
+        elif waiter in self._futures:
+            self._futures[waiter] = cid
+
     def _give_up(self, chan: _native.Channel, cid: int) -> None:
         """Called with the condition held: forget call ``cid`` and tell the server."""
-        if self._table.pop(cid) is None:
+        if not cid or self._table.pop(cid) is None:
             return
         try:
             if not chan.closed and self._send_lock.acquire(timeout=0.1):
@@ -298,12 +436,19 @@ class Client:
                 wait_until = deadline_ns
                 if slot is None:
                     wait_until = self._next_future_deadline()
+                credit_deadline = self._credit_deadline()
+                if credit_deadline and (not wait_until or credit_deadline < wait_until):
+                    wait_until = credit_deadline
                 frames = chan.recv_frames(wait_until)
                 if frames:
-                    self._dispatch(frames)
-                elif wait_until and _native.monotonic_ns() >= wait_until:
+                    self._dispatch(chan, frames)
+                if self._queued:
+                    self._expire_queued()
+                if not frames and wait_until and _native.monotonic_ns() >= wait_until:
                     if slot is not None:
-                        return
+                        if slot.done or (deadline_ns and _native.monotonic_ns() >= deadline_ns):
+                            return
+                        continue
                     self._expire_futures()
                 if slot is None and not self._futures:
                     return
@@ -314,9 +459,14 @@ class Client:
                 self._reading = False
                 self._cond.notify_all()
 
-    def _dispatch(self, frames: list) -> None:
+    def _dispatch(self, chan: _native.Channel, frames: list) -> None:
         table = self._table
         wake = False
+        credits = self._credits
+        if credits is not None:
+            ready = self._account_credits(credits, frames)
+            if ready:
+                self._transmit(chan, ready)
         for f in frames:
             kind = f.kind
             if kind == _core.RESPONSE or kind == _core.ERROR:
@@ -329,44 +479,85 @@ class Client:
                     if waiter.waiting:
                         wake = True
                 else:
-                    self._futures.pop(f.call_id, None)
+                    self._futures.pop(waiter, None)
                     try:
                         self._settle(waiter, result=outcome_of(f))
                     except RpcError as exc:
                         self._settle(waiter, error=exc)
-            # CREDIT and PONG frames carry nothing a plain client acts on yet.
         if wake:
             with self._cond:
                 self._cond.notify_all()
+
+    def _account_credits(self, credits: breakwater.ClientCredits, frames: list) -> list:
+        """Every response returns a credit and carries the window; so do credit frames.
+        Returns the queued calls that may now be sent."""
+        ready: list = []
+        now = _native.monotonic_ns()
+        with self._cond:
+            if credits is not self._credits:
+                return ready
+            for f in frames:
+                kind = f.kind
+                if kind == _core.RESPONSE or kind == _core.ERROR:
+                    window = f.credit if f.flags & _core.HAS_CREDIT else None
+                    try:
+                        ready.extend(credits.on_response(window, now))
+                    except ValueError:
+                        pass     # a response the machine did not count (sent before credits)
+                elif kind == _core.CREDIT:
+                    ready.extend(credits.on_credit(f.credit, now))
+        return ready
 
     # -- futures -----------------------------------------------------------------------
 
     def call_async(self, method: str, *args: Any,
                    timeout: float | None = _UNSET) -> concurrent.futures.Future:
-        """Start ``method(*args)`` and return a Future for its outcome. Cancelling the
-        Future tells the server (best effort) and frees the call."""
+        """Start ``method(*args)`` and return a Future for its outcome (an RpcError, even one
+        known at once such as a client-side Overloaded, is set on the Future, not raised).
+        Cancelling the Future tells the server (best effort) and frees the call."""
         name = self._name(method)
         body = codecs.encode_args(self._codec, args)
         deadline_ns, deadline_us = self._deadline(timeout)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             self._ensure_reader_locked()
-        chan, cid = self._send(fut, name, body, deadline_ns, deadline_us)
+        try:
+            chan, cid = self._send(fut, name, body, deadline_ns, deadline_us)
+        except RpcError as exc:
+            # Every outcome of an asynchronous call, even an immediate one, is in its future.
+            self._settle(fut, error=exc)
+            return fut
         with self._cond:
-            if cid in self._table:
-                self._futures[cid] = fut
+            if not fut.done():
+                # Value: the call id, or the _Queued record while it waits for credit.
+                self._futures[fut] = cid or self._queued_record(fut)
                 if deadline_ns:
-                    heapq.heappush(self._future_deadlines, (deadline_ns, cid))
+                    self._seq += 1
+                    heapq.heappush(self._future_deadlines, (deadline_ns, self._seq, fut))
                 self._cond.notify_all()
         fut.add_done_callback(lambda f, chan=chan, cid=cid: self._on_future_done(f, chan, cid))
         return fut
+
+    def _queued_record(self, fut: concurrent.futures.Future) -> Any:
+        for q in self._queued:
+            if q.waiter is fut:
+                return q
+        return 0
+
+    def _forget_future_locked(self, fut: concurrent.futures.Future, chan: _native.Channel) -> None:
+        """Drop a future that will not be answered: unqueue it or cancel its call."""
+        ref = self._futures.pop(fut, None)
+        if isinstance(ref, _Queued):
+            if self._credits is not None and self._credits.cancel(ref):
+                self._queued.discard(ref)
+        elif ref:
+            self._give_up(chan, ref)
 
     def _on_future_done(self, fut: concurrent.futures.Future, chan: _native.Channel,
                         cid: int) -> None:
         if fut.cancelled():
             with self._cond:
-                self._futures.pop(cid, None)
-                self._give_up(chan, cid)
+                self._forget_future_locked(fut, chan)
 
     def _settle(self, fut: concurrent.futures.Future, result: Any = None,
                 error: BaseException | None = None) -> None:
@@ -386,7 +577,7 @@ class Client:
 
     def _next_future_deadline(self) -> int:
         heap = self._future_deadlines
-        while heap and heap[0][1] not in self._futures:
+        while heap and heap[0][2] not in self._futures:
             heapq.heappop(heap)
         limit = _native.monotonic_ns() + _READER_IDLE_NS
         return min(heap[0][0], limit) if heap else limit
@@ -396,22 +587,17 @@ class Client:
         expired = []
         with self._cond:
             heap = self._future_deadlines
-            while heap and heap[0][0] <= now:
-                _, cid = heapq.heappop(heap)
-                fut = self._futures.pop(cid, None)
-                if fut is not None and self._table.pop(cid) is not None:
-                    expired.append((cid, fut))
             chan = self._chan
-            if chan is not None:
-                for cid, _ in expired:
-                    try:
-                        with self._send_lock:
-                            chan.put_frame(_core.CANCEL, cid, b"", b"", 0, self._session)
-                            chan.flush(0, False)
-                    except RpcError:
-                        break
-        for cid, fut in expired:
-            self._settle(fut, error=DeadlineExceeded(f"no reply within the deadline (call {cid})"))
+            while heap and heap[0][0] <= now:
+                fut = heapq.heappop(heap)[2]
+                if fut in self._futures:
+                    if chan is not None:
+                        self._forget_future_locked(fut, chan)
+                    else:
+                        self._futures.pop(fut, None)
+                    expired.append(fut)
+        for fut in expired:
+            self._settle(fut, error=DeadlineExceeded("no reply within the deadline"))
 
     def _ensure_reader_locked(self) -> None:
         if self._reader_thread is None:
@@ -466,6 +652,7 @@ class Client:
             in_flight=len(self._table), reconnects=max(self._connects - 1, 0),
             bytes_sent=self._old_bytes_sent + (chan.bytes_sent if chan else 0),
             bytes_received=self._old_bytes_received + (chan.bytes_received if chan else 0),
+            credits=self._credits.statistics() if self._credits is not None else None,
         )
 
     def __repr__(self) -> str:

@@ -78,10 +78,9 @@ def test_client_sees_protocol_error_from_a_bad_server():
 
     t = threading.Thread(target=bad_server, daemon=True)
     t.start()
-    c = microrpc.Client(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout=5)
+    # The client's connection handshake (a ping) already sees the garbage.
     with pytest.raises(microrpc.ProtocolError, match="magic"):
-        c.call("echo", 1)
-    c.close()
+        microrpc.Client(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout=5)
     t.join(5)
     listener.close()
 
