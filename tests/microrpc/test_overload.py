@@ -11,15 +11,22 @@ def test_credits_flow_and_calls_succeed(make_server):
     server = make_server(overload=breakwater.Breakwater())
     with microrpc.Client(server.address, timeout=10) as c:
         assert c.statistics().credits is not None           # the pong carried a window
+        ok = 0
         for i in range(200):
-            assert c.call("add", i, 1) == i + 1
+            try:
+                assert c.call("add", i, 1) == i + 1
+                ok += 1
+            except microrpc.Overloaded as exc:
+                # Only if this shared machine stalled the server thread past the AQM
+                # threshold: the request really did wait that long.
+                assert exc.side == "server"
         futures = [c.call_async("add", i, 2) for i in range(10)]
         assert [f.result(timeout=10) for f in futures] == [i + 2 for i in range(10)]
         credits = c.statistics().credits
-        assert credits.responses >= 210 and credits.in_flight == 0
+        assert credits.responses == 210 and credits.in_flight == 0
     stats = server.statistics()
-    assert stats.rejects == 0
-    assert stats.overload.admitted >= 210
+    assert ok >= 190 and stats.rejects == 200 - ok
+    assert stats.overload.admitted == 210 - stats.rejects
 
 
 def test_a_server_without_credits_costs_the_client_nothing(server):
@@ -50,18 +57,21 @@ def test_client_side_reject_when_no_credit_comes(make_server):
         # bounded queue; past its size they are refused at once, and queued ones expire
         # while the first call blocks the server's only credit.
         futures = [c.call_async("wait", 5.0) for _ in range(40)]
-        outcomes = []
-        for f in futures[1:]:
-            with pytest.raises(microrpc.Overloaded) as info:
-                f.result(timeout=10)
-            outcomes.append(info.value.side)
-        assert set(outcomes) == {"client"}
         server.release.set()
-        assert futures[0].result(timeout=10) is True
-        assert c.call("add", 2, 3) == 5        # credit came back with the response
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result(timeout=10))
+            except microrpc.Overloaded as exc:
+                outcomes.append(exc.side)
+        assert outcomes[0] is True
+        # 16 fit the local queue (they may get speculative credit later, or expire); the
+        # rest are refused at once, without being sent.
+        assert outcomes.count("client") >= 40 - 1 - breakwater.DEFAULT_MAX_QUEUE
+        assert set(outcomes) <= {True, "client"}
+        assert c.call("add", 2, 3) == 5        # credit came back with the responses
         credits = c.statistics().credits
-        assert credits.rejected >= 40 - 1 - breakwater.DEFAULT_MAX_QUEUE
-        assert credits.rejected + credits.expired == 39
+        assert credits.rejected + credits.expired == outcomes.count("client")
 
 
 def test_many_threads_with_credits(make_server):
@@ -82,3 +92,45 @@ def test_many_threads_with_credits(make_server):
     # Every call ended in exactly one outcome; an idle server admits nearly all.
     assert sum(ok + rej for ok, rej in results) == 400
     assert sum(ok for ok, _ in results) >= 300
+
+
+def test_asyncio_client_with_credits(make_server):
+    import asyncio
+    server = make_server(overload=breakwater.Breakwater())
+
+    async def main():
+        async with microrpc.AsyncClient(server.address, timeout=10) as ac:
+            assert ac.statistics().credits is not None
+            results = await asyncio.gather(*(ac.call("add", i, 1) for i in range(10)),
+                                           return_exceptions=True)
+            # Ten at once on a first window of 1: some wait for credit and get it, others
+            # may be refused by the client; each call has exactly one outcome.
+            assert all(r == i + 1 or isinstance(r, microrpc.Overloaded)
+                       for i, r in enumerate(results))
+            assert results[0] == 1
+            for i in range(100):
+                assert await ac.call("add", i, i) == 2 * i
+            return ac.statistics()
+
+    async def starved():
+        # A fresh session holds a window of 1; with it spent on a blocked call, the calls
+        # behind it wait for credit and are refused by the client, never sent.
+        async with microrpc.AsyncClient(server.address, timeout=10) as ac:
+            blocked = asyncio.ensure_future(ac.call("wait", 5.0))
+            await asyncio.sleep(0)
+            many = await asyncio.gather(*(ac.call("add", 1, 1) for _ in range(30)),
+                                        return_exceptions=True)
+            # All 30 are submitted before any reply can be read: 16 fit the credit queue,
+            # 14 are refused at once. Queued ones expire or get speculative credit.
+            refused = [r for r in many if isinstance(r, microrpc.Overloaded)]
+            assert len(refused) >= 30 - breakwater.DEFAULT_MAX_QUEUE
+            assert all(r.side == "client" for r in refused)
+            assert all(r == 2 for r in many if not isinstance(r, Exception))
+            server.release.set()
+            assert await blocked is True
+            assert await ac.call("add", 1, 1) == 2
+
+    stats = asyncio.run(main())
+    assert stats.in_flight == 0 and stats.credits.queued == 0
+    assert stats.credits.responses >= 100
+    asyncio.run(starved())

@@ -1,0 +1,227 @@
+"""The ``microrpc`` command: ``microrpc bench`` (the open-loop load generator) and
+``microrpc serve-synthetic`` (a server with the CPU-bound ``spin`` method to aim it at).
+
+    microrpc serve-synthetic --policy breakwater --cpu 1        # prints its address
+    microrpc bench tcp://127.0.0.1:PORT --rate 8000 --duration 5 --clients 1000 --json r.json
+
+See docs/loadgen.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import click
+
+from microrpc.loadgen_synthetic import ServiceTime, parse_duration_ns, parse_policy
+
+__all__ = ["main"]
+
+
+class Duration(click.ParamType):
+    """``2ms``, ``100us``, ``1.5s``; a bare number is in ``unit``. Converts to seconds."""
+
+    name = "duration"
+
+    def __init__(self, unit: str = "s") -> None:
+        self.unit = unit
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration_ns(value, self.unit) / 1e9
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Schedule(click.ParamType):
+    """``RATE:SECONDS,RATE:SECONDS,...`` e.g. ``4000:1,16000:1,4000:1`` (a step)."""
+
+    name = "schedule"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        segments = []
+        for item in str(value).split(","):
+            rate, sep, secs = item.strip().partition(":")
+            try:
+                if not sep:
+                    raise ValueError
+                segments.append((float(rate), parse_duration_ns(secs, "s") / 1e9))
+            except ValueError:
+                self.fail(f"segment {item!r} is not RATE:SECONDS (e.g. 4000:1.5)", param, ctx)
+        return tuple(segments)
+
+
+class CpuList(click.ParamType):
+    name = "cpus"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            cpus = tuple(int(c) for c in str(value).split(",") if c.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of CPU numbers", param, ctx)
+        available = os.sched_getaffinity(0)
+        bad = [c for c in cpus if c not in available]
+        if bad:
+            self.fail(f"CPU {bad[0]} is not available (this process may use "
+                      f"{sorted(available)})", param, ctx)
+        return cpus
+
+
+def _service(value: str | None) -> str | None:
+    if value is None or value.lower() == "none":
+        return None
+    ServiceTime.parse(value)
+    return value
+
+
+@click.group()
+def main() -> None:
+    """microrpc tools: an open-loop load generator and a synthetic server."""
+
+
+@main.command()
+@click.argument("address")
+@click.option("--rate", type=float, default=1000.0, show_default=True,
+              help="Offered load, requests per second (all processes together).")
+@click.option("--duration", type=Duration(), default="5s", show_default=True,
+              help="Length of the measured run.")
+@click.option("--schedule", type=Schedule(), default=None,
+              help="Rate steps RATE:SECONDS,... (replaces --rate and --duration).")
+@click.option("--warmup", type=Duration(), default="0.5s", show_default=True,
+              help="Unmeasured warm-up at the first rate.")
+@click.option("--clients", type=click.IntRange(1), default=1000, show_default=True,
+              help="Simulated clients (one credit session each).")
+@click.option("--connections", type=click.IntRange(1), default=4, show_default=True,
+              help="Connections per generator process, shared by its clients.")
+@click.option("--procs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Generator processes (rate and clients are split among them).")
+@click.option("--cpu", "cpus", type=CpuList(), default=None,
+              help="Pin generator processes to these CPUs, e.g. 0 or 0,2.")
+@click.option("--method", default="spin", show_default=True, help="Method to call.")
+@click.option("--service", default="exp:100us", show_default=True,
+              help="Service time asked of the synthetic `spin` method: exp|const|bimodal:MEAN, "
+                   "or 'none' to send --payload bytes instead.")
+@click.option("--payload", type=click.IntRange(0, 1 << 24), default=0, show_default=True,
+              help="Body size in bytes when --service none.")
+@click.option("--codec", type=click.Choice(["raw", "msgpack"]), default="raw",
+              show_default=True)
+@click.option("--slo", type=Duration("us"), default="2ms", show_default=True,
+              help="Latency objective: goodput counts ok responses within it.")
+@click.option("--timeout", type=Duration(), default="1s", show_default=True,
+              help="A request without a reply this long after it was sent is a timeout.")
+@click.option("--drain", type=Duration(), default="2s", show_default=True,
+              help="After the schedule ends, wait at most this long for replies.")
+@click.option("--closed", type=click.IntRange(0), default=0, show_default=True,
+              help="Closed loop with N requests outstanding instead of Poisson arrivals.")
+@click.option("--bucket", type=Duration("ms"), default="10ms", show_default=True,
+              help="Width of the time buckets of the per-bucket series.")
+@click.option("--max-lag-fraction", type=float, default=0.1, show_default=True,
+              help="The run is INVALID when the p99 send lag exceeds this x SLO.")
+@click.option("--client-queue", type=click.IntRange(0), default=16, show_default=True,
+              help="Requests a client may hold while waiting for credit.")
+@click.option("--client-max-wait", type=Duration("us"), default="500us", show_default=True,
+              help="How long a request may wait for credit before it fails client-side.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the full result (with the per-bucket series) here.")
+@click.option("--hgrm", "hgrm_prefix", type=click.Path(dir_okay=False),
+              help="Write percentile distributions to PREFIX.latency.hgrm etc.")
+@click.option("--stats-method", default=None,
+              help="Server method returning its statistics (synthetic.stats), read after.")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress on stderr (default: when stderr is a terminal).")
+def bench(address, json_path, hgrm_prefix, stats_method, progress, cpus, service, schedule,
+          **options) -> None:
+    """Offer open-loop Poisson load to the server at ADDRESS and report what came back.
+
+    Exit status: 0 for a valid run, 1 when the run is INVALID (the generator could not keep
+    up, or connections were lost) or its accounting failed, 2 for bad arguments.
+    """
+    from microrpc import loadgen
+    from microrpc.loadgen_report import live_progress, print_result
+
+    try:
+        spec = loadgen.LoadSpec(address=address, cpus=cpus or (), service=_service(service),
+                                schedule=schedule or (), **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    total = spec.warmup + spec.measured_s
+    try:
+        with live_progress(total, progress) as callback:
+            result = loadgen.run(spec, callback, stats_method)
+    except loadgen.AccountingError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:   # connection refused, server gone: one clear line
+        from microrpc.errors import RpcError
+        if isinstance(exc, (RpcError, OSError)):
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        raise
+    print_result(result)
+    if json_path:
+        result.to_json(json_path)
+    if hgrm_prefix:
+        result.write_hgrm(hgrm_prefix)
+    sys.exit(0 if result.valid else 1)
+
+
+@main.command("serve-synthetic")
+@click.option("--address", default="tcp://127.0.0.1:0", show_default=True)
+@click.option("--policy", default="none", show_default=True,
+              help="none | breakwater[:key=value,...] | aqm[:THRESHOLD_NS] | limit:N")
+@click.option("--service", default="exp:100us", show_default=True,
+              help="Distribution used when a request does not name its service time.")
+@click.option("--cpu", type=click.IntRange(0), default=None, help="Pin the server to this CPU.")
+@click.option("--poll", type=click.Choice(["block", "spin", "adaptive"]), default="block",
+              show_default=True)
+@click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=3600.0,
+              show_default=True, help="Stop by itself after this long.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed) -> None:
+    """Serve `spin` (busy-waits for the service time its request names, on the I/O thread)
+    and `synthetic.stats`. Prints the bound address on one line, then serves until SIGINT,
+    SIGTERM or --max-seconds."""
+    import microrpc
+    from microrpc.loadgen_synthetic import register_synthetic, statistics_dict
+
+    try:
+        overload = parse_policy(policy)
+        default = ServiceTime.parse(service)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:
+            raise click.UsageError(f"cannot pin to CPU {cpu}: {exc}") from None
+    # Block the stop signals before the server thread starts (threads inherit the mask), so
+    # that only this thread receives them, in sigtimedwait below.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        server = microrpc.Server(address, overload=overload, poll=poll)
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"cannot serve on {address}: {exc}") from None
+    register_synthetic(server, default, seed)
+    server.start()
+    click.echo(server.address)
+    sys.stdout.flush()
+    try:
+        signal.sigtimedwait(stop_signals, max_seconds)
+    finally:
+        final = statistics_dict(server.statistics())
+        server.stop(grace=0.5)
+        click.echo(json.dumps({"final_statistics": final}), err=True)
+
+
+if __name__ == "__main__":
+    main()

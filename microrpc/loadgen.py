@@ -1,0 +1,693 @@
+"""``microrpc bench``: an open-loop load generator for any microrpc server.
+
+Requests arrive on a Poisson schedule (piecewise-constant rate, so steps can be run) from
+``clients`` simulated clients, each a Breakwater session with its own
+:class:`breakwater.ClientCredits`, multiplexed over a few connections per generator process.
+The schedule never waits for the server: a request is due at its *intended* send time
+whatever happened to earlier ones, and its latency is measured from that intended time (a
+generator that waited for replies, or measured from the actual send, would hide exactly the
+queueing an overloaded server causes: "coordinated omission"). How late the generator itself
+was (actual submit time - intended) is recorded too, and a run whose p99 send lag exceeds
+``max_lag_fraction`` x SLO is marked INVALID: the generator, not the server, was the bottleneck.
+
+One generator process is one thread that spins on its sockets (epoll with a zero timeout) and
+sleeps only when nothing is due for a few milliseconds: it is meant to own a core. More
+processes (``procs``) split the rate and the clients; their tallies are merged (HdrHistograms
+added, series summed). Every run is bounded: the schedule ends, then replies get at most
+``drain`` seconds, and whatever is still unanswered counts as a timeout.
+
+The superposition of N independent Poisson processes of rate r/N is one Poisson process of
+rate r whose arrivals pick a client uniformly at random, which is how arrivals are drawn.
+See docs/loadgen.md.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import multiprocessing
+import os
+import random
+import select
+import time
+from typing import Any, Callable
+
+import msgpack
+
+from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Submit
+from microrpc import _core, _native, codecs, transport
+from microrpc.client import outcome_of
+from microrpc.errors import ConnectionLost, RpcError
+from microrpc.loadgen_result import OUTCOMES, AccountingError, LoadResult, Tally
+from microrpc.loadgen_synthetic import ServiceTime, encode_service
+
+__all__ = ["LoadSpec", "PoissonSchedule", "run", "fetch_server_stats", "AccountingError",
+           "LoadResult", "OUTCOMES"]
+
+_MAX_SESSION = 0xFFFFFFFF
+_MAX_DEADLINE_US = 0xFFFFFFFF
+_PROGRESS_NS = 200_000_000        # progress callbacks at most this often
+_SPIN_BEFORE_NS = 2_000_000       # spin (no sleep) when the next event is this close
+_SEND, _QUEUED = Submit.SEND, Submit.QUEUED
+_REQUEST, _RESPONSE, _ERROR, _CREDIT = _core.REQUEST, _core.RESPONSE, _core.ERROR, _core.CREDIT
+_HAS_CREDIT = _core.HAS_CREDIT
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadSpec:
+    """What to run. Times are in seconds, rates in requests per second over all processes.
+
+    ``schedule`` (a tuple of ``(rate, seconds)`` segments) replaces ``rate`` and
+    ``duration`` when given; the warm-up runs at the first segment's rate and is not
+    measured. ``closed`` > 0 switches to a closed loop with that many requests outstanding
+    (one per client; ``rate`` is then ignored), which measures capacity.
+    ``service`` (e.g. ``"exp:100us"``) makes each request body ask the synthetic ``spin``
+    method for a service time drawn here; with ``service=None`` the body is ``payload``
+    zero bytes (raw codec) or ``[bytes]`` (msgpack), for any other method.
+    """
+
+    address: str
+    rate: float = 1000.0
+    duration: float = 5.0
+    schedule: tuple[tuple[float, float], ...] = ()
+    warmup: float = 0.5
+    clients: int = 1000
+    connections: int = 4
+    procs: int = 1
+    method: str = "spin"
+    service: str | None = "exp:100us"
+    payload: int = 0
+    codec: str = "raw"
+    slo: float = 0.002
+    timeout: float = 1.0
+    drain: float = 2.0
+    closed: int = 0
+    bucket: float = 0.01
+    max_lag_fraction: float = 0.1
+    client_queue: int = DEFAULT_MAX_QUEUE
+    client_max_wait: float = DEFAULT_MAX_WAIT_NS / 1e9
+    seed: int = 1
+    cpus: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        transport.parse_address(self.address)
+        checks = [
+            ("duration", self.duration, 0.0, 3600.0, False),
+            ("warmup", self.warmup, 0.0, 3600.0, True),
+            ("slo", self.slo, 0.0, 3600.0, False),
+            ("timeout", self.timeout, 0.0, 3600.0, False),
+            ("drain", self.drain, 0.0, 3600.0, True),
+            ("bucket", self.bucket, 0.0, 60.0, False),
+            ("max_lag_fraction", self.max_lag_fraction, 0.0, 1e6, False),
+            ("client_max_wait", self.client_max_wait, 0.0, 3600.0, True),
+        ]
+        if not self.schedule and not self.closed:
+            checks.append(("rate", self.rate, 0.0, 1e9, False))
+        for name, value, lo, hi, zero_ok in checks:
+            if not isinstance(value, (int, float)) or not (lo < value <= hi or
+                                                           (zero_ok and value == lo)):
+                raise ValueError(f"{name} must be in {'[' if zero_ok else '('}{lo:g}, "
+                                 f"{hi:g}], got {value!r}")
+        for name, value, lo in (("clients", self.clients, 1), ("connections", self.connections, 1),
+                                ("procs", self.procs, 1), ("closed", self.closed, 0),
+                                ("payload", self.payload, 0), ("client_queue", self.client_queue, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+        if self.clients * self.procs > _MAX_SESSION or self.procs > 64:
+            raise ValueError("too many clients or processes")
+        if self.clients < self.procs:
+            raise ValueError(f"need at least one client per process ({self.procs} processes)")
+        if self.closed and self.closed < self.procs:
+            raise ValueError("closed loop needs at least one outstanding request per process")
+        for rate, secs in self.schedule:
+            if not (0 <= rate <= 1e9 and 0 < secs <= 3600):
+                raise ValueError(f"bad schedule segment ({rate!r}, {secs!r}): rate >= 0, "
+                                 f"0 < seconds <= 3600")
+        if self.codec not in ("raw", "msgpack"):
+            raise ValueError(f"codec must be raw or msgpack, not {self.codec!r}")
+        if self.service is not None:
+            ServiceTime.parse(self.service)
+        if not 1 <= len(self.method.encode()) <= 255:
+            raise ValueError("method must be 1..255 UTF-8 bytes")
+        for cpu in self.cpus:
+            if not isinstance(cpu, int) or cpu < 0:
+                raise ValueError(f"bad CPU number {cpu!r}")
+
+    def segments(self) -> list[tuple[float, float]]:
+        """The measured schedule as (rate, seconds) segments."""
+        return list(self.schedule) if self.schedule else [(float(self.rate), float(self.duration))]
+
+    @property
+    def measured_s(self) -> float:
+        return self.duration if self.closed else sum(s for _, s in self.segments())
+
+
+class PoissonSchedule:
+    """Intended send times (monotonic ns) of a Poisson process whose rate is constant per
+    segment. Pure: depends only on the segments, the start time and the seed."""
+
+    def __init__(self, segments: list[tuple[float, float]], start_ns: int, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._segments = []
+        t = start_ns
+        for rate, secs in segments:
+            t += int(secs * 1e9)
+            self._segments.append((t, rate))
+        self.start_ns = start_ns
+        self.end_ns = t
+        self._i = 0
+        self._t = float(start_ns)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        t = self.next()
+        if t is None:
+            raise StopIteration
+        return t
+
+    def next(self) -> int | None:
+        """The next intended send time, or None when the schedule is over."""
+        segments = self._segments
+        while self._i < len(segments):
+            end, rate = segments[self._i]
+            if rate > 0:
+                t = self._t + self._rng.expovariate(rate) * 1e9
+                if t < end:
+                    self._t = t
+                    return int(t)
+            # Memoryless: the next arrival after a rate change is drawn afresh from the
+            # boundary at the new rate.
+            self._t = float(end)
+            self._i += 1
+        return None
+
+
+class _Req:
+    __slots__ = ("client", "intended", "measured", "timed_out")
+
+    def __init__(self, client: "_Client", intended: int, measured: bool) -> None:
+        self.client = client
+        self.intended = intended
+        self.measured = measured
+        self.timed_out = False
+
+
+class _Client:
+    __slots__ = ("credits", "session", "conn")
+
+    def __init__(self, credits: ClientCredits, session: int, conn: "_Conn") -> None:
+        self.credits = credits
+        self.session = session
+        self.conn = conn
+
+
+class _Conn:
+    __slots__ = ("chan", "fd", "inflight", "next_id", "dirty", "dead", "clients", "sessions")
+
+    def __init__(self, chan: _native.Channel) -> None:
+        self.chan = chan
+        self.fd = chan.fileno()
+        self.inflight: dict[int, _Req] = {}
+        self.next_id = 1
+        self.dirty = False
+        self.dead = False
+        self.clients: list[_Client] = []
+        self.sessions: dict[int, _Client] = {}
+
+
+def _share(total: int, index: int, n: int) -> int:
+    return total // n + (1 if index < total % n else 0)
+
+
+class _Engine:
+    """One generator process: its share of the clients, connections and rate."""
+
+    def __init__(self, spec: LoadSpec, index: int, start_ns: int,
+                 progress: Callable[[dict], None] | None = None) -> None:
+        self.spec = spec
+        self.clock = _native.monotonic_ns
+        n = spec.procs
+        self.rng = random.Random(spec.seed * 1_000_003 + index)
+        self.service = ServiceTime.parse(spec.service) if spec.service else None
+        self.closed = _share(spec.closed, index, n) if spec.closed else 0
+        n_clients = self.closed or _share(spec.clients, index, n)
+        n_conns = min(spec.connections, n_clients)
+        self.start_ns = start_ns
+        self.m0 = start_ns + int(spec.warmup * 1e9)             # measured window starts
+        segs = [(r / n, s) for r, s in spec.segments()]
+        if self.closed:
+            self.schedule = None
+            self.end_ns = self.m0 + int(spec.duration * 1e9)
+        else:
+            warm = [(segs[0][0], spec.warmup)] if spec.warmup > 0 else []
+            self.schedule = PoissonSchedule(warm + segs, start_ns, self.rng.randrange(1 << 62))
+            self.end_ns = self.schedule.end_ns
+        self.slo_ns = int(spec.slo * 1e9)
+        self.timeout_ns = int(spec.timeout * 1e9)
+        self.deadline_us = min(max(int(spec.timeout * 1e6), 1), _MAX_DEADLINE_US)
+        self.max_wait_ns = int(spec.client_max_wait * 1e9)
+        self.drain_ns = int(spec.drain * 1e9)
+        bucket_ns = max(int(spec.bucket * 1e9), 1000)
+        horizon = self.end_ns - self.m0 + self.drain_ns + self.timeout_ns
+        self.tally = Tally(self.slo_ns, bucket_ns, horizon // bucket_ns + 2)
+        self.name = spec.method.encode()
+        self.codec = codecs.codec_id(spec.codec)
+        self.fixed_body = (b"\0" * spec.payload if spec.codec == "raw"
+                           else msgpack.packb([b"\0" * spec.payload]))
+        self.progress = progress
+        self.pending = 0                  # offered and not yet given an outcome
+        self.reissue: list[_Client] = []  # closed loop: clients whose request just ended
+        self.expiries: collections.deque = collections.deque()  # (time, client), FIFO
+        self.timeouts: collections.deque = collections.deque()  # (time, conn, call id), FIFO
+        self.dirty: list[_Conn] = []
+        self.conns: list[_Conn] = []
+        self.by_fd: dict[int, _Conn] = {}
+        self.epoll = select.epoll()
+        for _ in range(n_conns):
+            sock = transport.connect(spec.address, 5.0)
+            conn = _Conn(_native.Channel(sock.detach(), _core.DEFAULT_MAX_MESSAGE_SIZE))
+            self.conns.append(conn)
+            self.by_fd[conn.fd] = conn
+            self.epoll.register(conn.fd, select.EPOLLIN)
+        base = index * spec.clients + 1 if not self.closed else index * spec.closed + 1
+        self.clients = []
+        for i in range(n_clients):
+            conn = self.conns[i % n_conns]
+            c = _Client(ClientCredits(spec.client_queue, self.max_wait_ns), base + i, conn)
+            conn.clients.append(c)
+            conn.sessions[c.session] = c
+            self.clients.append(c)
+        self.tally.sessions = n_clients
+        self.tally.connections = n_conns
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _body(self) -> bytes:
+        if self.service is None:
+            return self.fixed_body
+        return encode_service(self.service.draw(self.rng), self.spec.codec)
+
+    def _arrive(self, intended: int, client: _Client | None = None) -> None:
+        now = self.clock()
+        if client is None:
+            client = self.clients[int(self.rng.random() * len(self.clients))]
+        measured = intended >= self.m0
+        req = _Req(client, intended, measured)
+        self.pending += 1
+        t = self.tally
+        if measured:
+            t.offered += 1
+            lag = now - intended
+            t.send_lag.record_value(lag if lag > 1000 else 1000)
+            t.series["offered"][t.bucket(intended - self.m0)] += 1
+        else:
+            t.warmup_offered += 1
+        if client.conn.dead:
+            self._finish(req, "error", now, "ConnectionLost")
+            return
+        r = client.credits.submit(req, now)
+        if r is _SEND:
+            self._send(req, now)
+        elif r is _QUEUED:
+            self.expiries.append((now + self.max_wait_ns, client))
+        else:
+            self._finish(req, "rejected_client", now)
+
+    def _send(self, req: _Req, now: int) -> None:
+        client = req.client
+        conn = client.conn
+        if conn.dead:
+            self._finish(req, "error", now, "ConnectionLost")
+            return
+        cid = conn.next_id
+        conn.next_id = cid + 1
+        try:
+            conn.chan.put_frame(_REQUEST, cid, self.name, self._body(), self.codec,
+                                client.session, self.deadline_us, client.credits.demand())
+        except RpcError as exc:
+            self._finish(req, "error", now, type(exc).__name__)
+            if isinstance(exc, ConnectionLost):
+                self._lose(conn, now)
+            return
+        conn.inflight[cid] = req
+        self.timeouts.append((now + self.timeout_ns, conn, cid))
+        if not conn.dirty:
+            conn.dirty = True
+            self.dirty.append(conn)
+
+    def _finish(self, req: _Req, outcome: str, now: int, error_type: str | None = None) -> None:
+        self.pending -= 1
+        t = self.tally
+        if req.measured:
+            since = now - self.m0
+            if outcome == "ok":
+                t.record_ok(now - req.intended, since)
+            else:
+                t.record(outcome, now - req.intended, since)
+                if error_type is not None:
+                    t.record_error_type(error_type)
+        else:
+            t.warmup_done += 1
+        if self.closed and now < self.end_ns and not req.client.conn.dead:
+            self.reissue.append(req.client)
+
+    # -- replies -----------------------------------------------------------------------
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            frames = conn.chan.recv_frames(0, False)
+        except RpcError as exc:
+            self._lose(conn, self.clock(), type(exc).__name__)
+            return
+        now = self.clock()
+        for f in frames:
+            kind = f.kind
+            if kind == _RESPONSE or kind == _ERROR:
+                req = conn.inflight.pop(f.call_id, None)
+                if req is None:
+                    self.tally.stray_frames += 1
+                    continue
+                if req.timed_out:
+                    self.tally.late_replies += 1
+                elif kind == _RESPONSE:
+                    self._finish(req, "ok", now)
+                else:
+                    self._finish_error(req, f, now)
+                client = req.client
+                window = f.credit if f.flags & _HAS_CREDIT else None
+                for token in client.credits.on_response(window, now):
+                    self._send(token, now)
+            elif kind == _CREDIT:
+                client = conn.sessions.get(f.session)
+                if client is None:
+                    self.tally.stray_frames += 1
+                    continue
+                for token in client.credits.on_credit(f.credit, now):
+                    self._send(token, now)
+            # PONG and anything else the server may add later: nothing to account for.
+
+    def _finish_error(self, req: _Req, frame: Any, now: int) -> None:
+        try:
+            code = codecs.decode_error(frame.body)[0]
+        except RpcError as exc:
+            self._finish(req, "error", now, type(exc).__name__)
+            return
+        if code == codecs.OVERLOADED:
+            self._finish(req, "rejected_server", now)
+        elif code == codecs.DEADLINE_EXCEEDED:
+            self._finish(req, "timeout", now)
+        else:
+            try:
+                outcome_of(frame)
+                name = "RpcError"
+            except RpcError as exc:
+                name = type(exc).__name__
+            self._finish(req, "error", now, name)
+
+    def _lose(self, conn: _Conn, now: int, why: str = "ConnectionLost") -> None:
+        """The connection failed: its calls end as errors, its clients send no more."""
+        if conn.dead:
+            return
+        conn.dead = True
+        self.tally.connections_lost += 1
+        try:
+            self.epoll.unregister(conn.fd)
+        except (OSError, ValueError):
+            pass
+        conn.chan.close()
+        for req in conn.inflight.values():
+            if not req.timed_out:
+                self._finish(req, "error", now, why)
+        conn.inflight.clear()
+        for client in conn.clients:
+            for token in client.credits.expire(now + self.max_wait_ns + 1):
+                self._finish(token, "error", now, why)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _expire(self, now: int) -> None:
+        exp = self.expiries
+        while exp and exp[0][0] <= now:
+            client = exp.popleft()[1]
+            for token in client.credits.expire(now):
+                self._finish(token, "rejected_client", now)
+        tq = self.timeouts
+        while tq and tq[0][0] <= now:
+            _, conn, cid = tq.popleft()
+            req = conn.inflight.get(cid)
+            if req is not None and not req.timed_out:
+                # Keep it in flight: its late reply still returns the session's credit.
+                req.timed_out = True
+                self._finish(req, "timeout", now)
+
+    def _flush(self) -> None:
+        still = []
+        for conn in self.dirty:
+            if conn.dead:
+                continue
+            try:
+                done = conn.chan.flush(0, False)
+            except RpcError as exc:
+                self._lose(conn, self.clock(), type(exc).__name__)
+                continue
+            if done:
+                conn.dirty = False
+            else:
+                still.append(conn)      # the socket is full: retry on the next pass
+        self.dirty = still
+
+    def run(self) -> Tally:
+        clock = self.clock
+        epoll = self.epoll
+        by_fd = self.by_fd
+        schedule = self.schedule
+        last_progress = 0
+        while clock() < self.start_ns:
+            pass
+        if self.closed:
+            next_t = None
+            for c in self.clients:
+                self._arrive(self.start_ns, c)
+        else:
+            next_t = schedule.next()
+        end = self.end_ns
+        drain_until = end + self.drain_ns
+        try:
+            while True:
+                now = clock()
+                busy = False
+                while next_t is not None and next_t <= now:
+                    self._arrive(next_t)
+                    next_t = schedule.next()
+                    busy = True
+                if self.reissue:
+                    again, self.reissue = self.reissue, []
+                    for c in again:
+                        self._arrive(clock(), c)
+                    busy = True
+                if self.dirty:
+                    self._flush()
+                events = epoll.poll(0)
+                for fd, _ in events:
+                    conn = by_fd.get(fd)
+                    if conn is not None and not conn.dead:
+                        self._read(conn)
+                now = clock()
+                self._expire(now)
+                if next_t is None and now >= end:
+                    if self.pending == 0 or now >= drain_until:
+                        break
+                if self.progress is not None and now - last_progress >= _PROGRESS_NS:
+                    last_progress = now
+                    self.progress(self._snapshot(now))
+                if events or busy or self.dirty or self.reissue:
+                    continue
+                # Idle: sleep in epoll until shortly before the next thing that is due.
+                wake = drain_until if next_t is None else next_t
+                if self.expiries:
+                    wake = min(wake, self.expiries[0][0])
+                if self.timeouts:
+                    wake = min(wake, self.timeouts[0][0])
+                if wake - now > _SPIN_BEFORE_NS:
+                    epoll.poll((wake - now - _SPIN_BEFORE_NS // 2) / 1e9)
+        finally:
+            self._close(clock())
+        self.tally.elapsed_ns = clock() - self.start_ns
+        return self.tally
+
+    def _close(self, now: int) -> None:
+        """The drain is over: whatever is still unanswered or queued gets its outcome."""
+        for conn in self.conns:
+            for req in conn.inflight.values():
+                if not req.timed_out:
+                    self._finish(req, "timeout", now)
+            conn.inflight.clear()
+            for client in conn.clients:
+                for token in client.credits.expire(now + self.max_wait_ns + 1):
+                    self._finish(token, "rejected_client", now)
+            if not conn.dead:
+                conn.chan.close()
+        self.epoll.close()
+
+    def _snapshot(self, now: int) -> dict:
+        t = self.tally
+        return {"elapsed": (now - self.start_ns) / 1e9, "offered": t.offered + t.warmup_offered,
+                "ok": t.counts["ok"], "good": t.good,
+                "rejected": t.counts["rejected_server"] + t.counts["rejected_client"],
+                "timeout": t.counts["timeout"], "error": t.counts["error"],
+                "pending": self.pending}
+
+
+# --------------------------------------------------------------------------- processes
+
+_SNAP_KEYS = ("elapsed", "offered", "ok", "good", "rejected", "timeout", "error", "pending")
+
+
+def _pin(spec: LoadSpec, index: int) -> None:
+    if spec.cpus:
+        os.sched_setaffinity(0, {spec.cpus[index % len(spec.cpus)]})
+
+
+def _worker(spec: LoadSpec, index: int, pipe: Any, shared: Any) -> None:
+    """Body of one generator process (started with the spawn method)."""
+    try:
+        _pin(spec, index)
+        pipe.send(("ready", None))
+        start_ns = pipe.recv()
+        base = index * len(_SNAP_KEYS)
+
+        def progress(snap: dict) -> None:
+            for i, k in enumerate(_SNAP_KEYS):
+                shared[base + i] = int(snap[k] * 1000) if k == "elapsed" else snap[k]
+
+        engine = _Engine(spec, index, start_ns, progress)
+        tally = engine.run()
+        tally.check(f"process {index}")
+        pipe.send(("done", tally.to_wire()))
+    except BaseException as exc:  # report anything to the parent; it fails the run
+        try:
+            pipe.send(("failed", f"{type(exc).__name__}: {exc}"))
+        except Exception:
+            pass
+        raise
+    finally:
+        pipe.close()
+
+
+def _run_processes(spec: LoadSpec, progress: Callable[[dict], None] | None) -> list[Tally]:
+    ctx = multiprocessing.get_context("spawn")
+    shared = ctx.Array("q", spec.procs * len(_SNAP_KEYS), lock=False)
+    procs, pipes = [], []
+    bound = spec.warmup + spec.measured_s + spec.drain + spec.timeout + 60.0
+    try:
+        for i in range(spec.procs):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(spec, i, child, shared),
+                            name=f"microrpc-bench-{i}", daemon=True)
+            p.start()
+            child.close()
+            procs.append(p)
+            pipes.append(parent)
+        for i, pipe in enumerate(pipes):
+            if not pipe.poll(60.0):
+                raise RuntimeError(f"generator process {i} did not start within 60 s")
+            tag, payload = pipe.recv()
+            if tag != "ready":
+                raise RuntimeError(f"generator process {i} failed to start: {payload}")
+        # All processes start their schedules at the same monotonic instant (the clock is
+        # system-wide), so their time buckets line up when merged.
+        start_ns = _native.monotonic_ns() + 100_000_000
+        for pipe in pipes:
+            pipe.send(start_ns)
+        results: dict[int, Tally] = {}
+        give_up = time.monotonic() + bound
+        while len(results) < len(pipes):
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"generator processes did not finish within {bound:.0f} s")
+            for i, pipe in enumerate(pipes):
+                if i in results or not pipe.poll(0.05):
+                    continue
+                try:
+                    tag, payload = pipe.recv()
+                except EOFError:
+                    raise RuntimeError(f"generator process {i} died "
+                                       f"(exit code {procs[i].exitcode})") from None
+                if tag != "done":
+                    raise RuntimeError(f"generator process {i} failed: {payload}")
+                results[i] = Tally.from_wire(payload)
+            if progress is not None:
+                n = len(_SNAP_KEYS)
+                snap = {k: sum(shared[j * n + i] for j in range(spec.procs))
+                        for i, k in enumerate(_SNAP_KEYS)}
+                snap["elapsed"] = max(shared[j * n] for j in range(spec.procs)) / 1000
+                progress(snap)
+        return [results[i] for i in range(len(pipes))]
+    finally:
+        for p in procs:
+            p.join(5.0)
+            if p.is_alive():
+                p.kill()          # only our own children, by handle
+                p.join(1.0)
+        for pipe in pipes:
+            pipe.close()
+
+
+def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
+        stats_method: str | None = None) -> LoadResult:
+    """Run the load described by ``spec`` and return the merged, checked result.
+
+    ``progress`` (optional) is called about every 200 ms with a dict of running counts.
+    With one process the generator runs in the calling thread (pinned to ``spec.cpus[0]``
+    when given: that pins the caller). ``stats_method``: a method of the server that returns
+    its statistics (the synthetic server's ``synthetic.stats``), fetched after the run.
+    Raises AccountingError if any request is not accounted for exactly once.
+    """
+    if spec.procs == 1:
+        _pin(spec, 0)
+        engine = _Engine(spec, 0, _native.monotonic_ns() + 10_000_000, progress)
+        tallies = [engine.run()]
+    else:
+        tallies = _run_processes(spec, progress)
+    for i, t in enumerate(tallies):
+        t.check(f"process {i}")
+    merged = Tally.merge(tallies)
+    merged.check("merged run")
+    if sum(t.offered for t in tallies) != merged.offered:
+        raise AccountingError("merged offered count differs from the processes' sum")
+    measured_s = spec.measured_s
+    reasons = []
+    lag = merged.send_lag
+    if lag.get_total_count():
+        p99 = lag.get_value_at_percentile(99.0)
+        limit = spec.max_lag_fraction * spec.slo * 1e9
+        if p99 > limit:
+            reasons.append(f"generator fell behind its schedule: p99 send lag "
+                           f"{p99 / 1e3:.0f} us > {limit / 1e3:.0f} us "
+                           f"({spec.max_lag_fraction:g} x SLO)")
+    if merged.connections_lost:
+        reasons.append(f"{merged.connections_lost} connection(s) lost")
+    if merged.stray_frames:
+        reasons.append(f"{merged.stray_frames} replies to unknown calls (server bug?)")
+    per_process = [{"offered": t.offered, "outcomes": dict(t.counts), "good": t.good,
+                    "latency_count": t.latency.get_total_count(),
+                    "send_lag_p99_us": (t.send_lag.get_value_at_percentile(99.0) / 1e3
+                                        if t.send_lag.get_total_count() else None),
+                    "elapsed_s": t.elapsed_ns / 1e9} for t in tallies]
+    result = LoadResult(
+        config=dataclasses.asdict(spec), tally=merged, measured_s=measured_s,
+        offered_rate=merged.offered / measured_s if measured_s else 0.0,
+        per_process=per_process, valid=not reasons, invalid_reasons=reasons)
+    if stats_method:
+        result.server_stats = fetch_server_stats(spec.address, stats_method)
+    return result
+
+
+def fetch_server_stats(address: str, method: str, timeout: float = 5.0) -> dict:
+    """Call a statistics method on the server (msgpack codec) and return its dict."""
+    from microrpc.client import Client
+    with Client(address, timeout=timeout) as c:
+        stats = c.call(method)
+    if not isinstance(stats, dict):
+        raise RpcError(f"{method} returned {type(stats).__name__}, not a dict")
+    return stats
