@@ -46,7 +46,7 @@ def live_progress(total_s: float, enabled: bool | None = None
 def _us(v: float | None) -> str:
     if v is None:
         return "-"
-    return f"{v / 1000:.2f} ms" if v >= 10_000 else f"{v:.1f} us"
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.1f} us"
 
 
 def result_table(result: LoadResult) -> Table:
