@@ -535,6 +535,11 @@ def _fmt_spread(s: dict | None, digits: int = 1) -> str:
     return f"{_fmt(s['median'], digits)} ({_fmt(s['min'], digits)}..{_fmt(s['max'], digits)})"
 
 
+def _per_round(rounds: list[dict], key: str, digits: int) -> str:
+    """Each round's own figure, in round order ('x' for a failed round): the noise at a glance."""
+    return ", ".join(_fmt(r[key], digits) if r.get("status") == "ok" else "x" for r in rounds)
+
+
 def _targets_table(console: Any, title: str, rows: list[tuple[str, dict]]) -> None:
     from rich.table import Table
 
@@ -562,43 +567,50 @@ def print_report(report: dict) -> None:
                   "Latency is [bold]closed loop[/bold] (one call in flight), 32-byte echo, us.")
     for placement in meta["placements"]:
         pl = report["placements"][placement]
+        skipped: list[tuple[str, str]] = []
         title = f"Closed-loop latency, placement '{placement}' ({PLACEMENT_TEXT[placement]}), median (min..max) over rounds"
         t = Table(title=title, title_justify="left")
-        for col in ("case", "p50 us", "p99 us", "p99.9 us", "p99/p50", "p50 vs REQ/REP", "rounds"):
+        for col in ("case", "p50 us", "p99 us", "p99.9 us", "p99/p50", "p50 vs REQ/REP", "p50 per round"):
             t.add_column(col, justify="left" if col == "case" else "right")
         for case in CASES:
             if case.kind != "latency" or case.name not in pl["cases"]:
                 continue
             c = pl["cases"][case.name]
             if c.get("skipped"):
-                t.add_row(case.label, f"[dim]skipped: {c['skipped']}[/dim]", "", "", "", "", "")
+                t.add_row(case.label, "[dim]skipped[/dim]", "", "", "", "", "")
+                skipped.append((case.name, c["skipped"]))
                 continue
             s = c["summary"]
-            note = f"{s['rounds_ok']}" + (f" ({s['rounds_failed']} failed)" if s["rounds_failed"] else "")
+            note = _per_round(c["rounds"], "p50_us", 1)
             if s.get("truncated_rounds"):
                 note += f" ({s['truncated_rounds']} truncated)"
             t.add_row(case.label, _fmt_spread(s.get("p50_us")), _fmt_spread(s.get("p99_us")),
                       _fmt_spread(s.get("p999_us")),
                       _fmt_spread(pl["ratios"]["p99_over_p50"].get(case.name), 2),
                       _fmt_spread(pl["ratios"]["p50_vs_zmq_reqrep"].get(case.name), 2), note)
-        console.print(t)
+        if t.row_count:
+            console.print(t)
 
         t = Table(title=f"Pipelined throughput, {INFLIGHT} in flight, placement '{placement}'", title_justify="left")
-        for col in ("case", "req/s", "vs pyzmq DEALER->ROUTER", "rounds"):
+        for col in ("case", "req/s", "vs pyzmq DEALER->ROUTER", "req/s per round"):
             t.add_column(col, justify="left" if col == "case" else "right")
         for case in CASES:
             if case.kind != "throughput" or case.name not in pl["cases"]:
                 continue
             c = pl["cases"][case.name]
             if c.get("skipped"):
-                t.add_row(case.label, f"[dim]skipped: {c['skipped']}[/dim]", "", "")
+                t.add_row(case.label, "[dim]skipped[/dim]", "", "")
+                skipped.append((case.name, c["skipped"]))
                 continue
             s = c["summary"]
             t.add_row(case.label, _fmt_spread(s.get("rate"), 0),
                       _fmt_spread(pl["ratios"]["throughput_vs_zmq_dealer_router"].get(case.name), 2),
-                      f"{s['rounds_ok']}" + (f" ({s['rounds_failed']} failed)" if s["rounds_failed"] else ""))
-        console.print(t)
+                      _per_round(c["rounds"], "rate", 0))
+        if t.row_count:
+            console.print(t)
 
+        for name, why in skipped:
+            console.print(f"  [dim]skipped {name}: {why}[/dim]")
         r = pl["ratios"]
         t = Table(title=f"Ratios per round, median (min..max), placement '{placement}'", title_justify="left")
         t.add_column("ratio")
