@@ -7,12 +7,12 @@ from nanolog.errors import (DamagedLogError, EmptyLogError, LogFileError, NotANa
                             UnsupportedVersion)
 from nanolog.format import LEVELS, level_name
 from nanolog.logger import Logger, Statistics
-from nanolog.reference import Record, read_reference
-
-read = read_reference
+from nanolog.decode import read, write_text
+from nanolog.reference import read_reference
+from nanolog._decode import Record
 
 __all__ = [
-    "Logger", "Statistics", "read", "read_reference", "Record", "LEVELS", "level_name",
+    "Logger", "Statistics", "read", "read_reference", "write_text", "Record", "LEVELS", "level_name",
     "LogFileError", "EmptyLogError", "NotANanologFile", "UnsupportedVersion",
     "DamagedLogError",
 ]
