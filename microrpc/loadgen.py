@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import multiprocessing
 import os
 import random
 import select
-import time
 from typing import Any, Callable
 
 import msgpack
@@ -40,7 +38,7 @@ from microrpc.errors import ConnectionLost, RpcError
 from microrpc.loadgen_result import OUTCOMES, AccountingError, LoadResult, Tally
 from microrpc.loadgen_synthetic import ServiceTime, encode_service
 
-__all__ = ["LoadSpec", "PoissonSchedule", "run", "fetch_server_stats", "AccountingError",
+__all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "run", "fetch_server_stats", "AccountingError",
            "LoadResult", "OUTCOMES"]
 
 _MAX_SESSION = 0xFFFFFFFF
@@ -143,19 +141,19 @@ class LoadSpec:
 
 class PoissonSchedule:
     """Intended send times (monotonic ns) of a Poisson process whose rate is constant per
-    segment. Pure: depends only on the segments, the start time and the seed."""
+    segment. Pure: the offsets from ``start_ns`` depend only on the segments and the seed."""
 
     def __init__(self, segments: list[tuple[float, float]], start_ns: int, seed: int) -> None:
         self._rng = random.Random(seed)
         self._segments = []
-        t = start_ns
+        end = 0
         for rate, secs in segments:
-            t += int(secs * 1e9)
-            self._segments.append((t, rate))
+            end += int(secs * 1e9)
+            self._segments.append((end, rate))
         self.start_ns = start_ns
-        self.end_ns = t
+        self.end_ns = start_ns + end
         self._i = 0
-        self._t = float(start_ns)
+        self._t = 0.0          # offset of the last arrival from start_ns
 
     def __iter__(self):
         return self
@@ -175,12 +173,17 @@ class PoissonSchedule:
                 t = self._t + self._rng.expovariate(rate) * 1e9
                 if t < end:
                     self._t = t
-                    return int(t)
+                    return self.start_ns + int(t)
             # Memoryless: the next arrival after a rate change is drawn afresh from the
             # boundary at the new rate.
             self._t = float(end)
             self._i += 1
         return None
+
+
+def schedule_seed(spec: LoadSpec, index: int) -> int:
+    """The seed of process ``index``'s arrival schedule (tests rebuild the schedule with it)."""
+    return spec.seed * 1_000_003 + index
 
 
 class _Req:
@@ -220,36 +223,35 @@ def _share(total: int, index: int, n: int) -> int:
     return total // n + (1 if index < total % n else 0)
 
 
-class _Engine:
+class Engine:
     """One generator process: its share of the clients, connections and rate."""
 
-    def __init__(self, spec: LoadSpec, index: int, start_ns: int,
+    def __init__(self, spec: LoadSpec, index: int,
                  progress: Callable[[dict], None] | None = None) -> None:
         self.spec = spec
         self.clock = _native.monotonic_ns
         n = spec.procs
-        self.rng = random.Random(spec.seed * 1_000_003 + index)
+        # Separate generators: the arrival times depend on the seed alone, whatever the
+        # clients and service times drew.
+        self.schedule_seed = schedule_seed(spec, index)
+        self.rng = random.Random(self.schedule_seed ^ 0x5DEECE66D)
         self.service = ServiceTime.parse(spec.service) if spec.service else None
         self.closed = _share(spec.closed, index, n) if spec.closed else 0
         n_clients = self.closed or _share(spec.clients, index, n)
         n_conns = min(spec.connections, n_clients)
-        self.start_ns = start_ns
-        self.m0 = start_ns + int(spec.warmup * 1e9)             # measured window starts
+        self.warmup_ns = int(spec.warmup * 1e9)
+        # This process's share of the schedule, warm-up (at the first rate) included.
         segs = [(r / n, s) for r, s in spec.segments()]
-        if self.closed:
-            self.schedule = None
-            self.end_ns = self.m0 + int(spec.duration * 1e9)
-        else:
-            warm = [(segs[0][0], spec.warmup)] if spec.warmup > 0 else []
-            self.schedule = PoissonSchedule(warm + segs, start_ns, self.rng.randrange(1 << 62))
-            self.end_ns = self.schedule.end_ns
+        self.segments = ([(segs[0][0], spec.warmup)] if spec.warmup > 0 else []) + segs
+        self.start_ns = self.m0 = self.end_ns = 0      # set by run()
+        self.schedule: PoissonSchedule | None = None
         self.slo_ns = int(spec.slo * 1e9)
         self.timeout_ns = int(spec.timeout * 1e9)
         self.deadline_us = min(max(int(spec.timeout * 1e6), 1), _MAX_DEADLINE_US)
         self.max_wait_ns = int(spec.client_max_wait * 1e9)
         self.drain_ns = int(spec.drain * 1e9)
         bucket_ns = max(int(spec.bucket * 1e9), 1000)
-        horizon = self.end_ns - self.m0 + self.drain_ns + self.timeout_ns
+        horizon = int(spec.measured_s * 1e9) + self.drain_ns + self.timeout_ns
         self.tally = Tally(self.slo_ns, bucket_ns, horizon // bucket_ns + 2)
         self.name = spec.method.encode()
         self.codec = codecs.codec_id(spec.codec)
@@ -457,7 +459,15 @@ class _Engine:
                 still.append(conn)      # the socket is full: retry on the next pass
         self.dirty = still
 
-    def run(self) -> Tally:
+    def run(self, start_ns: int) -> Tally:
+        """Run the schedule from the monotonic time ``start_ns`` (spinning until then)."""
+        self.start_ns = start_ns
+        self.m0 = start_ns + self.warmup_ns                  # the measured window starts
+        if self.closed:
+            self.end_ns = self.m0 + int(self.spec.duration * 1e9)
+        else:
+            self.schedule = PoissonSchedule(self.segments, start_ns, self.schedule_seed)
+            self.end_ns = self.schedule.end_ns
         clock = self.clock
         epoll = self.epoll
         by_fd = self.by_fd
@@ -539,98 +549,13 @@ class _Engine:
                 "pending": self.pending}
 
 
-# --------------------------------------------------------------------------- processes
-
-_SNAP_KEYS = ("elapsed", "offered", "ok", "good", "rejected", "timeout", "error", "pending")
+# --------------------------------------------------------------------------- running
 
 
-def _pin(spec: LoadSpec, index: int) -> None:
+def pin(spec: LoadSpec, index: int) -> None:
+    """Pin the calling process to its CPU of ``spec.cpus`` (if any)."""
     if spec.cpus:
         os.sched_setaffinity(0, {spec.cpus[index % len(spec.cpus)]})
-
-
-def _worker(spec: LoadSpec, index: int, pipe: Any, shared: Any) -> None:
-    """Body of one generator process (started with the spawn method)."""
-    try:
-        _pin(spec, index)
-        pipe.send(("ready", None))
-        start_ns = pipe.recv()
-        base = index * len(_SNAP_KEYS)
-
-        def progress(snap: dict) -> None:
-            for i, k in enumerate(_SNAP_KEYS):
-                shared[base + i] = int(snap[k] * 1000) if k == "elapsed" else snap[k]
-
-        engine = _Engine(spec, index, start_ns, progress)
-        tally = engine.run()
-        tally.check(f"process {index}")
-        pipe.send(("done", tally.to_wire()))
-    except BaseException as exc:  # report anything to the parent; it fails the run
-        try:
-            pipe.send(("failed", f"{type(exc).__name__}: {exc}"))
-        except Exception:
-            pass
-        raise
-    finally:
-        pipe.close()
-
-
-def _run_processes(spec: LoadSpec, progress: Callable[[dict], None] | None) -> list[Tally]:
-    ctx = multiprocessing.get_context("spawn")
-    shared = ctx.Array("q", spec.procs * len(_SNAP_KEYS), lock=False)
-    procs, pipes = [], []
-    bound = spec.warmup + spec.measured_s + spec.drain + spec.timeout + 60.0
-    try:
-        for i in range(spec.procs):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(spec, i, child, shared),
-                            name=f"microrpc-bench-{i}", daemon=True)
-            p.start()
-            child.close()
-            procs.append(p)
-            pipes.append(parent)
-        for i, pipe in enumerate(pipes):
-            if not pipe.poll(60.0):
-                raise RuntimeError(f"generator process {i} did not start within 60 s")
-            tag, payload = pipe.recv()
-            if tag != "ready":
-                raise RuntimeError(f"generator process {i} failed to start: {payload}")
-        # All processes start their schedules at the same monotonic instant (the clock is
-        # system-wide), so their time buckets line up when merged.
-        start_ns = _native.monotonic_ns() + 100_000_000
-        for pipe in pipes:
-            pipe.send(start_ns)
-        results: dict[int, Tally] = {}
-        give_up = time.monotonic() + bound
-        while len(results) < len(pipes):
-            if time.monotonic() > give_up:
-                raise RuntimeError(f"generator processes did not finish within {bound:.0f} s")
-            for i, pipe in enumerate(pipes):
-                if i in results or not pipe.poll(0.05):
-                    continue
-                try:
-                    tag, payload = pipe.recv()
-                except EOFError:
-                    raise RuntimeError(f"generator process {i} died "
-                                       f"(exit code {procs[i].exitcode})") from None
-                if tag != "done":
-                    raise RuntimeError(f"generator process {i} failed: {payload}")
-                results[i] = Tally.from_wire(payload)
-            if progress is not None:
-                n = len(_SNAP_KEYS)
-                snap = {k: sum(shared[j * n + i] for j in range(spec.procs))
-                        for i, k in enumerate(_SNAP_KEYS)}
-                snap["elapsed"] = max(shared[j * n] for j in range(spec.procs)) / 1000
-                progress(snap)
-        return [results[i] for i in range(len(pipes))]
-    finally:
-        for p in procs:
-            p.join(5.0)
-            if p.is_alive():
-                p.kill()          # only our own children, by handle
-                p.join(1.0)
-        for pipe in pipes:
-            pipe.close()
 
 
 def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
@@ -644,11 +569,12 @@ def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
     Raises AccountingError if any request is not accounted for exactly once.
     """
     if spec.procs == 1:
-        _pin(spec, 0)
-        engine = _Engine(spec, 0, _native.monotonic_ns() + 10_000_000, progress)
-        tallies = [engine.run()]
+        pin(spec, 0)
+        engine = Engine(spec, 0, progress)
+        tallies = [engine.run(_native.monotonic_ns() + 1_000_000)]
     else:
-        tallies = _run_processes(spec, progress)
+        from microrpc.loadgen_procs import run_processes
+        tallies = run_processes(spec, progress)
     for i, t in enumerate(tallies):
         t.check(f"process {i}")
     merged = Tally.merge(tallies)
