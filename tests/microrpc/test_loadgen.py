@@ -163,7 +163,10 @@ def test_tallies_merge_like_one_histogram():
                 == whole.latency.get_value_at_percentile(p))
     assert merged.good == sum(1 for v in a + b if v <= 2_000_000)
     assert sorted(v for bucket in merged.bucket_latency for v in bucket) == sorted(a + b)
-    assert [len(x) for x in merged.bucket_latency] == [len(x) for x in whole.bucket_latency]
+    # Buckets add up bucket by bucket (the processes' buckets share one start time).
+    per_a, per_b = ([len(x) for x in _tally_with(v).bucket_latency] for v in (a, b))
+    assert [len(x) for x in merged.bucket_latency] == [x + y for x, y in zip(per_a, per_b)]
+    assert merged.series["ok"] == [x + y for x, y in zip(per_a, per_b)]
 
 
 def test_histograms_merge_across_two_processes(synthetic):
