@@ -731,6 +731,10 @@ cdef class Decoder:
         self._cap = cap
         return 0
 
+    def complete_round(self):
+        """Treat the round being collected as complete (``tail -f`` on an idle log)."""
+        self._close_round()
+
     cdef _close_round(self):
         """Everything parsed so far is final: the next round or session starts later."""
         self._ready = self._n
