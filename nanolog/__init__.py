@@ -6,13 +6,14 @@ later, in the decoder (``nanolog.read``) or the ``nanolog`` command-line tool.
 from nanolog.errors import (DamagedLogError, EmptyLogError, LogFileError, NotANanologFile,
                             UnsupportedVersion)
 from nanolog.format import LEVELS, level_name
+from nanolog.handler import NanologHandler
 from nanolog.logger import Logger, Statistics
 from nanolog.decode import read, write_text
 from nanolog.reference import read_reference
 from nanolog._decode import Record
 
 __all__ = [
-    "Logger", "Statistics", "read", "read_reference", "write_text", "Record", "LEVELS", "level_name",
+    "Logger", "Statistics", "NanologHandler", "read", "read_reference", "write_text", "Record", "LEVELS", "level_name",
     "LogFileError", "EmptyLogError", "NotANanologFile", "UnsupportedVersion",
     "DamagedLogError",
 ]
