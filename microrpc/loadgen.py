@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import os
 import random
 import select
@@ -473,6 +474,11 @@ class Engine:
         by_fd = self.by_fd
         schedule = self.schedule
         last_progress = 0
+        # A full collection of the cyclic GC walks every live object (tens of ms with the
+        # requests in flight and 10,000 sessions) and would show up as send lag. Requests
+        # hold no reference cycles once finished, so reference counting frees them.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         while clock() < self.start_ns:
             pass
         if self.closed:
@@ -523,6 +529,8 @@ class Engine:
                     epoll.poll((wake - now - _SPIN_BEFORE_NS // 2) / 1e9)
         finally:
             self._close(clock())
+            if gc_was_enabled:
+                gc.enable()
         self.tally.elapsed_ns = clock() - self.start_ns
         return self.tally
 

@@ -21,11 +21,16 @@ def test_credits_flow_and_calls_succeed(make_server):
                 # threshold: the request really did wait that long.
                 assert exc.side == "server"
         futures = [c.call_async("add", i, 2) for i in range(10)]
-        assert [f.result(timeout=10) for f in futures] == [i + 2 for i in range(10)]
+        for i, f in enumerate(futures):
+            try:
+                assert f.result(timeout=10) == i + 2
+                ok += 1
+            except microrpc.Overloaded as exc:
+                assert exc.side == "server"
         credits = c.statistics().credits
         assert credits.responses == 210 and credits.in_flight == 0
     stats = server.statistics()
-    assert ok >= 190 and stats.rejects == 200 - ok
+    assert ok >= 200 and stats.rejects == 210 - ok
     assert stats.overload.admitted == 210 - stats.rejects
 
 
