@@ -62,6 +62,8 @@ class LoadSpec:
     ``service`` (e.g. ``"exp:100us"``) makes each request body ask the synthetic ``spin``
     method for a service time drawn here; with ``service=None`` the body is ``payload``
     zero bytes (raw codec) or ``[bytes]`` (msgpack), for any other method.
+    ``prime``: register every session with one unmeasured request before the schedule
+    starts (see ``Engine.prime``).
     """
 
     address: str
@@ -86,6 +88,7 @@ class LoadSpec:
     client_max_wait: float = DEFAULT_MAX_WAIT_NS / 1e9
     seed: int = 1
     cpus: tuple[int, ...] = ()
+    prime: bool = True
 
     def __post_init__(self) -> None:
         transport.parse_address(self.address)
@@ -188,13 +191,14 @@ def schedule_seed(spec: LoadSpec, index: int) -> int:
 
 
 class _Req:
-    __slots__ = ("client", "intended", "measured", "timed_out")
+    __slots__ = ("client", "intended", "measured", "timed_out", "prime")
 
     def __init__(self, client: "_Client", intended: int, measured: bool) -> None:
         self.client = client
         self.intended = intended
         self.measured = measured
         self.timed_out = False
+        self.prime = False        # a registration request: no outcome, not offered
 
 
 class _Client:
@@ -260,6 +264,7 @@ class Engine:
                            else msgpack.packb([b"\0" * spec.payload]))
         self.progress = progress
         self.pending = 0                  # offered and not yet given an outcome
+        self.priming = 0                  # registration requests not yet answered
         self.reissue: list[_Client] = []  # closed loop: clients whose request just ended
         self.expiries: collections.deque = collections.deque()  # (time, client), FIFO
         self.timeouts: collections.deque = collections.deque()  # (time, conn, call id), FIFO
@@ -371,7 +376,9 @@ class Engine:
                 if req is None:
                     self.tally.stray_frames += 1
                     continue
-                if req.timed_out:
+                if req.prime:
+                    self.priming -= 1
+                elif req.timed_out:
                     self.tally.late_replies += 1
                 elif kind == _RESPONSE:
                     self._finish(req, "ok", now)
@@ -426,6 +433,50 @@ class Engine:
         for client in conn.clients:
             for token in client.credits.expire(now + self.max_wait_ns + 1):
                 self._finish(token, "error", now, why)
+
+    # -- registration -------------------------------------------------------------------
+
+    def prime(self, timeout_s: float = 30.0) -> None:
+        """Register every session before the schedule starts: one request per client with
+        zero service time, all answered (or rejected) before this returns.
+
+        A session's first request goes out on an implicit window of 1 and its reply tells
+        the client the server's real window (or that it uses no credits). Without this,
+        the first seconds of a run would measure 1,000 sessions discovering the server, and
+        a server without credits would see client-side rejects until each client's first
+        reply. These requests are not offered load and get no outcome.
+        """
+        self.priming = 0
+        now = self.clock()
+        body = encode_service(0, self.spec.codec) if self.service else self.fixed_body
+        for client in self.clients:
+            req = _Req(client, now, False)
+            req.prime = True
+            if client.credits.submit(req, now) is not _SEND:
+                continue          # cannot happen on a fresh session (window 1); be safe
+            conn = client.conn
+            cid = conn.next_id
+            conn.next_id = cid + 1
+            conn.chan.put_frame(_REQUEST, cid, self.name, body, self.codec, client.session,
+                                self.deadline_us, 0)
+            conn.inflight[cid] = req
+            self.priming += 1
+            if not conn.dirty:
+                conn.dirty = True
+                self.dirty.append(conn)
+        give_up = now + int(timeout_s * 1e9)
+        while self.priming > 0:
+            if self.dirty:
+                self._flush()
+            for fd, _ in self.epoll.poll(0.001 if not self.dirty else 0):
+                conn = self.by_fd.get(fd)
+                if conn is not None and not conn.dead:
+                    self._read(conn)
+            if self.clock() > give_up:
+                raise RuntimeError(f"{self.priming} of {len(self.clients)} registration "
+                                   f"requests unanswered after {timeout_s:g} s")
+            if any(c.dead for c in self.conns):
+                raise RuntimeError("a connection was lost while registering the sessions")
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -579,6 +630,8 @@ def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
     if spec.procs == 1:
         pin(spec, 0)
         engine = Engine(spec, 0, progress)
+        if spec.prime:
+            engine.prime()
         tallies = [engine.run(_native.monotonic_ns() + 1_000_000)]
     else:
         from microrpc.loadgen_procs import run_processes

@@ -68,6 +68,8 @@ def _child_main() -> None:
         stdout.flush()
 
     engine = Engine(spec, index, progress)
+    if spec.prime:
+        engine.prime()
     stdout.write(_encode(b"ready", None))
     stdout.flush()
     start_ns = int(stdin.readline(100))

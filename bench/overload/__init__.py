@@ -1,0 +1,1 @@
+"""Helpers of bench/overload_bench.py: synthetic server processes, analysis, plot."""

@@ -1,0 +1,335 @@
+#!/usr/bin/env python
+"""Overload benchmark: Breakwater against no control, AQM only and a static concurrency
+limit, on a CPU-bound Python server, driven by the open-loop generator ``microrpc bench``.
+
+    python bench/overload_bench.py [--quick] [--reps N] [--json PATH] [--no-plot]
+        [--breakwater k=v,...] [--limit N] [--server-cpu 1] [--gen-cpu 0]
+
+1. Unloaded round trip: closed loop, one request outstanding, zero service time.
+2. Capacity mu: no control, closed loop with 16 requests outstanding, exp service.
+3. SLO = 10 x (mean service time + unloaded round trip), as the Breakwater artifact.
+4. Sweep: offered load 0.5 .. 4 x mu (open loop, Poisson, 1,000 clients over 4
+   connections) for each policy, a fresh server per point, the policies' order rotated
+   every repetition so that background noise hits all alike.
+5. Step 0.5 -> 2 -> 0.5 x mu: goodput, p99 and rejects per bucket of 10 x SLO; convergence
+   and recovery times in SLO units.
+6. 10,000 clients at 2 x mu (Breakwater), against the 1,000-client run of the same
+   repetition.
+
+Placement: server pinned to CPU 1 (``serve-synthetic --cpu``), generator to CPU 0
+(``os.sched_setaffinity``). Every number is a median over repetitions with min..max; the
+run's JSON goes to bench/results/overload_bench.json and a PNG plot beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from rich import box                                    # noqa: E402
+from rich.console import Console                        # noqa: E402
+from rich.table import Table                            # noqa: E402
+
+from microrpc import loadgen                            # noqa: E402
+from overload import analysis, servers                  # noqa: E402
+from overload.plot import plot                          # noqa: E402
+
+DEFAULT_JSON = HERE / "results" / "overload_bench.json"
+SERVICE_US = 100.0
+CLIENTS = 1000
+CONNECTIONS = 4
+CAPACITY_OUTSTANDING = 16
+LOADS_FULL = [0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0]
+LOADS_QUICK = [0.5, 2.0, 4.0]
+POLICY_ORDER = ["breakwater", "none", "aqm", "limit"]
+
+
+class Ctx:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.quick = args.quick
+        self.reps = args.reps or (1 if args.quick else 3)
+        self.server_cpu = args.server_cpu
+        self.gen_cpu = args.gen_cpu
+        self.duration = 0.8 if args.quick else 2.0
+        self.warmup = 0.3 if args.quick else 0.5
+        self.step_segment = 0.6 if args.quick else 1.0
+        self.loads = LOADS_QUICK if args.quick else LOADS_FULL
+        self.policies = {
+            "breakwater": "breakwater" + (f":{args.breakwater}" if args.breakwater else ""),
+            "none": "none",
+            "aqm": "aqm" + (f":{args.aqm}" if args.aqm else ""),
+            "limit": f"limit:{args.limit}",
+        }
+        self.service = f"exp:{SERVICE_US:g}us"
+        self.slo_s = 0.0
+        self.mu = 0.0
+        self.seed = 1
+
+    @property
+    def timeout(self) -> float:
+        # Long enough that Breakwater never times out, short enough that a collapsed
+        # no-control server drains within the bound.
+        return max(0.1, 50 * self.slo_s)
+
+    def spec(self, address: str, **kw: Any) -> loadgen.LoadSpec:
+        self.seed += 1
+        base = dict(address=address, clients=CLIENTS, connections=CONNECTIONS,
+                    service=self.service, slo=self.slo_s or 0.002, timeout=self.timeout
+                    if self.slo_s else 1.0, drain=2 * self.timeout if self.slo_s else 2.0,
+                    warmup=self.warmup, duration=self.duration, seed=self.seed,
+                    cpus=(self.gen_cpu,) if self.gen_cpu is not None else (),
+                    bucket=10 * (self.slo_s or 0.002))
+        base.update(kw)
+        return loadgen.LoadSpec(**base)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measure_base(ctx: Ctx) -> dict:
+    """Unloaded round trip and capacity mu, each repetition on a fresh no-control server."""
+    rtts, mus = [], []
+    for rep in range(ctx.reps):
+        with servers.synthetic_server("none", ctx.server_cpu) as addr:
+            r = loadgen.run(ctx.spec(addr, closed=1, service="const:0us",
+                                     duration=0.5 if ctx.quick else 1.0, warmup=0.2))
+            rtts.append(r.latency_us(50))
+            r = loadgen.run(ctx.spec(addr, closed=CAPACITY_OUTSTANDING,
+                                     duration=1.0 if ctx.quick else 2.0, warmup=0.3))
+            mus.append(r.throughput)
+        log(f"  rep {rep}: unloaded RTT p50 {rtts[-1]:.0f} us, mu {mus[-1]:.0f}/s")
+    return {"rtt_us": analysis.spread(rtts), "mu": analysis.spread(mus)}
+
+
+def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None) -> dict:
+    slo_us = ctx.slo_s * 1e6
+    t = r.tally
+    ok = t.counts["ok"]
+    # A run with no ok response at all: every request took at least the timeout.
+    p99 = r.latency_us(99) if ok else ctx.timeout * 1e6
+    rej = r.reject_latency_us(99)
+    completed = (stats or {}).get("overload", {}).get("completed") or 0
+    credit_frames = (stats or {}).get("credit_frames", 0)
+    return {
+        "offered": r.offered, "offered_rate": r.offered_rate, "outcomes": r.counts,
+        "goodput": r.goodput, "goodput_mu": r.goodput / ctx.mu,
+        "throughput_mu": r.throughput / ctx.mu,
+        "p50_us": r.latency_us(50), "p99_us": p99, "p99_slo": p99 / slo_us,
+        "no_ok": ok == 0,
+        "reject_p99_us": rej, "reject_p99_slo": None if rej is None else rej / slo_us,
+        "reject_frac": (t.counts["rejected_server"] + t.counts["rejected_client"]) / r.offered
+        if r.offered else 0.0,
+        "timeout_frac": r.fraction("timeout"), "error_frac": r.fraction("error"),
+        "send_lag_p99_us": t.send_lag.get_value_at_percentile(99) / 1e3,
+        "valid": r.valid, "invalid_reasons": r.invalid_reasons,
+        "credit_frames": credit_frames, "completed": completed,
+        "credit_per_req": credit_frames / completed if completed else None,
+        "pool_min": (stats or {}).get("overload", {}).get("pool_min"),
+        "pool_max": (stats or {}).get("overload", {}).get("pool_max"),
+    }
+
+
+def run_point(ctx: Ctx, policy: str, load: float, clients: int = CLIENTS) -> dict:
+    with servers.synthetic_server(ctx.policies[policy], ctx.server_cpu) as addr:
+        r = loadgen.run(ctx.spec(addr, rate=load * ctx.mu, clients=clients))
+        stats = servers.stats(addr)
+    return summarize(r, ctx, stats)
+
+
+def run_step(ctx: Ctx, policy: str) -> dict:
+    seg = ctx.step_segment
+    schedule = ((0.5 * ctx.mu, seg), (2.0 * ctx.mu, seg), (0.5 * ctx.mu, seg))
+    with servers.synthetic_server(ctx.policies[policy], ctx.server_cpu) as addr:
+        r = loadgen.run(ctx.spec(addr, schedule=schedule))
+        stats = servers.stats(addr)
+    out = summarize(r, ctx, stats)
+    series = r.series()
+    slo_us = ctx.slo_s * 1e6
+    bucket_s = r.tally.bucket_ns / 1e9
+    up = analysis.converged_after(series, seg, 2 * seg, slo_us, bucket_s)
+    down = analysis.converged_after(series, 2 * seg, 3 * seg, slo_us, bucket_s)
+    out.update(converge=up, recover=down, bucket_s=bucket_s,
+               series=[{k: row[k] for k in ("t_s", "offered", "goodput", "p99_us",
+                                            "rejected_server", "rejected_client", "timeout")}
+                       for row in series])
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt(s: dict | None, digits: int = 2, pct: bool = False) -> str:
+    if s is None:
+        return "-"
+    k = 100 if pct else 1
+    med = f"{k * s['median']:.{digits}f}"
+    if s["n"] > 1 and s["min"] != s["max"]:
+        return f"{med} [{k * s['min']:.{digits}f}..{k * s['max']:.{digits}f}]"
+    return med
+
+
+def make_table(title: str, columns: list[str], rows: list[list[str]], plain: bool) -> Table:
+    table = Table(title=title, box=box.ASCII if plain else box.SIMPLE_HEAD)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short smoke run (< 60 s)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--server-cpu", type=int, default=1)
+    ap.add_argument("--gen-cpu", type=int, default=0)
+    ap.add_argument("--breakwater", default="",
+                    help="Breakwater parameters, k=v,... (e.g. target_delay_ns=400000)")
+    ap.add_argument("--aqm", default="", help="AQM-only threshold in ns (default: Breakwater's)")
+    ap.add_argument("--limit", type=int, default=8, help="ConcurrencyLimit n")
+    ap.add_argument("--policies", default=",".join(POLICY_ORDER))
+    args = ap.parse_args()
+    cpus = os.sched_getaffinity(0)
+    for name in ("server_cpu", "gen_cpu"):
+        if getattr(args, name) not in cpus:
+            log(f"CPU {getattr(args, name)} is not available; not pinning the {name[:-4]}")
+            setattr(args, name, None)
+    ctx = Ctx(args)
+    policies = [p for p in args.policies.split(",") if p]
+    unknown = set(policies) - set(POLICY_ORDER)
+    if unknown:
+        ap.error(f"unknown policies {sorted(unknown)}; choose from {POLICY_ORDER}")
+    console = Console()
+    plain = not console.is_terminal
+    t_start = time.monotonic()
+
+    log("measuring the unloaded round trip and capacity mu ...")
+    base = measure_base(ctx)
+    ctx.mu = base["mu"]["median"]
+    rtt = base["rtt_us"]["median"]
+    ctx.slo_s = 10 * (SERVICE_US + rtt) / 1e6
+    log(f"mu = {ctx.mu:.0f}/s, RTT = {rtt:.0f} us, SLO = {ctx.slo_s * 1e6:.0f} us, "
+        f"timeout = {ctx.timeout * 1e3:.0f} ms")
+
+    raw: dict[str, dict[float, list[dict]]] = {p: {l: [] for l in ctx.loads} for p in policies}
+    steps: dict[str, list[dict]] = {p: [] for p in policies
+                                    if p in (("breakwater",) if ctx.quick
+                                             else ("breakwater", "none", "aqm"))}
+    many: list[dict] = []
+    for rep in range(ctx.reps):
+        order = policies[rep % len(policies):] + policies[:rep % len(policies)]
+        for load in ctx.loads:
+            for policy in order:
+                s = run_point(ctx, policy, load)
+                raw[policy][load].append(s)
+                log(f"  rep {rep} {policy:10s} {load:3.1f}x: goodput {s['goodput_mu']:.2f} mu, "
+                    f"p99 {s['p99_slo']:.2f} SLO, rejects {100 * s['reject_frac']:.1f}%, "
+                    f"timeouts {100 * s['timeout_frac']:.2f}%"
+                    f"{'' if s['valid'] else '  INVALID: ' + '; '.join(s['invalid_reasons'])}")
+        for policy in steps:
+            s = run_step(ctx, policy)
+            steps[policy].append(s)
+            log(f"  rep {rep} step {policy}: converged {s['converge']['slo_units']} SLO, "
+                f"recovered {s['recover']['slo_units']} SLO")
+        if "breakwater" in policies:
+            s = run_point(ctx, "breakwater", 2.0, clients=10_000)
+            many.append(s)
+            log(f"  rep {rep} 10,000 clients at 2x: goodput {s['goodput_mu']:.2f} mu")
+
+    keys = ("goodput_mu", "p99_slo", "p99_us", "reject_p99_slo", "reject_frac",
+            "timeout_frac", "credit_per_req", "send_lag_p99_us", "throughput_mu")
+    points = {p: {l: {k: analysis.spread([s[k] for s in runs]) for k in keys}
+                  for l, runs in table.items()} for p, table in raw.items()}
+    step_summary = {p: {"converge_slo": analysis.spread([s["converge"]["slo_units"] for s in runs]),
+                        "recover_slo": analysis.spread([s["recover"]["slo_units"] for s in runs]),
+                        "goodput_mu": analysis.spread([s["goodput_mu"] for s in runs]),
+                        "p99_slo": analysis.spread([s["p99_slo"] for s in runs])}
+                    for p, runs in steps.items()}
+    many_summary = None
+    if many:
+        peer = raw["breakwater"].get(2.0) or []
+        ratios = [m["goodput_mu"] / p["goodput_mu"] for m, p in zip(many, peer)
+                  if p["goodput_mu"]]
+        many_summary = {"goodput_mu": analysis.spread([m["goodput_mu"] for m in many]),
+                        "p99_slo": analysis.spread([m["p99_slo"] for m in many]),
+                        "ratio_to_1000_clients": analysis.spread(ratios)}
+    targets = analysis.evaluate(points, step_summary.get("breakwater"), many_summary, ctx.loads)
+    invalid = sum(1 for table in raw.values() for runs in table.values() for s in runs
+                  if not s["valid"])
+
+    # ---- tables
+    rows = []
+    for p in policies:
+        for l in ctx.loads:
+            pt = points[p][l]
+            rows.append([p, f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
+                         fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
+                         fmt(pt["timeout_frac"], 3, True), fmt(pt["credit_per_req"], 3),
+                         fmt(pt["send_lag_p99_us"], 0)])
+    console.print(make_table(
+        f"overload sweep: mu {ctx.mu:.0f}/s, SLO {ctx.slo_s * 1e6:.0f} us, {CLIENTS} clients, "
+        f"median [min..max] of {ctx.reps} rep(s)",
+        ["policy", "load", "goodput/mu", "p99/SLO", "reject p99/SLO", "rejects %",
+         "timeouts %", "credit msg/req", "gen lag p99 us"], rows, plain))
+    if steps:
+        console.print(make_table(
+            "step 0.5 -> 2 -> 0.5 x mu (buckets of 10 x SLO)",
+            ["policy", "", "converge (SLO units)", "recover (SLO units)", "goodput/mu",
+             "p99/SLO"],
+            [[p, "", fmt(s["converge_slo"], 0), fmt(s["recover_slo"], 0),
+              fmt(s["goodput_mu"]), fmt(s["p99_slo"])] for p, s in step_summary.items()],
+            plain))
+    console.print(make_table(
+        "targets (issue #4)", ["target", "", "value", "limit", "met"],
+        [[t["target"], t["detail"], "-" if t["value"] is None else f"{t['value']:.3f}",
+          f"{t['op']} {t['limit']:g}", "met" if t["met"] else "NOT MET"] for t in targets],
+        plain))
+    if invalid:
+        console.print(f"{invalid} run(s) INVALID: the generator fell behind its schedule "
+                      "(see the JSON); their numbers are less trustworthy.")
+
+    out = {
+        "suite": "overload_bench", "quick": ctx.quick, "reps": ctx.reps,
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "placement": f"server on CPU {ctx.server_cpu}, generator on CPU {ctx.gen_cpu}",
+        "service": ctx.service, "clients": CLIENTS, "connections": CONNECTIONS,
+        "policies": {p: ctx.policies[p] for p in policies},
+        "mu": base["mu"], "rtt_us": base["rtt_us"], "slo_us": ctx.slo_s * 1e6,
+        "timeout_s": ctx.timeout, "loads": ctx.loads,
+        "points": {p: {str(l): v for l, v in t.items()} for p, t in points.items()},
+        "runs": {p: {str(l): v for l, v in t.items()} for p, t in raw.items()},
+        "step": {"summary": step_summary, "runs": steps},
+        "many_clients": {"summary": many_summary, "runs": many},
+        "targets": targets, "invalid_runs": invalid,
+        "elapsed_s": time.monotonic() - t_start,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1))
+    if not args.no_plot:
+        png = plot(points, ctx.loads, args.json.with_suffix(".png"),
+                   f"mu {ctx.mu:.0f}/s, SLO {ctx.slo_s * 1e6:.0f} us, {ctx.service}, "
+                   f"{CLIENTS} clients ({out['placement']})")
+        log(f"plot: {png}" if png else "matplotlib is not installed: no plot")
+    log(f"results: {args.json} ({out['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
