@@ -479,6 +479,7 @@ cdef class Decoder:
     # Text rendering state.
     cdef int64_t _sec
     cdef bytes _sec_text
+    cdef Out _out                   # text output buffer, reused between calls
 
     def __init__(self, *, ordered=True, path=None, min_level=0, time_from=None, time_to=None):
         self._buf = b""
@@ -500,6 +501,7 @@ cdef class Decoder:
     def __dealloc__(self):
         free(self._entries)
         free(self._idmap)
+        free(self._out.data)
 
     cdef int _map_id(self, uint64_t fid, int index) except -1:
         cdef Py_ssize_t cap, i
@@ -527,14 +529,32 @@ cdef class Decoder:
 
     def feed(self, data):
         """Parse every complete chunk in ``data`` (appended to what was left before)."""
+        cdef Py_ssize_t have, total, take
+        cdef uint32_t length
         if self.damage is not None:
             return
-        if self._pos < len(self._buf):
-            self._buf = self._buf[self._pos:] + bytes(data)
-        else:
-            self._buf = bytes(data)
-        self._base += self._pos
-        self._pos = 0
+        data = bytes(data)
+        # A chunk cut by the previous block is completed with just the bytes it needs,
+        # so a large block is never copied to be joined to a small leftover.
+        while self._pos < len(self._buf) and data and self._header_done:
+            rest = self._buf[self._pos:]
+            have = len(rest)
+            if have < 5:
+                take = min(5 - have, len(data))
+            else:
+                memcpy(&length, PyBytes_AS_STRING(rest) + 1, 4)
+                total = <Py_ssize_t>min(length, MAX_CHUNK + 1) + CHUNK_FRAMING
+                take = min(total - have, len(data))
+            self._replace(rest + data[:take])
+            data = data[take:]
+            self._parse()
+            if self.damage is not None:
+                return
+        if not data:
+            return
+        if self._pos < len(self._buf):   # header not complete yet
+            data = self._buf[self._pos:] + data
+        self._replace(data)
         if not self._header_done:
             if len(self._buf) < HEADER_SIZE:
                 return
@@ -542,6 +562,12 @@ cdef class Decoder:
             self._pos = HEADER_SIZE
             self._header_done = True
         self._parse()
+
+    cdef _replace(self, bytes buf):
+        """Continue parsing in ``buf``, which starts at the current position's file offset."""
+        self._base += self._pos
+        self._buf = buf
+        self._pos = 0
 
     def finish(self):
         """End of input: the last round is complete; a partial chunk is a truncation."""
@@ -811,23 +837,23 @@ cdef class Decoder:
         for i in range(rest):
             e[i].block = remap[e[i].block]
 
+    cdef inline Record _make_record(self, Entry* e):
+        cdef Record r = Record.__new__(Record)
+        r.time = e.time
+        r._f = <Fmt>self._fmts[e.fmt]
+        r._t = <ThreadInfo>self._threads[e.thread]
+        r._block = <bytes>self._blocks[e.block]
+        r._off = e.off
+        return r
+
     def take_records(self):
         """Records of every complete round, as a list."""
         cdef Py_ssize_t count, i
         cdef Py_ssize_t* order = self._order(&count)
-        cdef Entry* e
-        cdef Record r
         out = []
         try:
             for i in range(count):
-                e = &self._entries[order[i]]
-                r = Record.__new__(Record)
-                r.time = e.time
-                r._f = <Fmt>self._fmts[e.fmt]
-                r._t = <ThreadInfo>self._threads[e.thread]
-                r._block = <bytes>self._blocks[e.block]
-                r._off = e.off
-                out.append(r)
+                out.append(self._make_record(&self._entries[order[i]]))
         finally:
             free(order)
         self._consume()
@@ -837,18 +863,20 @@ cdef class Decoder:
         """The text lines of every complete round, as UTF-8 bytes."""
         cdef Py_ssize_t count, i
         cdef Py_ssize_t* order = self._order(&count)
-        cdef Out o
-        o.data = NULL
+        cdef Out* o = &self._out
         o.len = 0
-        o.cap = 0
         try:
-            _reserve(&o, count * 96 + 16)
+            _reserve(o, count * 100 + 16)
             for i in range(count):
-                self._render(&o, &self._entries[order[i]])
+                self._render(o, &self._entries[order[i]])
             result = PyBytes_FromStringAndSize(o.data, o.len)
         finally:
             free(order)
-            free(o.data)
+            o.len = 0
+            if o.cap > (64 << 20):  # do not keep a huge buffer after a huge round
+                free(o.data)
+                o.data = NULL
+                o.cap = 0
         self._consume()
         return result
 
@@ -863,8 +891,12 @@ cdef class Decoder:
             self._sec = sec
             self._sec_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)).encode()
         _put_bytes(o, self._sec_text)
-        n = snprintf(tmp, sizeof(tmp), ".%09lld ", <long long>frac)
-        _put(o, tmp, n)
+        tmp[0] = 46  # '.'
+        for n in range(9, 0, -1):
+            tmp[n] = <char>(48 + frac % 10)
+            frac //= 10
+        tmp[10] = 32  # ' '
+        _put(o, tmp, 11)
         _put_bytes(o, f.level_pad)
         _put(o, " [", 2)
         _put_bytes(o, t.utf8)
@@ -948,54 +980,57 @@ cdef class Decoder:
 
 
 cdef class RecordIterator:
-    """Iterates a file's records block by block (cheaper per record than a generator)."""
+    """Iterates a file's records block by block, building each Record as it is asked for."""
     cdef Decoder _dec
     cdef object _file
-    cdef list _batch
+    cdef Py_ssize_t* _order
+    cdef Py_ssize_t _count
     cdef Py_ssize_t _i
     cdef bint _strict
     cdef bint _done
+    cdef bint _raised
     cdef Py_ssize_t _read_size
 
     def __init__(self, Decoder dec, file, bint strict, Py_ssize_t read_size):
         self._dec = dec
         self._file = file
-        self._batch = []
         self._strict = strict
         self._read_size = read_size
+
+    def __dealloc__(self):
+        free(self._order)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        while self._i >= len(self._batch):
-            if self._done:
-                raise StopIteration
+        cdef Record r
+        while self._i >= self._count:
             self._refill()
-        item = self._batch[self._i]
+        r = self._dec._make_record(&self._dec._entries[self._order[self._i]])
         self._i += 1
-        if item is None:
-            self._batch = []
-            raise self._dec.damage
-        return item
+        return r
 
     cdef _refill(self):
-        self._batch = []
-        self._i = 0
-        data = self._file.read(self._read_size) if self._dec.damage is None else b""
+        dec = self._dec
+        if self._order is not NULL:
+            free(self._order)
+            self._order = NULL
+            dec._consume()
+        self._i = self._count = 0
+        if self._done:
+            if dec.damage is not None and self._strict and not self._raised:
+                self._raised = True
+                raise dec.damage
+            raise StopIteration
+        data = self._file.read(self._read_size) if dec.damage is None else b""
         if data:
-            self._dec.feed(data)
-            self._batch = self._dec.take_records()
-            return
-        self._done = True
-        self._file.close()
-        self._dec.finish()
-        self._batch = self._dec.take_records()
-        if not self._batch and self._dec.damage is not None and self._strict:
-            raise self._dec.damage
-        if self._dec.damage is not None and self._strict:
-            # Raised after the last whole records are out: keep one pending step.
-            self._batch.append(None)
+            dec.feed(data)
+        else:
+            self._done = True
+            self._file.close()
+            dec.finish()
+        self._order = dec._order(&self._count)
 
     @property
     def damage(self):
