@@ -167,6 +167,7 @@ cdef class LoggerCore:
     cdef int _level
     cdef bint _drop
     cdef bint _closed
+    cdef bint _quiet_closed        # closed by the exit flush: later calls are dropped silently
     cdef Py_ssize_t _buffer_size
     cdef int _max_formats
     cdef dict _tables              # level -> {format string: _Format}
@@ -409,6 +410,8 @@ cdef class LoggerCore:
         cdef int r
         cdef Py_ssize_t n = len(args)
         if self._closed:
+            if self._quiet_closed:
+                return 0  # a daemon thread logging during interpreter shutdown
             raise ValueError("I/O operation on a closed nanolog.Logger")
         if type(fmt) is not str:
             fmt = str(fmt)
@@ -709,8 +712,10 @@ cdef class LoggerCore:
         self._retired_records = 0
         self._drops_total = 0
 
-    def _mark_closed(self):
+    def _mark_closed(self, bint quiet=False):
+        """Refuse new records from now on (``quiet``: drop them without an error)."""
         self._closed = True
+        self._quiet_closed = quiet
 
     def _log_from(self, int level, fmt, tuple args, file, int line):
         """The logging.Handler bridge: a call whose call site is known (file, line)."""
@@ -718,6 +723,8 @@ cdef class LoggerCore:
             return
         table = self._table(level)
         if self._closed:
+            if self._quiet_closed:
+                return
             raise ValueError("I/O operation on a closed nanolog.Logger")
         if type(fmt) is str and fmt not in table and self._next_id <= self._max_formats:
             f = self._register(level, table, fmt, file, line)

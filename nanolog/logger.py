@@ -69,12 +69,17 @@ class Logger(LoggerCore):
         self._writer.flush_once()
 
     def close(self) -> None:
+        """Write everything staged and close the file. Later calls raise ValueError."""
+        self._close(quiet=False)
+
+    def _close(self, quiet: bool) -> None:
         if self._writer.fd < 0:
             return
+        # Refuse new records first, so nothing can be staged after the final drain.
+        self._mark_closed(quiet)
         try:
             self._writer.close()
         finally:
-            self._mark_closed()
             _live.discard(self)
 
     @property
@@ -116,9 +121,11 @@ _live: "weakref.WeakSet[Logger]" = weakref.WeakSet()
 
 
 def _close_all() -> None:
+    # At exit: flush and close every logger; daemon threads that still log afterwards
+    # have their records dropped silently instead of raising during shutdown.
     for log in list(_live):
         try:
-            log.close()
+            log._close(quiet=True)
         except Exception:  # one broken logger must not keep the others from flushing
             pass
 

@@ -233,3 +233,23 @@ def test_exit_without_close_flushes(logpath, run_child):
     """, str(logpath))
     assert proc.returncode == 0, proc.stderr
     assert [r.args[0] for r in read_reference(logpath)] == list(range(1000))
+
+
+def test_daemon_thread_logging_through_exit_is_flushed_and_quiet(logpath, run_child):
+    proc = run_child("""
+        import sys, threading, nanolog
+        log = nanolog.Logger(sys.argv[1])
+        started = threading.Event()
+        def spin():
+            i = 0
+            while True:
+                log.info("daemon %d", i)
+                i += 1
+                if i == 1000:
+                    started.set()
+        threading.Thread(target=spin, daemon=True).start()
+        started.wait(30)
+    """, str(logpath))
+    assert proc.returncode == 0 and proc.stderr == ""
+    values = [r.args[0] for r in read_reference(logpath)]
+    assert len(values) >= 1000 and values == list(range(len(values)))
