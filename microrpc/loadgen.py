@@ -337,6 +337,10 @@ class Engine:
             self._finish(req, "error", now, type(exc).__name__)
             if isinstance(exc, ConnectionLost):
                 self._lose(conn, now)
+            else:
+                # Not sent (e.g. MessageTooLarge): give the credit it took back, unchanged.
+                for token in client.credits.on_response(client.credits.window, now):
+                    self._send(token, now)
             return
         conn.inflight[cid] = req
         self.timeouts.append((now + self.timeout_ns, conn, cid))
