@@ -867,13 +867,12 @@ cdef class ServerLoop:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout_ms)
         t1 = now_ns()
         # If data was already waiting when we asked (we did not sleep), it may have waited
-        # since the previous read: that is how far behind the loop is.
+        # since we last looked at the sockets: that is how far behind the loop is.
         if n > 0 and t1 - t0 < 20000 and self.last_read_ns:
             self.loop_lag_ns = t0 - self.last_read_ns
         else:
             self.loop_lag_ns = 0
-        if n > 0:
-            self.last_read_ns = t1
+        self.last_read_ns = t1
         for i in range(n):
             fd = events[i].data.fd
             ev = events[i].events
