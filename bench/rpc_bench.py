@@ -429,13 +429,17 @@ def compute_ratios(rounds: dict[str, dict[int, dict]], n_rounds: int) -> dict[st
             return None if x is None or y is None else x - y
         return f
 
+    def tail(case: str) -> Callable[[int], float | None]:
+        def f(i: int) -> float | None:
+            p99, p50 = _round_value(rounds, case, i, "p99_us"), _round_value(rounds, case, i, "p50_us")
+            return None if p99 is None or not p50 else p99 / p50
+        return f
+
     out: dict[str, Any] = {"p50_vs_zmq_reqrep": {}, "p99_over_p50": {}, "throughput_vs_zmq_dealer_router": {}}
     for case in CASES:
         if case.kind == "latency":
             out["p50_vs_zmq_reqrep"][case.name] = per_round(ratio(case.name, REF_LATENCY, "p50_us"))
-            out["p99_over_p50"][case.name] = per_round(
-                lambda i, c=case.name: (lambda r: None if not r or r.get("status") != "ok" else r["p99_us"] / r["p50_us"])(
-                    rounds.get(c, {}).get(i)))
+            out["p99_over_p50"][case.name] = per_round(tail(case.name))
         else:
             out["throughput_vs_zmq_dealer_router"][case.name] = per_round(ratio(case.name, REF_THROUGHPUT, "rate"))
     out["microrpc_raw_block_vs_grpc_p50"] = per_round(ratio("microrpc-raw-block-tcp", "grpc-unary-raw", "p50_us"))
