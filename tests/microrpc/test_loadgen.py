@@ -115,9 +115,10 @@ def test_schedule_is_open_loop_against_a_slow_server(synthetic):
     # The server really was the bottleneck: its backlog timed most requests out.
     assert result.counts["timeout"] > measured / 2
     assert sum(result.counts.values()) == measured
-    # The generator did not wait for replies: its median lag behind the schedule is far
-    # below one 5 ms service time (a closed loop would lag by a growing multiple of it).
-    assert result.tally.send_lag.get_value_at_percentile(50) < 5_000_000
+    # The generator did not wait for replies. One that did could send at most ~200/s, so
+    # by the end of the schedule it would lag by hundreds of ms; the bound leaves room for
+    # a machine busy with other work (CPU time slices of a few ms).
+    assert result.tally.send_lag.get_value_at_percentile(50) < 50_000_000
 
 
 def test_poisson_schedule_rate_and_steps():
