@@ -134,6 +134,7 @@ def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None) -> dict:
         if r.offered else 0.0,
         "timeout_frac": r.fraction("timeout"), "error_frac": r.fraction("error"),
         "send_lag_p99_us": t.send_lag.get_value_at_percentile(99) / 1e3,
+        "gen_cpu_share": r.per_process[0]["cpu_share"],
         "valid": r.valid, "invalid_reasons": r.invalid_reasons,
         "credit_frames": credit_frames, "completed": completed,
         "credit_per_req": credit_frames / completed if completed else None,
@@ -239,7 +240,7 @@ def main() -> int:
                 raw[policy][load].append(s)
                 log(f"  rep {rep} {policy:10s} {load:3.1f}x: goodput {s['goodput_mu']:.2f} mu, "
                     f"p99 {s['p99_slo']:.2f} SLO, rejects {100 * s['reject_frac']:.1f}%, "
-                    f"timeouts {100 * s['timeout_frac']:.2f}%"
+                    f"timeouts {100 * s['timeout_frac']:.2f}%, gen CPU {s['gen_cpu_share']:.2f}"
                     f"{'' if s['valid'] else '  INVALID: ' + '; '.join(s['invalid_reasons'])}")
         for policy in steps:
             s = run_step(ctx, policy)
@@ -252,7 +253,8 @@ def main() -> int:
             log(f"  rep {rep} 10,000 clients at 2x: goodput {s['goodput_mu']:.2f} mu")
 
     keys = ("goodput_mu", "p99_slo", "p99_us", "reject_p99_slo", "reject_frac",
-            "timeout_frac", "credit_per_req", "send_lag_p99_us", "throughput_mu")
+            "timeout_frac", "credit_per_req", "send_lag_p99_us", "throughput_mu",
+            "gen_cpu_share")
     points = {p: {l: {k: analysis.spread([s[k] for s in runs]) for k in keys}
                   for l, runs in table.items()} for p, table in raw.items()}
     step_summary = {p: {"converge_slo": analysis.spread([s["converge"]["slo_units"] for s in runs]),
@@ -280,12 +282,12 @@ def main() -> int:
             rows.append([p, f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
                          fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
                          fmt(pt["timeout_frac"], 3, True), fmt(pt["credit_per_req"], 3),
-                         fmt(pt["send_lag_p99_us"], 0)])
+                         fmt(pt["send_lag_p99_us"], 0), fmt(pt["gen_cpu_share"], 2)])
     console.print(make_table(
         f"overload sweep: mu {ctx.mu:.0f}/s, SLO {ctx.slo_s * 1e6:.0f} us, {CLIENTS} clients, "
         f"median [min..max] of {ctx.reps} rep(s)",
         ["policy", "load", "goodput/mu", "p99/SLO", "reject p99/SLO", "rejects %",
-         "timeouts %", "credit msg/req", "gen lag p99 us"], rows, plain))
+         "timeouts %", "credit msg/req", "gen lag p99 us", "gen CPU share"], rows, plain))
     if steps:
         console.print(make_table(
             "step 0.5 -> 2 -> 0.5 x mu (buckets of 10 x SLO)",

@@ -28,6 +28,7 @@ import gc
 import os
 import random
 import select
+import time
 from typing import Any, Callable
 
 import msgpack
@@ -536,6 +537,7 @@ class Engine:
         gc.disable()
         while clock() < self.start_ns:
             pass
+        cpu0 = time.thread_time_ns()
         if self.closed:
             next_t = None
             for c in self.clients:
@@ -587,6 +589,9 @@ class Engine:
             if gc_was_enabled:
                 gc.enable()
         self.tally.elapsed_ns = clock() - self.start_ns
+        # The loop spins, so on a core of its own it gets ~100% of it; much less means
+        # other processes took the CPU and the send lag shows their time slices.
+        self.tally.cpu_ns = time.thread_time_ns() - cpu0
         return self.tally
 
     def _close(self, now: int) -> None:
@@ -664,7 +669,9 @@ def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
                     "latency_count": t.latency.get_total_count(),
                     "send_lag_p99_us": (t.send_lag.get_value_at_percentile(99.0) / 1e3
                                         if t.send_lag.get_total_count() else None),
-                    "elapsed_s": t.elapsed_ns / 1e9} for t in tallies]
+                    "elapsed_s": t.elapsed_ns / 1e9,
+                    "cpu_share": t.cpu_ns / t.elapsed_ns if t.elapsed_ns else None}
+                   for t in tallies]
     result = LoadResult(
         config=dataclasses.asdict(spec), tally=merged, measured_s=measured_s,
         offered_rate=merged.offered / measured_s if measured_s else 0.0,

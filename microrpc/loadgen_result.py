@@ -97,6 +97,7 @@ class Tally:
         self.sessions = 0
         self.connections = 0
         self.elapsed_ns = 0
+        self.cpu_ns = 0              # CPU time the generator loop got while it ran
 
     def bucket(self, since_start_ns: int) -> int:
         """The bucket index of a time (clamped to the last bucket)."""
@@ -190,6 +191,7 @@ class Tally:
                       "connections"):
                 setattr(out, k, getattr(out, k) + getattr(t, k))
             out.elapsed_ns = max(out.elapsed_ns, t.elapsed_ns)
+            out.cpu_ns += t.cpu_ns
         return out
 
 
