@@ -14,9 +14,14 @@ import argparse
 import collections
 import os
 import socket
+import sys
 from typing import Callable
 
-from common import PAYLOAD, arm_alarm, emit, latency_loop, throughput_window
+# common.py sits next to this script. Under PYTHONSAFEPATH (the test suite sets it so that
+# no child imports the source tree by accident) the script's directory is not on sys.path,
+# so put it there explicitly: it holds only these peer scripts.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import PAYLOAD, arm_alarm, emit, latency_loop, throughput_window  # noqa: E402
 
 
 def zmq_req(address: str, args) -> tuple[Callable[[bytes], bytes], Callable[[], None]]:

@@ -9,9 +9,15 @@ stops it by pid (SIGTERM) or its alarm fires.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import sys
 
-from common import announce, arm_alarm
+# common.py sits next to this script. Under PYTHONSAFEPATH (the test suite sets it so that
+# no child imports the source tree by accident) the script's directory is not on sys.path,
+# so put it there explicitly: it holds only these peer scripts.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import announce, arm_alarm  # noqa: E402
 
 
 def serve_zmq_rep(address: str) -> None:
