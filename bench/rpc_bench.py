@@ -160,6 +160,9 @@ CASES: list[Case] = [
     _microrpc_latency("msgpack", "block"),
     _microrpc_latency("msgpack", "spin"),
     _microrpc_latency("raw", "block", "unix"),
+    # Extra row: adaptive polling, which should spin only while replies keep coming and so
+    # avoid the cost of spinning when client and server share a core.
+    _microrpc_latency("raw", "adaptive"),
     Case(REF_LATENCY, "pyzmq REQ/REP tcp (reference)", "latency",
          py_server("zmq-rep"), py_latency_client("zmq-req")),
     Case("zmq-dealer-router-tcp", "pyzmq DEALER/ROUTER tcp", "latency",
