@@ -75,6 +75,7 @@ class _Surr(str):
 
 # "Argument not given": the hot methods take up to four positional arguments by name.
 _NA = object()
+cdef PyObject* _NA_P = <PyObject*>_NA  # a C global: no module-dict lookup on the hot path
 
 cdef PyTypeObject* _TEXT_T = <PyTypeObject*>_Text
 cdef PyTypeObject* _BIGINT_T = <PyTypeObject*>_BigInt
@@ -274,7 +275,7 @@ cdef class LoggerCore:
                           object a2, object a3, tuple more) except -1:
         cdef PyObject* argv[4]
         cdef Py_ssize_t n = 0
-        cdef PyObject* na = <PyObject*>_NA
+        cdef PyObject* na = _NA_P
         argv[0] = <PyObject*>a0
         argv[1] = <PyObject*>a1
         argv[2] = <PyObject*>a2
@@ -734,7 +735,7 @@ cdef class LoggerCore:
 cdef inline bint _any_set(PyObject** argv, Py_ssize_t n) noexcept:
     # An argument after a missing one (info(fmt, a0=..., a2=...) by keyword).
     cdef Py_ssize_t i
-    cdef PyObject* na = <PyObject*>_NA
+    cdef PyObject* na = _NA_P
     for i in range(n, 4):
         if argv[i] != na:
             return True
@@ -743,7 +744,7 @@ cdef inline bint _any_set(PyObject** argv, Py_ssize_t n) noexcept:
 
 cdef tuple _pack(PyObject** argv, tuple more):
     cdef Py_ssize_t i
-    cdef PyObject* na = <PyObject*>_NA
+    cdef PyObject* na = _NA_P
     out = []
     for i in range(4):
         if argv[i] != na:
