@@ -119,6 +119,7 @@ def test_noise_meters_reported(quick):
     noise = report["noise"]
     assert noise["wall_s"] > 0
     assert 0 <= noise["other_cpu"] < 64 and 0 <= noise["steal_cpu"] < 64
+    assert noise["noisy"] == (noise["other_cpu"] > 0.1)
 
 
 def test_bad_arguments_get_a_clear_error():
