@@ -1,10 +1,14 @@
 """Settings for the whole test suite.
 
-Tests that start Python subprocesses (`python -c ...`, `python -m ...`) run them from the
-repository root. Without PYTHONSAFEPATH, such a child puts the current directory first on
-sys.path and imports the *source tree* (which has no compiled modules in a non-editable
-install) instead of the installed package. Python 3.11+ honours it.
+Every test runs with a fresh temporary directory as its working directory. Tests that start
+Python subprocesses (`python -c ...`, `python -m ...`) would otherwise run them from the
+repository root, where the child puts the current directory first on sys.path and imports
+the *source tree* (no compiled modules in a non-editable install) instead of the installed
+package. It also keeps files that tests write out of the checkout.
 """
-import os
+import pytest
 
-os.environ["PYTHONSAFEPATH"] = "1"
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
