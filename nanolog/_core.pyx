@@ -45,6 +45,18 @@ cdef extern from "Python.h":
         uint64_t id
     _ThreadState* PyThreadState_Get()
     PyObject** _items "PySequence_Fast_ITEMS"(object)
+    ctypedef struct PyMethodDef:
+        const char* ml_name
+        void* ml_meth
+        int ml_flags
+        const char* ml_doc
+    int METH_FASTCALL
+    object PyDescr_NewMethod(PyTypeObject*, PyMethodDef*)
+    void PyType_Modified(PyTypeObject*)
+    object PyTuple_New(Py_ssize_t)
+    void PyTuple_SET_ITEM(object, Py_ssize_t, object)
+    void Py_INCREF(object)
+    int PyDict_SetItem(object, object, object) except -1
 
 
 # Argument tags (see nanolog/format.py).
@@ -73,9 +85,6 @@ class _Surr(str):
     """A str with lone surrogates, stored as UTF-8 with surrogatepass (tag 9)."""
 
 
-# "Argument not given": the hot methods take up to four positional arguments by name.
-_NA = object()
-cdef PyObject* _NA_P = <PyObject*>_NA  # a C global: no module-dict lookup on the hot path
 
 cdef PyTypeObject* _TEXT_T = <PyTypeObject*>_Text
 cdef PyTypeObject* _BIGINT_T = <PyTypeObject*>_BigInt
@@ -236,33 +245,24 @@ cdef class LoggerCore:
 
     # ---- the hot path --------------------------------------------------------------------
 
-    # Up to four arguments arrive as separate parameters so that a call builds no tuple
-    # (METH_FASTCALL hands them over as an array); more go through ``more``. Measured on
-    # the project's 2-core VM: the *args tuple cost ~15 ns of a ~110 ns call.
-    def debug(self, fmt, a0=_NA, a1=_NA, a2=_NA, a3=_NA, *more):
-        if self._level > 10:
-            return
-        self._emit(10, self._t10, fmt, a0, a1, a2, a3, more)
+    # debug/info/warning/error/critical are installed below as METH_FASTCALL C functions
+    # (see _install_fast_methods): the call hands over its arguments as an array, so no
+    # tuple is built and nothing is parsed. These Python-level definitions document the
+    # signature and are replaced at import.
+    def debug(self, fmt, *args):
+        self.log(10, fmt, *args)
 
-    def info(self, fmt, a0=_NA, a1=_NA, a2=_NA, a3=_NA, *more):
-        if self._level > 20:
-            return
-        self._emit(20, self._t20, fmt, a0, a1, a2, a3, more)
+    def info(self, fmt, *args):
+        self.log(20, fmt, *args)
 
-    def warning(self, fmt, a0=_NA, a1=_NA, a2=_NA, a3=_NA, *more):
-        if self._level > 30:
-            return
-        self._emit(30, self._t30, fmt, a0, a1, a2, a3, more)
+    def warning(self, fmt, *args):
+        self.log(30, fmt, *args)
 
-    def error(self, fmt, a0=_NA, a1=_NA, a2=_NA, a3=_NA, *more):
-        if self._level > 40:
-            return
-        self._emit(40, self._t40, fmt, a0, a1, a2, a3, more)
+    def error(self, fmt, *args):
+        self.log(40, fmt, *args)
 
-    def critical(self, fmt, a0=_NA, a1=_NA, a2=_NA, a3=_NA, *more):
-        if self._level > 50:
-            return
-        self._emit(50, self._t50, fmt, a0, a1, a2, a3, more)
+    def critical(self, fmt, *args):
+        self.log(50, fmt, *args)
 
     def log(self, int level, fmt, *args):
         if self._level > level:
@@ -271,26 +271,22 @@ cdef class LoggerCore:
             raise ValueError(f"level {level} out of range 0..255")
         self._emit_tuple(level, self._table(level), fmt, args)
 
-    cdef inline int _emit(self, int level, dict table, object fmt, object a0, object a1,
-                          object a2, object a3, tuple more) except -1:
-        cdef PyObject* argv[4]
-        cdef Py_ssize_t n = 0
-        cdef PyObject* na = _NA_P
-        argv[0] = <PyObject*>a0
-        argv[1] = <PyObject*>a1
-        argv[2] = <PyObject*>a2
-        argv[3] = <PyObject*>a3
-        while n < 4 and argv[n] != na:
-            n += 1
-        if PyTuple_GET_SIZE(more) or (n < 4 and _any_set(argv, n)):
-            return self._emit_tuple(level, table, fmt, _pack(argv, more))
-        cdef PyObject* p = _dict_get(table, fmt)
+    cdef inline int _emit_array(self, int level, dict table, PyObject** argv,
+                                Py_ssize_t nargs) except -1:
+        """argv[0] is the format, argv[1:nargs] the arguments (borrowed references)."""
+        cdef PyObject* p
+        cdef Py_ssize_t n = nargs - 1
+        if nargs < 1:
+            raise TypeError("a log call needs a format (message) argument")
+        p = _dict_get(table, <object>argv[0])
         if p is NULL or self._closed or n != (<_Format>p).nargs:
             if p is NULL and PyErr_Occurred():
                 PyErr_Clear()  # unhashable: the slow path converts it with str()
-            return self._emit_slow(level, table, fmt, _pack(argv, more), None, 0)
-        if self._encode(self._current(), <_Format>p, argv, n) != 0:
-            return self._emit_slow(level, table, fmt, _pack(argv, more), None, 0)
+            return self._emit_slow(level, table, <object>argv[0], _tuple_of(argv + 1, n),
+                                   None, 0)
+        if self._encode(self._current(), <_Format>p, argv + 1, n) != 0:
+            return self._emit_slow(level, table, <object>argv[0], _tuple_of(argv + 1, n),
+                                   None, 0)
         return 0
 
     cdef int _emit_tuple(self, int level, dict table, object fmt, tuple args) except -1:
@@ -732,24 +728,79 @@ cdef class LoggerCore:
         self._emit_tuple(level, table, fmt, args)
 
 
-cdef inline bint _any_set(PyObject** argv, Py_ssize_t n) noexcept:
-    # An argument after a missing one (info(fmt, a0=..., a2=...) by keyword).
+cdef tuple _tuple_of(PyObject** argv, Py_ssize_t n):
     cdef Py_ssize_t i
-    cdef PyObject* na = _NA_P
-    for i in range(n, 4):
-        if argv[i] != na:
-            return True
-    return False
+    out = PyTuple_New(n)
+    for i in range(n):
+        Py_INCREF(<object>argv[i])
+        PyTuple_SET_ITEM(out, i, <object>argv[i])
+    return out
 
 
-cdef tuple _pack(PyObject** argv, tuple more):
-    cdef Py_ssize_t i
-    cdef PyObject* na = _NA_P
-    out = []
-    for i in range(4):
-        if argv[i] != na:
-            out.append(<object>argv[i])
-    return tuple(out) + more
+# ---- METH_FASTCALL methods ------------------------------------------------------------------
+# Measured on the project's 2-core VM: a Cython ``def info(self, fmt, *args)`` builds a
+# tuple per call, and a signature with named optional arguments still parses and
+# reference-counts each of them; a plain METH_FASTCALL function does neither.
+
+cdef object _fast_debug(object self, PyObject** argv, Py_ssize_t nargs):
+    cdef LoggerCore lg = <LoggerCore>self
+    if lg._level <= 10:
+        lg._emit_array(10, lg._t10, argv, nargs)
+    return None
+
+
+cdef object _fast_info(object self, PyObject** argv, Py_ssize_t nargs):
+    cdef LoggerCore lg = <LoggerCore>self
+    if lg._level <= 20:
+        lg._emit_array(20, lg._t20, argv, nargs)
+    return None
+
+
+cdef object _fast_warning(object self, PyObject** argv, Py_ssize_t nargs):
+    cdef LoggerCore lg = <LoggerCore>self
+    if lg._level <= 30:
+        lg._emit_array(30, lg._t30, argv, nargs)
+    return None
+
+
+cdef object _fast_error(object self, PyObject** argv, Py_ssize_t nargs):
+    cdef LoggerCore lg = <LoggerCore>self
+    if lg._level <= 40:
+        lg._emit_array(40, lg._t40, argv, nargs)
+    return None
+
+
+cdef object _fast_critical(object self, PyObject** argv, Py_ssize_t nargs):
+    cdef LoggerCore lg = <LoggerCore>self
+    if lg._level <= 50:
+        lg._emit_array(50, lg._t50, argv, nargs)
+    return None
+
+
+cdef PyMethodDef _fast_defs[5]
+
+
+cdef _install_fast_methods():
+    cdef PyTypeObject* tp = <PyTypeObject*>LoggerCore
+    cdef int i
+    _fast_defs[0].ml_meth = <void*>_fast_debug
+    _fast_defs[1].ml_meth = <void*>_fast_info
+    _fast_defs[2].ml_meth = <void*>_fast_warning
+    _fast_defs[3].ml_meth = <void*>_fast_error
+    _fast_defs[4].ml_meth = <void*>_fast_critical
+    for i, name in enumerate(_FAST_NAMES):
+        _fast_defs[i].ml_name = name   # module-level bytes constants: never freed
+        _fast_defs[i].ml_flags = METH_FASTCALL
+        _fast_defs[i].ml_doc = NULL
+        descr = PyDescr_NewMethod(tp, &_fast_defs[i])
+        # The type dict of an extension type is not writable from Python; from C it is,
+        # and PyType_Modified drops the method caches that may hold the old entries.
+        PyDict_SetItem(<object>tp.tp_dict, name.decode(), descr)
+    PyType_Modified(tp)
+
+
+_FAST_NAMES = (b"debug", b"info", b"warning", b"error", b"critical")
+_install_fast_methods()
 
 
 cdef tuple _normalize(_Format f, tuple args):

@@ -269,7 +269,15 @@ def _follow(path, f, dec, out, interval, min_level, failures):
         except FileNotFoundError:
             continue  # between a rotation's rename and the new file's creation
         if st.st_ino != inode or st.st_size < f.tell():
-            # Rotated (renamed away and recreated) or truncated: start over in the new file.
+            # Rotated (renamed away and recreated) or truncated: finish what the old file
+            # got before it was renamed, then start over in the new one.
+            if st.st_ino != inode:
+                rest = f.read()
+                if rest:
+                    dec.feed(rest)
+                dec.complete_round()
+                out.write(dec.take_text())
+                out.flush()
             f.close()
             f = open(path, "rb")
             inode = os.fstat(f.fileno()).st_ino
