@@ -57,6 +57,10 @@ cdef extern from "Python.h":
     void PyTuple_SET_ITEM(object, Py_ssize_t, object)
     void Py_INCREF(object)
     int PyDict_SetItem(object, object, object) except -1
+    # Public macros (cpython/unicodeobject.h): a compact ASCII str's bytes are its UTF-8.
+    bint PyUnicode_IS_COMPACT_ASCII(object)
+    void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
 
 
 # Argument tags (see nanolog/format.py).
@@ -346,10 +350,14 @@ cdef class LoggerCore:
                 tag = T_STR if t is _STR_T else T_TEXT
                 if not (accept[i] >> tag) & 1:
                     return 1
-                s = PyUnicode_AsUTF8AndSize(<object>a, &ln)
-                if s is NULL:
-                    PyErr_Clear()  # lone surrogates: the slow path stores them
-                    return 1
+                if PyUnicode_IS_COMPACT_ASCII(<object>a):
+                    s = <const char*>PyUnicode_DATA(<object>a)
+                    ln = PyUnicode_GET_LENGTH(<object>a)
+                else:
+                    s = PyUnicode_AsUTF8AndSize(<object>a, &ln)
+                    if s is NULL:
+                        PyErr_Clear()  # lone surrogates: the slow path stores them
+                        return 1
                 if end - p < 6 + ln:
                     return 2
                 p[0] = tag
