@@ -217,6 +217,8 @@ def main() -> int:
         ap.error(f"unknown policies {sorted(unknown)}; choose from {POLICY_ORDER}")
     console = Console()
     plain = not console.is_terminal
+    if plain:
+        console = Console(width=170)    # piped: wide enough that no cell is truncated
     t_start = time.monotonic()
 
     log("measuring the unloaded round trip and capacity mu ...")
