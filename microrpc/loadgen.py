@@ -266,6 +266,7 @@ class Engine:
         self.progress = progress
         self.pending = 0                  # offered and not yet given an outcome
         self.priming = 0                  # registration requests not yet answered
+        self.next_t: int | None = None    # intended time of the next scheduled arrival
         self.reissue: list[_Client] = []  # closed loop: clients whose request just ended
         self.expiries: collections.deque = collections.deque()  # (time, client), FIFO
         self.timeouts: collections.deque = collections.deque()  # (time, conn, call id), FIFO
@@ -374,7 +375,11 @@ class Engine:
             self._lose(conn, self.clock(), type(exc).__name__)
             return
         now = self.clock()
-        for f in frames:
+        for i, f in enumerate(frames):
+            if i & 31 == 31:
+                # A big batch of replies takes ms to process: keep the schedule on time.
+                now = self.clock()
+                self._arrivals(now)
             kind = f.kind
             if kind == _RESPONSE or kind == _ERROR:
                 req = conn.inflight.pop(f.call_id, None)
@@ -485,6 +490,18 @@ class Engine:
 
     # -- the loop ----------------------------------------------------------------------
 
+    def _arrivals(self, now: int) -> bool:
+        """Offer every request of the schedule that is due by ``now``."""
+        t = self.next_t
+        if t is None or t > now:
+            return False
+        schedule = self.schedule
+        while t is not None and t <= now:
+            self._arrive(t)
+            t = schedule.next()
+        self.next_t = t
+        return True
+
     def _expire(self, now: int) -> None:
         exp = self.expiries
         while exp and exp[0][0] <= now:
@@ -539,20 +556,18 @@ class Engine:
             pass
         cpu0 = time.thread_time_ns()
         if self.closed:
-            next_t = None
+            self.next_t = None
             for c in self.clients:
                 self._arrive(self.start_ns, c)
         else:
-            next_t = schedule.next()
+            self.next_t = schedule.next()
         end = self.end_ns
         drain_until = end + self.drain_ns
         try:
             while True:
                 now = clock()
                 busy = False
-                while next_t is not None and next_t <= now:
-                    self._arrive(next_t)
-                    next_t = schedule.next()
+                if self._arrivals(now):
                     busy = True
                 if self.reissue:
                     again, self.reissue = self.reissue, []
@@ -568,6 +583,7 @@ class Engine:
                         self._read(conn)
                 now = clock()
                 self._expire(now)
+                next_t = self.next_t
                 if next_t is None and now >= end:
                     if self.pending == 0 or now >= drain_until:
                         break
