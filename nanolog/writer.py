@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import zlib
 from pathlib import Path
 
@@ -46,7 +47,12 @@ def rotated_name(path: Path, index: int) -> Path:
 
 
 def check_appendable(fd: int, path: Path) -> int:
-    """Size of an existing file, after checking it is a nanolog file we may append to."""
+    """Size of an existing file, after checking it is a nanolog file we may append to.
+
+    A file whose last writer died in the middle of a write ends in a torn chunk. Appending
+    after it would hide everything new behind the damage (a decoder stops there), so the
+    torn bytes, which no decoder can use, are cut off first, with a warning.
+    """
     size = os.fstat(fd).st_size
     if size == 0:
         return 0
@@ -57,7 +63,29 @@ def check_appendable(fd: int, path: Path) -> int:
     if version != VERSION:
         raise UnsupportedVersion(f"refusing to append to format version {version} "
                                  f"(this writer writes version {VERSION})", str(path), version)
+    end = _whole_chunks_end(fd, size)
+    if end < size:
+        warnings.warn(f"{path}: cut a torn tail of {size - end} bytes at offset {end} "
+                      "(a previous writer stopped in the middle of a write)", stacklevel=4)
+        os.ftruncate(fd, end)
+        size = end
     return size
+
+
+def _whole_chunks_end(fd: int, size: int) -> int:
+    """Offset just past the last chunk whose framing fits in the file (lengths only:
+    reading every header is cheap, checking every CRC would read the whole file)."""
+    pos = FILE_HEADER.size
+    with open(fd, "rb", buffering=1 << 20, closefd=False) as f:
+        while pos + CHUNK_HEADER.size + CHUNK_TRAILER.size <= size:
+            f.seek(pos)
+            header = f.read(CHUNK_HEADER.size)
+            _, length = CHUNK_HEADER.unpack(header)
+            end = pos + CHUNK_HEADER.size + length + CHUNK_TRAILER.size
+            if length > MAX_CHUNK or end > size:
+                break
+            pos = end
+    return pos
 
 
 class Writer:

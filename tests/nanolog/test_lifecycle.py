@@ -189,3 +189,20 @@ def test_child_killed_mid_write_decodes_up_to_the_damage(logpath, run_child):
     except nanolog.DamagedLogError as e:
         assert damage is not None and e.offset == damage.offset
     assert ref == values
+
+
+def test_appending_after_a_torn_tail_cuts_it_and_keeps_both_runs(logpath):
+    with nanolog.Logger(logpath) as log:
+        for i in range(3):
+            log.info("first run %d", i)
+            log.flush()
+    whole = logpath.stat().st_size
+    with open(logpath, "ab") as f:
+        f.write(b"\x04\xff\x00\x00\x00partial")   # a chunk cut short by a kill
+    with pytest.warns(UserWarning, match="torn tail of 12 bytes"):
+        log = nanolog.Logger(logpath)
+    log.info("second run %d", 9)
+    log.close()
+    assert logpath.stat().st_size > whole
+    msgs = [r.message for r in read(logpath)]   # no damage left: both runs decode
+    assert msgs == ["first run 0", "first run 1", "first run 2", "second run 9"]
