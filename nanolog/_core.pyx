@@ -14,17 +14,15 @@ inline path for ``_emit_slow``, which may run Python code but finishes before a 
 byte of the record is written.
 """
 from cpython.object cimport PyObject, PyTypeObject, Py_TYPE
-from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_Occurred
-from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_Clear
-from libc.stdint cimport uint64_t, int64_t, uint16_t
+from libc.stdint cimport uint64_t, uint16_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free, realloc
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 
-import os
 import sys
 import threading
 import weakref
@@ -480,7 +478,6 @@ cdef class LoggerCore:
                 b = (<str>a).encode("utf-8", "surrogatepass")
                 parts.append(bytes([T_SURR]) + _varint(len(b)) + b)
             else:
-                # Reuse the inline encoder for one argument by staging it alone.
                 parts.append(_encode_one(a))
         body = b"".join(parts)
         cdef Py_ssize_t need = 15 + len(body)

@@ -209,6 +209,12 @@ def test_drop_policy_counts_and_block_policy_loses_nothing(logpath):
         s = log.statistics()
     assert s.drops > 0 and s.records + s.drops == 2000
     assert len(list(read_reference(logpath))) == s.records
+    # The count is in the file too (DROPS chunks), for `nanolog stats`.
+    from nanolog._decode import Decoder
+    dec = Decoder()
+    dec.feed(logpath.read_bytes())
+    dec.finish()
+    assert dec.damage is None and dec.drops == s.drops
     with nanolog.Logger(logpath, mode="w", buffer_size=4096, flush_interval=3600) as log:
         for i in range(2000):
             log.info("blocking %d %s", i, "x" * 20)
