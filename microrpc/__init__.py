@@ -17,6 +17,7 @@ from microrpc.errors import (
 from microrpc.aio import AsyncClient
 from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
 from microrpc.server import Server, ServerStatistics
+from microrpc import loadgen as bench  # the open-loop load generator: microrpc.bench.run(...)
 
 __all__ = [
     "Client",
@@ -25,6 +26,7 @@ __all__ = [
     "Server",
     "ServerStatistics",
     "DEFAULT_TIMEOUT",
+    "bench",
     "RpcError",
     "RemoteError",
     "DeadlineExceeded",
