@@ -140,6 +140,36 @@ cdef inline int ms_ceil(int64_t ns) noexcept nogil:
     return <int>((ns + 999999) // 1000000)
 
 
+cdef int send_pending(int fd, OutBuffer out, Py_ssize_t* sent) noexcept:
+    """Send what ``out`` holds until it is empty or the socket is full, without blocking.
+    Adds the bytes sent to ``sent[0]``. Returns 0 (all sent), EAGAIN (socket full) or the
+    errno of a failed send."""
+    cdef ssize_t n
+    cdef int err = 0
+    with nogil:
+        while out.end > out.start:
+            n = send(fd, out.buf + out.start, out.end - out.start, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if n > 0:
+                sent[0] += n
+                out.start += n
+                continue
+            err = errno if n < 0 else EAGAIN
+            if err != EINTR:
+                break
+            err = 0
+    if out.start >= out.end:
+        out.consume(0)
+    return err
+
+
+cdef int wait_writable(int fd, int timeout_ms) noexcept:
+    cdef pollfd pfd
+    pfd.fd = fd
+    pfd.events = POLLOUT
+    with nogil:
+        return poll(&pfd, 1, timeout_ms)
+
+
 cdef object _oserror(str what, int err):
     import os
     return ConnectionLost(f"{what}: {os.strerror(err)}")
@@ -190,35 +220,24 @@ cdef class Channel:
 
     cdef int _send_all(self, int64_t deadline) except -1:
         """Send everything in ``out``, waiting in poll(2) when the socket is full."""
-        cdef ssize_t n
-        cdef int err, rc
-        cdef pollfd pfd
+        cdef Py_ssize_t sent = 0
+        cdef int err
         cdef int64_t left
-        while self.out.end > self.out.start:
-            with nogil:
-                n = send(self.fd, self.out.buf + self.out.start, self.out.end - self.out.start,
-                         MSG_DONTWAIT | MSG_NOSIGNAL)
-                err = errno
-            if n > 0:
-                self.bytes_sent += n
-                self.out.consume(n)
-                continue
-            if n < 0 and err == EINTR:
-                continue
-            if n < 0 and (err == EAGAIN):
-                pfd.fd = self.fd
-                pfd.events = POLLOUT
-                left = deadline - now_ns() if deadline else -1
-                if deadline and left <= 0:
-                    # Part of a frame may be on the wire: the stream is no longer usable.
-                    self.close()
-                    raise DeadlineExceeded("timed out sending the request (peer not reading)")
-                with nogil:
-                    rc = poll(&pfd, 1, ms_ceil(left) if deadline else 1000)
-                continue
-            self.close()
-            raise _oserror("send failed", err)
-        return 0
+        while True:
+            err = send_pending(self.fd, self.out, &sent)
+            self.bytes_sent += sent
+            sent = 0
+            if err == 0:
+                return 0
+            if err != EAGAIN:
+                self.close()
+                raise _oserror("send failed", err)
+            left = deadline - now_ns() if deadline else 1000000000
+            if left <= 0:
+                # Part of a frame may be on the wire: the stream is no longer usable.
+                self.close()
+                raise DeadlineExceeded("timed out sending the request (peer not reading)")
+            wait_writable(self.fd, ms_ceil(left))
 
     def put_frame(self, int kind, uint64_t call_id, bytes name, bytes body, int codec=0,
                   uint32_t session=0, uint32_t deadline_us=0, uint32_t credit=0):
@@ -254,23 +273,13 @@ cdef class Channel:
         self._send_all(deadline_ns)
 
     cdef bint _send_nowait(self) except -1:
-        cdef ssize_t n
-        cdef int err
-        while self.out.end > self.out.start:
-            n = send(self.fd, self.out.buf + self.out.start, self.out.end - self.out.start,
-                     MSG_DONTWAIT | MSG_NOSIGNAL)
-            err = errno
-            if n > 0:
-                self.bytes_sent += n
-                self.out.consume(n)
-                continue
-            if n < 0 and err == EINTR:
-                continue
-            if n < 0 and err == EAGAIN:
-                return False
-            self.close()
-            raise _oserror("send failed", err)
-        return True
+        cdef Py_ssize_t sent = 0
+        cdef int err = send_pending(self.fd, self.out, &sent)
+        self.bytes_sent += sent
+        if err == 0 or err == EAGAIN:
+            return err == 0
+        self.close()
+        raise _oserror("send failed", err)
 
     cdef int _recv_some(self, bint wait, int64_t deadline) except -1:
         """One recv(2) into the parser. Returns bytes read, 0 if none are ready yet."""
@@ -803,34 +812,22 @@ cdef class ServerLoop:
     cdef int _flush(self) except -1:
         """One send per connection for everything this pass produced."""
         cdef _Conn c
-        cdef ssize_t n
         cdef int err
+        cdef Py_ssize_t sent = 0
         cdef list dirty = self.dirty
         self.dirty = []
         for c in dirty:
             c.dirty = False
             if c.closed:
                 continue
-            while c.out.end > c.out.start:
-                with nogil:
-                    n = send(c.fd, c.out.buf + c.out.start, c.out.end - c.out.start,
-                             MSG_DONTWAIT | MSG_NOSIGNAL)
-                    err = errno
-                if n > 0:
-                    self.bytes_out += n
-                    c.out.consume(n)
-                    continue
-                if n < 0 and err == EINTR:
-                    continue
-                if n < 0 and (err == EAGAIN):
-                    break
+            err = send_pending(c.fd, c.out, &sent)
+            if err != 0 and err != EAGAIN:
                 self._close_conn(c)
-                break
-            if c.closed:
                 continue
             self._update_interest(c)
             if not c.paused and (c.deferred or c.parser.buffered()):
                 self._resume(c)
+        self.bytes_out += sent
         return 0
 
     cdef int _resume(self, _Conn c) except -1:
@@ -993,6 +990,7 @@ cdef class ServerLoop:
         cdef int64_t until = now_ns() + 200000000
         # Best effort, bounded: push out the replies already produced before closing.
         self._flush()
+        # (bytes_out counts what _flush sent; a last blocking flush is not counted.)
         for c in list(self.conns.values()):
             if c.out.end > c.out.start and now_ns() < until:
                 self._blocking_flush(c, until)
@@ -1003,21 +1001,9 @@ cdef class ServerLoop:
         return 0
 
     cdef int _blocking_flush(self, _Conn c, int64_t until) except -1:
-        cdef pollfd pfd
-        cdef ssize_t n
-        while c.out.end > c.out.start and now_ns() < until:
-            n = send(c.fd, c.out.buf + c.out.start, c.out.end - c.out.start,
-                     MSG_DONTWAIT | MSG_NOSIGNAL)
-            if n > 0:
-                c.out.consume(n)
-                continue
-            if n < 0 and (errno == EAGAIN or errno == EINTR):
-                pfd.fd = c.fd
-                pfd.events = POLLOUT
-                with nogil:
-                    poll(&pfd, 1, 10)
-                continue
-            break
+        cdef Py_ssize_t sent = 0
+        while now_ns() < until and send_pending(c.fd, c.out, &sent) == EAGAIN:
+            wait_writable(c.fd, 10)
         return 0
 
 
