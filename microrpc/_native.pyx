@@ -132,6 +132,42 @@ def monotonic_ns():
     return now_ns()
 
 
+cdef struct Adaptive:
+    # Adaptive polling: spin while spinning catches replies; stop when it does not (client
+    # and server sharing a core, or an idle peer), and try again after a backoff when
+    # sleeping shows that replies come back within the spin budget.
+    int64_t spin_ns        # the configured budget
+    int64_t budget         # the budget now (0: sleep at once)
+    int64_t backoff        # sleeps needed before spinning is tried again (doubles, <= 1024)
+    int64_t sleeps         # sleeps since the budget reached 0
+
+
+cdef inline void adaptive_init(Adaptive* a, int64_t spin_ns) noexcept nogil:
+    a.spin_ns = spin_ns
+    a.budget = spin_ns
+    a.backoff = 1
+    a.sleeps = 0
+
+
+cdef inline void adaptive_spun(Adaptive* a, bint caught) noexcept nogil:
+    if caught:
+        a.budget = a.spin_ns
+        a.backoff = 1
+    else:
+        # A miss stops spinning at once: on a shared core every miss costs a whole budget.
+        a.budget = 0
+        a.sleeps = 0
+        if a.backoff < 1024:
+            a.backoff *= 2
+
+
+cdef inline void adaptive_slept(Adaptive* a, int64_t waited_ns) noexcept nogil:
+    if a.budget == 0:
+        a.sleeps += 1
+        if waited_ns < a.spin_ns and a.sleeps >= a.backoff:
+            a.budget = a.spin_ns       # the reply came within the budget: spinning may pay
+
+
 cdef inline int ms_ceil(int64_t ns) noexcept nogil:
     if ns <= 0:
         return 0
@@ -187,7 +223,7 @@ cdef class Channel:
     cdef OutBuffer out
     cdef int poll_mode
     cdef int64_t spin_ns
-    cdef int64_t adaptive_ns       # adaptive mode: current spin budget
+    cdef Adaptive adaptive         # adaptive mode's spin budget
     cdef readonly bint closed
     cdef readonly uint64_t bytes_sent
     cdef readonly uint64_t bytes_received
@@ -201,7 +237,7 @@ cdef class Channel:
         self.out = OutBuffer()
         self.poll_mode = POLL_MODES[poll]
         self.spin_ns = <int64_t>(spin_us * 1000)
-        self.adaptive_ns = self.spin_ns
+        adaptive_init(&self.adaptive, self.spin_ns)
         self.closed = False
 
     def __dealloc__(self):
@@ -286,7 +322,7 @@ cdef class Channel:
         cdef ssize_t n
         cdef int err = 0
         cdef char* dst = self.parser.reserve(RECV_CHUNK)
-        cdef int64_t spin_until, t
+        cdef int64_t spin_until, t, budget
         cdef pollfd pfd
         cdef int rc
         cdef int64_t left
@@ -294,11 +330,15 @@ cdef class Channel:
             n = recv(self.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
             err = errno
             if n < 0 and (err == EAGAIN) and wait:
-                if self.poll_mode != POLL_BLOCK:
+                budget = 0
+                if self.poll_mode == POLL_SPIN:
+                    budget = self.spin_ns
+                elif self.poll_mode == POLL_ADAPTIVE:
+                    budget = self.adaptive.budget
+                if budget > 0:
                     # Busy-poll the socket for a bounded budget before sleeping.
                     t = now_ns()
-                    spin_until = t + (self.spin_ns if self.poll_mode == POLL_SPIN
-                                      else self.adaptive_ns)
+                    spin_until = t + budget
                     if deadline and spin_until > deadline:
                         spin_until = deadline
                     while t < spin_until:
@@ -308,21 +348,19 @@ cdef class Channel:
                             break
                         t = now_ns()
                     if self.poll_mode == POLL_ADAPTIVE:
-                        # Keep spinning while replies arrive within the budget; stop spinning
-                        # (halve down to zero) when they do not, so an idle client sleeps.
-                        if n > 0:
-                            self.adaptive_ns = self.spin_ns
-                        else:
-                            self.adaptive_ns = self.adaptive_ns // 2
+                        adaptive_spun(&self.adaptive, n > 0)
                 if n < 0 and (err == EAGAIN or err == EINTR):
                     pfd.fd = self.fd
                     pfd.events = POLLIN
-                    left = deadline - now_ns() if deadline else 0
+                    t = now_ns()
+                    left = deadline - t if deadline else 0
                     if deadline == 0 or left > 0:
                         rc = poll(&pfd, 1, ms_ceil(left) if deadline else -1)
                         if rc > 0:
                             n = recv(self.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
                             err = errno
+                            if self.poll_mode == POLL_ADAPTIVE:
+                                adaptive_slept(&self.adaptive, now_ns() - t)
         if n > 0:
             self.parser.commit(n)
             self.bytes_received += n
@@ -412,7 +450,7 @@ cdef class ServerLoop:
     cdef bint send_tracebacks
     cdef int poll_mode
     cdef int64_t spin_ns
-    cdef int64_t adaptive_ns
+    cdef Adaptive adaptive
     cdef int64_t batch_ns
     cdef int64_t loop_lag_ns
     cdef int64_t last_read_ns
@@ -460,7 +498,7 @@ cdef class ServerLoop:
         self.send_tracebacks = send_tracebacks
         self.poll_mode = POLL_MODES[poll]
         self.spin_ns = <int64_t>(spin_us * 1000)
-        self.adaptive_ns = self.spin_ns
+        adaptive_init(&self.adaptive, self.spin_ns)
         self.batch_ns = <int64_t>(batch_us * 1000)
         self.packer = msgpack.Packer()
         self.stopping = False
@@ -890,17 +928,20 @@ cdef class ServerLoop:
 
     cdef int _spin_poll(self, int64_t now) except -1:
         """Poll without sleeping for up to the spin budget; returns events seen."""
-        cdef int64_t until = now + (self.spin_ns if self.poll_mode == POLL_SPIN
-                                    else self.adaptive_ns)
+        cdef int64_t budget = (self.spin_ns if self.poll_mode == POLL_SPIN
+                               else self.adaptive.budget)
+        cdef int64_t until = now + budget
         cdef int64_t t = now
         cdef int n = 0
+        if budget <= 0:
+            return 0
         while t < until and not self.stopping:
             n = self._poll(0, t)
             if n > 0:
                 break
             t = now_ns()
         if self.poll_mode == POLL_ADAPTIVE:
-            self.adaptive_ns = self.spin_ns if n > 0 else self.adaptive_ns // 2
+            adaptive_spun(&self.adaptive, n > 0)
         return n
 
     def run(self):
@@ -928,7 +969,10 @@ cdef class ServerLoop:
                 if timeout_ms > 0 and self.poll_mode != POLL_BLOCK:
                     n = self._spin_poll(now)
                 if n == 0:
-                    self._poll(timeout_ms, now)
+                    now = now_ns()
+                    n = self._poll(timeout_ms, now)
+                    if n > 0 and self.poll_mode == POLL_ADAPTIVE:
+                        adaptive_slept(&self.adaptive, now_ns() - now)
                 self._drain_completions()
                 # Run admitted requests to completion, for at most batch_ns per pass so that
                 # replies go out and new requests are read (and AQM sees them) promptly.

@@ -141,8 +141,10 @@ class Client:
 
     ``codec``: "msgpack" (default, data only), "raw" (one bytes argument, bytes result) or
     "pickle" (only when named here and enabled on the server; unsafe on untrusted networks).
-    ``timeout``: default seconds per call (None: no limit). ``poll``: "block", "spin" (busy-poll
-    the socket for ``spin_us`` before sleeping) or "adaptive".
+    ``timeout``: default seconds per call (None: no limit). ``poll``: "adaptive" (default:
+    busy-poll the socket for up to ``spin_us`` while that catches replies, sleep at once after
+    a miss, retry after a backoff), "spin" (always busy-poll ``spin_us`` first: for client
+    and server on different cores) or "block" (always sleep in the kernel).
     """
 
     def __init__(
@@ -151,7 +153,7 @@ class Client:
         *,
         codec: str = "msgpack",
         timeout: float | None = DEFAULT_TIMEOUT,
-        poll: str = "block",
+        poll: str = "adaptive",
         spin_us: float = 50.0,
         max_message_size: int = _core.DEFAULT_MAX_MESSAGE_SIZE,
         connect_timeout: float | None = 5.0,

@@ -43,6 +43,9 @@ class Server:
     ``blocking=True`` when it sleeps, does I/O or runs long, and it runs on a pool of
     ``workers`` threads instead.
 
+    ``poll`` works as for :class:`microrpc.Client` ("adaptive" by default): between passes the
+    I/O thread busy-polls epoll for up to ``spin_us`` while requests keep arriving that fast.
+
     Only registered methods are callable. Tracebacks are sent to clients only with
     ``send_tracebacks=True`` (they can reveal server internals).
     """
@@ -54,7 +57,7 @@ class Server:
         codec: str | Iterable[str] = _SAFE_CODECS,
         overload: Any = None,
         max_message_size: int = _core.DEFAULT_MAX_MESSAGE_SIZE,
-        poll: str = "block",
+        poll: str = "adaptive",
         spin_us: float = 50.0,
         workers: int = 4,
         send_tracebacks: bool = False,
