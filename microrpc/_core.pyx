@@ -96,6 +96,32 @@ cdef inline void store64(uint8_t* p, uint64_t v) noexcept nogil:
     store32(p + 4, <uint32_t>(v >> 32))
 
 
+cdef int make_room(char** buf, Py_ssize_t* cap, Py_ssize_t* start, Py_ssize_t* end,
+                   Py_ssize_t extra) except -1:
+    """Ensure ``extra`` free bytes after ``end``: compact the consumed prefix first, then
+    double the buffer. Shared by the parser (input) and OutBuffer (output)."""
+    cdef Py_ssize_t used = end[0] - start[0]
+    cdef Py_ssize_t newcap
+    cdef char* grown
+    if cap[0] - end[0] >= extra:
+        return 0
+    if start[0] > 0:
+        memmove(buf[0], buf[0] + start[0], used)
+        start[0] = 0
+        end[0] = used
+        if cap[0] - used >= extra:
+            return 0
+    newcap = cap[0] * 2
+    while newcap - used < extra:
+        newcap *= 2
+    grown = <char*>realloc(buf[0], newcap)
+    if grown == NULL:
+        raise MemoryError()
+    buf[0] = grown
+    cap[0] = newcap
+    return 0
+
+
 cdef class Frame:
     """One decoded frame. Attributes mirror the header fields; ``name`` and ``body`` are bytes."""
 
@@ -152,25 +178,7 @@ cdef class FrameParser:
 
     cdef char* reserve(self, Py_ssize_t n) except NULL:
         """Room for at least ``n`` more bytes at the end; the caller writes there then commits."""
-        cdef Py_ssize_t used = self.end - self.start
-        cdef char* grown
-        if self.cap - self.end >= n:
-            return self.buf + self.end
-        if self.start > 0:
-            # Compact first: usually the consumed prefix is most of the buffer.
-            memmove(self.buf, self.buf + self.start, used)
-            self.start = 0
-            self.end = used
-            if self.cap - self.end >= n:
-                return self.buf + self.end
-        cdef Py_ssize_t newcap = self.cap * 2
-        while newcap - used < n:
-            newcap *= 2
-        grown = <char*>realloc(self.buf, newcap)
-        if grown == NULL:
-            raise MemoryError()
-        self.buf = grown
-        self.cap = newcap
+        make_room(&self.buf, &self.cap, &self.start, &self.end, n)
         return self.buf + self.end
 
     cdef void commit(self, Py_ssize_t n) noexcept:
@@ -288,23 +296,7 @@ cdef class OutBuffer:
         return self.end - self.start
 
     cdef int _grow(self, Py_ssize_t extra) except -1:
-        cdef Py_ssize_t used = self.end - self.start
-        cdef char* grown
-        if self.start > 0:
-            memmove(self.buf, self.buf + self.start, used)
-            self.start = 0
-            self.end = used
-            if self.cap - self.end >= extra:
-                return 0
-        cdef Py_ssize_t newcap = self.cap * 2
-        while newcap - used < extra:
-            newcap *= 2
-        grown = <char*>realloc(self.buf, newcap)
-        if grown == NULL:
-            raise MemoryError()
-        self.buf = grown
-        self.cap = newcap
-        return 0
+        return make_room(&self.buf, &self.cap, &self.start, &self.end, extra)
 
     cdef int put_frame(self, int kind, int flags, int codec, uint64_t call_id,
                        uint32_t session, uint32_t deadline_us, uint32_t credit,
