@@ -399,9 +399,6 @@ cdef class CallTable:
         """The waiter of ``call_id`` (removed), or None for an unknown or finished call."""
         return self._calls.pop(call_id, None)
 
-    cpdef object get(self, uint64_t call_id):
-        return self._calls.get(call_id)
-
     def drain(self):
         """Remove and return every waiter (the connection failed)."""
         cdef list waiters = list(self._calls.values())

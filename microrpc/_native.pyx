@@ -298,9 +298,6 @@ cdef class Channel:
             return True
         return self._send_nowait()
 
-    def pending_output(self):
-        return self.out.end - self.out.start
-
     def send_frame(self, int kind, uint64_t call_id, bytes name, bytes body, int codec=0,
                    uint32_t session=0, uint32_t deadline_us=0, uint32_t credit=0,
                    int64_t deadline_ns=0):

@@ -14,7 +14,9 @@ from typing import Any
 
 import breakwater
 from microrpc import _core, _native, codecs, transport
-from microrpc.client import _UNSET, DEFAULT_TIMEOUT, ClientStatistics, outcome_of
+from microrpc.client import (
+    _UNSET, DEFAULT_TIMEOUT, ClientStatistics, check_client_options, method_name, outcome_of,
+)
 from microrpc.errors import ConnectionLost, DeadlineExceeded, Overloaded, RpcError
 
 __all__ = ["AsyncClient"]
@@ -45,9 +47,7 @@ class AsyncClient:
         connect_timeout: float | None = 5.0,
         session: int = 0,
     ):
-        transport.parse_address(address)
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive or None")
+        check_client_options(address, timeout, session)
         self.address = address
         self._codec = codecs.codec_id(codec)
         self._timeout = timeout
@@ -248,12 +248,7 @@ class AsyncClient:
 
     async def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
         """``await`` the result of ``method(*args)`` on the server, or an RpcError."""
-        name = self._names.get(method)
-        if name is None:
-            name = method.encode("utf-8")
-            if not 1 <= len(name) <= 255:
-                raise ValueError("a method name must be 1..255 UTF-8 bytes")
-            self._names[method] = name
+        name = method_name(self._names, method)
         body = codecs.encode_args(self._codec, args)
         if timeout is _UNSET:
             timeout = self._timeout

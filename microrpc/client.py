@@ -71,6 +71,28 @@ class ClientStatistics:
     credits: Any = None   # breakwater.ClientStatistics when the server hands out credits
 
 
+def check_client_options(address: str, timeout: float | None, session: int) -> None:
+    """Argument checks shared by Client and AsyncClient: fail at construction, clearly."""
+    transport.parse_address(address)
+    if timeout is not None and timeout <= 0:
+        raise ValueError("timeout must be positive or None")
+    if not 0 <= session <= 0xFFFFFFFF:
+        raise ValueError("session must fit in 32 bits")
+
+
+def method_name(cache: dict[str, bytes], method: str) -> bytes:
+    """The wire name of ``method``, encoded once per client and cached."""
+    name = cache.get(method)
+    if name is None:
+        if not isinstance(method, str):
+            raise TypeError("method name must be a str")
+        name = method.encode("utf-8")
+        if not 1 <= len(name) <= 255:
+            raise ValueError("a method name must be 1..255 UTF-8 bytes")
+        cache[method] = name
+    return name
+
+
 def outcome_of(frame: _core.Frame) -> Any:
     """The result a RESPONSE frame carries, or raise the error an ERROR frame carries."""
     if frame.kind == _core.RESPONSE:
@@ -159,13 +181,9 @@ class Client:
         connect_timeout: float | None = 5.0,
         session: int = 0,
     ):
-        transport.parse_address(address)            # fail now on a malformed address
+        check_client_options(address, timeout, session)
         if poll not in _native.POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive or None")
-        if not 0 <= session <= 0xFFFFFFFF:
-            raise ValueError("session must fit in 32 bits")
         self.address = address
         self._codec = codecs.codec_id(codec)
         self._timeout = timeout
@@ -269,17 +287,6 @@ class Client:
             self._settle(f, error=error)
 
     # -- calls -------------------------------------------------------------------------
-
-    def _name(self, method: str) -> bytes:
-        name = self._names.get(method)
-        if name is None:
-            if not isinstance(method, str):
-                raise TypeError("method name must be a str")
-            name = method.encode("utf-8")
-            if not 1 <= len(name) <= 255:
-                raise ValueError("a method name must be 1..255 UTF-8 bytes")
-            self._names[method] = name
-        return name
 
     def _deadline(self, timeout: Any) -> tuple[int, int]:
         if timeout is _UNSET:
@@ -389,7 +396,7 @@ class Client:
 
     def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
         """Call ``method(*args)`` on the server and return its result, or raise an RpcError."""
-        name = self._name(method)
+        name = method_name(self._names, method)
         body = codecs.encode_args(self._codec, args)
         deadline_ns, deadline_us = self._deadline(timeout)
         slot = _Slot()
@@ -583,7 +590,7 @@ class Client:
         """Start ``method(*args)`` and return a Future for its outcome (an RpcError, even one
         known at once such as a client-side Overloaded, is set on the Future, not raised).
         Cancelling the Future tells the server (best effort) and frees the call."""
-        name = self._name(method)
+        name = method_name(self._names, method)
         body = codecs.encode_args(self._codec, args)
         deadline_ns, deadline_us = self._deadline(timeout)
         fut = _CallFuture(self)

@@ -47,17 +47,9 @@ cdef enum:
     CHUNK_FRAMING = 9
     MAX_IDS = 1 << 24     # format ids a decoder accepts (a writer caps at 100,000 by default)
 
-cdef enum:
-    T_NONE = 0
-    T_FALSE = 1
-    T_TRUE = 2
-    T_INT = 3
-    T_FLOAT = 4
-    T_STR = 5
-    T_BYTES = 6
-    T_BIGINT = 7
-    T_TEXT = 8
-    T_SURR = 9
+from nanolog._tags cimport (
+    T_BIGINT, T_BYTES, T_FALSE, T_FLOAT, T_INT, T_NONE, T_STR, T_SURR, T_TEXT, T_TRUE,
+)
 
 # Conversion kinds a format's spec compiles to, for the C renderer.
 cdef enum:
