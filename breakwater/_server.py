@@ -145,6 +145,17 @@ class Breakwater(OverloadPolicy):
         runs one handler at a time; also the pool after the last session closes.
     max_window
         per-session window cap (64 in the reference); requests beyond it are rejected.
+    aqm_min_utilization, utilization_window_ns
+        the AQM threshold applies while the server is busy at least this fraction of the
+        time (an EWMA over about ``utilization_window_ns``, 10 ms); below it the threshold
+        is ``slack_aqm_factor`` (2) times higher. Not in the reference, which runs on ten
+        cores where a queue at light load is rare. On one worker a queue at light load is a
+        Poisson burst that drains by itself (at 0.5 load the wait passes 1 ms ~0.5 % of the
+        time, and no-control's p99 is within the SLO up to ~0.7 load), while the credits'
+        incast, which the AQM is there for, only happens when the pool binds, that is when
+        the server is nearly always busy. 0.7: the highest load at which a single-worker
+        M/M/1 server's p99 still fits the issue's SLO; 10 ms is 5 SLOs, short against the
+        100-SLO convergence budget.
     """
 
     __slots__ = (
@@ -173,6 +184,13 @@ class Breakwater(OverloadPolicy):
         "_ticks",
         "_pool_min",
         "_pool_max",
+        "aqm_min_utilization",
+        "utilization_window_ns",
+        "slack_aqm_factor",
+        "_busy_since",
+        "_busy_ns",
+        "_util_at",
+        "_utilization",
     )
 
     uses_credits = True
@@ -188,15 +206,19 @@ class Breakwater(OverloadPolicy):
         md_floor: float = 0.5,
         min_pool: int = 1,
         max_window: int = 64,
+        aqm_min_utilization: float = 0.7,
+        utilization_window_ns: int = 50_000_000,
+        slack_aqm_factor: float = 3.0,
     ) -> None:
         if aqm_threshold_ns is None:
-            aqm_threshold_ns = 2 * target_delay_ns
+            aqm_threshold_ns = target_delay_ns * DEFAULT_AQM_THRESHOLD_NS // DEFAULT_TARGET_DELAY_NS
         for name, value in (
             ("target_delay_ns", target_delay_ns),
             ("aqm_threshold_ns", aqm_threshold_ns),
             ("tick_interval_ns", tick_interval_ns),
             ("min_pool", min_pool),
             ("max_window", max_window),
+            ("utilization_window_ns", utilization_window_ns),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -206,6 +228,10 @@ class Breakwater(OverloadPolicy):
             raise ValueError(f"beta must be > 0, got {beta!r}")
         if not 0 < md_floor < 1:
             raise ValueError(f"md_floor must be in (0, 1), got {md_floor!r}")
+        if not 0 <= aqm_min_utilization <= 1:
+            raise ValueError(f"aqm_min_utilization must be in [0, 1], got {aqm_min_utilization!r}")
+        if not slack_aqm_factor >= 1:
+            raise ValueError(f"slack_aqm_factor must be >= 1, got {slack_aqm_factor!r}")
         self.target_delay_ns = target_delay_ns
         self.aqm_threshold_ns = aqm_threshold_ns
         self.tick_interval_ns = tick_interval_ns
@@ -214,6 +240,15 @@ class Breakwater(OverloadPolicy):
         self.md_floor = float(md_floor)
         self.min_pool = min_pool
         self.max_window = max_window
+        self.aqm_min_utilization = float(aqm_min_utilization)
+        self.utilization_window_ns = utilization_window_ns
+        self.slack_aqm_factor = float(slack_aqm_factor)
+        # Utilization: busy = some admitted request not yet completed. _busy_ns collects busy
+        # time since the last tick; each tick folds it into the _utilization EWMA.
+        self._busy_since = 0
+        self._busy_ns = 0
+        self._util_at = -1
+        self._utilization = 0.0
 
         self._sessions: dict[int, _Session] = {}
         # Drained sessions in the order they drained (dict as an ordered set: O(1) unpark).
@@ -239,7 +274,10 @@ class Breakwater(OverloadPolicy):
             f"Breakwater(target_delay_ns={self.target_delay_ns}, "
             f"aqm_threshold_ns={self.aqm_threshold_ns}, tick_interval_ns={self.tick_interval_ns}, "
             f"alpha={self.alpha}, beta={self.beta}, md_floor={self.md_floor}, "
-            f"min_pool={self.min_pool}, max_window={self.max_window})"
+            f"min_pool={self.min_pool}, max_window={self.max_window}, "
+            f"aqm_min_utilization={self.aqm_min_utilization}, "
+            f"utilization_window_ns={self.utilization_window_ns}, "
+            f"slack_aqm_factor={self.slack_aqm_factor})"
         )
 
     # ------------------------------------------------------------------ public interface
@@ -259,7 +297,15 @@ class Breakwater(OverloadPolicy):
     def on_request(self, sid: int, demand: int, now_ns: int, queue_delay_ns: int) -> bool:
         self._last_delay = queue_delay_ns
         s = self._sessions.get(sid)
-        return _REQUEST[_UNKNOWN if s is None else s.state](self, sid, s, demand, queue_delay_ns)
+        idle = self._in_flight == 0
+        if self._utilization < self.aqm_min_utilization:
+            # Slack: a queue now is a burst that drains by itself; only a far longer one
+            # is rejected (see aqm_min_utilization).
+            queue_delay_ns = int(queue_delay_ns / self.slack_aqm_factor)
+        admitted = _REQUEST[_UNKNOWN if s is None else s.state](self, sid, s, demand, queue_delay_ns)
+        if idle and self._in_flight:
+            self._busy_since = now_ns
+        return admitted
 
     def on_reject(self, sid: int, now_ns: int) -> int:
         s = self._sessions.get(sid)
@@ -267,13 +313,40 @@ class Breakwater(OverloadPolicy):
 
     def on_complete(self, sid: int, now_ns: int) -> int:
         s = self._sessions.get(sid)
-        return _COMPLETE[_UNKNOWN if s is None else s.state](self, sid, s)
+        window = _COMPLETE[_UNKNOWN if s is None else s.state](self, sid, s)
+        if self._in_flight == 0:
+            self._busy_ns += now_ns - self._busy_since
+        return window
+
+    @property
+    def utilization(self) -> float:
+        """The server's busy fraction, an EWMA over about utilization_window_ns."""
+        return self._utilization
+
+    def _update_utilization(self, now_ns: int) -> None:
+        busy = self._busy_ns
+        if self._in_flight:
+            busy += now_ns - self._busy_since
+            self._busy_since = now_ns
+        self._busy_ns = 0
+        if self._util_at < 0:
+            self._util_at = now_ns
+            return
+        elapsed = now_ns - self._util_at
+        self._util_at = now_ns
+        if elapsed <= 0:
+            return
+        weight = elapsed / self.utilization_window_ns
+        if weight > 1.0:
+            weight = 1.0
+        self._utilization += weight * (busy / elapsed - self._utilization)
 
     def on_tick(self, now_ns: int, queue_delay_ns: int) -> list[tuple[int, int]]:
         """AIMD on the pool, then demand speculation: one credit per drained session, oldest
         first, while the pool has room. Returns the standalone credit frames to send."""
         self._last_delay = queue_delay_ns
         self._ticks += 1
+        self._update_utilization(now_ns)
         n = self._n_sessions
         target = self.target_delay_ns
         pool = self._pool

@@ -28,6 +28,7 @@ class ServerLoop:
     stopping: bool
     running: bool
     max_message_size: int
+    per_request_ns: int
     calls: int
     errors: int
     protocol_errors: int

@@ -419,6 +419,7 @@ cdef class _Request:
     cdef object sid            # policy session id, or None without overload control
     cdef object entry          # (function, blocking)
     cdef bint cancelled
+    cdef int64_t start_ns      # when a handler (inline or on a worker) started it; 0 before
 
 
 cdef class ServerLoop:
@@ -451,6 +452,8 @@ cdef class ServerLoop:
     cdef int64_t batch_ns
     cdef int64_t loop_lag_ns
     cdef int64_t last_read_ns
+    cdef readonly int64_t per_request_ns    # EWMA of the server's time per completed request
+    cdef int64_t last_done_ns      # when the previous admitted request completed
     cdef object packer
     cdef public bint stopping
     cdef int64_t stop_deadline
@@ -693,14 +696,38 @@ cdef class ServerLoop:
     # -- requests ---------------------------------------------------------------------
 
     cdef int64_t _queue_delay(self, int64_t now) noexcept:
-        """Breakwater's congestion signal: age of the oldest request not yet started, plus
-        how far the loop is behind the socket (loop_lag_ns)."""
+        """The congestion signal the policy sees: how long a request arriving now will wait
+        before it starts, plus how far the loop is behind the socket (loop_lag_ns).
+
+        The wait is the larger of two measures. The age of the oldest request not yet started
+        is Breakwater's own signal, but it lags a burst: ten requests that arrived together
+        are young, yet the last of them will wait ten service times. So the work queued ahead
+        (requests not finished, at the measured time per request) counts too; it is what lets
+        the AQM threshold bound the wait of what it admits."""
         cdef _Request head
-        cdef int64_t d = 0
+        cdef int64_t d = 0, ahead
         if self.runq:
             head = self.runq[0]
             d = now - head.arrival_ns
+        ahead = (len(self.runq) + len(self.inflight)) * self.per_request_ns
+        if ahead > d:
+            d = ahead
         return d + self.loop_lag_ns
+
+    cdef inline void _count_done(self, _Request r, int64_t now) noexcept:
+        """Fold one completion into per_request_ns: the time since this request started or
+        since the previous completion, whichever is later. While the server is backlogged that
+        is the time between completions (1 / throughput, whatever the worker count or the
+        GIL allow); after an idle spell it is the request's own service time."""
+        cdef int64_t since
+        if r.start_ns == 0:
+            return                          # never ran (skipped, cancelled): costs no service
+        since = r.start_ns if r.start_ns > self.last_done_ns else self.last_done_ns
+        self.last_done_ns = now
+        if self.per_request_ns == 0:
+            self.per_request_ns = now - since
+        else:                               # weight 1/32: exponential service is noisy
+            self.per_request_ns += (now - since - self.per_request_ns) >> 5
 
     cdef int _admit(self, _Conn c, Frame f, int64_t now) except -1:
         cdef _Request r = _Request.__new__(_Request)
@@ -770,6 +797,7 @@ cdef class ServerLoop:
             self.inflight[(r.conn.id, f.call_id)] = r
             self.executor.submit(_run_in_worker, self, r)
             return 0
+        r.start_ns = now_ns()
         kind, body = execute(r, self.packer, self.send_tracebacks, self.max_message_size)
         self._reply(r, kind, body)
         return 0
@@ -778,14 +806,16 @@ cdef class ServerLoop:
         cdef _Conn c = r.conn
         cdef int flags = 0
         cdef uint32_t window = 0
+        cdef int64_t now = now_ns()
         if kind == KIND_ERROR:
             self.errors += 1
+        self._count_done(r, now)
         if c.closed:
             if r.sid is not None and self.policy is not None:
-                self.policy.on_complete(r.sid, now_ns())
+                self.policy.on_complete(r.sid, now)
             return 0
         if self.policy is not None and r.sid is not None:
-            window = self.policy.on_complete(r.sid, now_ns())
+            window = self.policy.on_complete(r.sid, now)
             if self.policy_credits:
                 flags = FLAG_HAS_CREDIT
         c.out.put_frame(kind, flags, r.frame.codec if kind == KIND_RESPONSE else CODEC_MSGPACK,
@@ -1109,5 +1139,6 @@ def _run_in_worker(ServerLoop loop, _Request r):
         loop.post_completion(r, KIND_ERROR, msgpack.packb(
             [ERR_DEADLINE, "DeadlineExceeded", "deadline passed before the call started", None]))
         return
+    r.start_ns = now_ns()
     kind, body = execute(r, msgpack.Packer(), loop.send_tracebacks, loop.max_message_size)
     loop.post_completion(r, kind, body)

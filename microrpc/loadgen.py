@@ -388,6 +388,8 @@ class Engine:
                     continue
                 if req.prime:
                     self.priming -= 1
+                    if kind == _ERROR:   # e.g. AQM: 1,000 registrations arrive at once
+                        self.tally.prime_rejected += 1
                 elif req.timed_out:
                     self.tally.late_replies += 1
                 elif kind == _RESPONSE:

@@ -31,6 +31,8 @@ class ServerStatistics:
     credit_frames: int         # standalone credit frames sent (Breakwater)
     cancelled: int             # cancel requests that found their call
     deadline_skipped: int      # calls not run because their deadline had passed
+    service_time_ns: int = 0   # measured server time per completed call (EWMA, 1/throughput
+                               # while backlogged): prices the queue in the overload signal
     overload: Any = None       # the overload policy's own statistics(), if any
 
 
@@ -184,7 +186,7 @@ class Server:
         loop = self._loop
         policy = self._overload
         if loop is None:
-            return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                     policy.statistics() if policy is not None else None)
         return ServerStatistics(
             calls=loop.calls, errors=loop.errors, protocol_errors=loop.protocol_errors,
@@ -193,6 +195,7 @@ class Server:
             connections=loop.connection_count(),
             connections_accepted=loop.connections_accepted, credit_frames=loop.credit_frames,
             cancelled=loop.cancelled, deadline_skipped=loop.deadline_skipped,
+            service_time_ns=loop.per_request_ns,
             overload=policy.statistics() if policy is not None else None,
         )
 

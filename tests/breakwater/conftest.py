@@ -121,6 +121,7 @@ def run_simulation(
     max_queue: int = breakwater.DEFAULT_MAX_QUEUE,
     max_wait_ns: int = breakwater.DEFAULT_MAX_WAIT_NS,
     bucket_ns: int = 0,
+    delay_signal: str = "max",
 ) -> SimResult:
     """Simulate ``duration_ns`` of a single-worker FIFO server (mean service ``service_ns``)
     behind ``policy``, with ``n_clients`` sessions offering Poisson load.
@@ -183,7 +184,12 @@ def run_simulation(
         push(end, _DONE, cl, req)
 
     def queue_delay(now: int) -> int:
-        return now - server_q[0][0] if server_q else 0
+        oldest = now - server_q[0][0] if server_q else 0
+        if delay_signal == "oldest":
+            return oldest
+        # the wait a request arriving now would see: work queued ahead at the mean
+        predicted = (len(server_q) + busy) * service_ns
+        return predicted if delay_signal == "predicted" else max(predicted, oldest)
 
     def transmit(now: int, c: int, req: int) -> None:
         sent_at[req] = now

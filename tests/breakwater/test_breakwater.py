@@ -64,7 +64,7 @@ def test_defaults_are_documented_values():
     bw = Breakwater()
     assert bw.uses_credits is True
     assert bw.target_delay_ns == breakwater.DEFAULT_TARGET_DELAY_NS
-    assert bw.aqm_threshold_ns == 2 * bw.target_delay_ns
+    assert bw.aqm_threshold_ns == breakwater.DEFAULT_AQM_THRESHOLD_NS
     assert bw.tick_interval_ns > 0
     assert 0 < bw.md_floor < 1 and bw.min_pool >= 1 and bw.max_window == 64
     assert "Breakwater(" in repr(bw)
@@ -304,7 +304,7 @@ def test_reject_can_take_the_last_credit_and_parks(clock):
 
 
 def test_aqm_rejects_at_and_above_threshold(clock):
-    bw = Breakwater(target_delay_ns=100 * US)
+    bw = Breakwater(target_delay_ns=100 * US, aqm_threshold_ns=200 * US, aqm_min_utilization=0.0)
     bw.open_session(1, clock())
     assert bw.on_request(1, 0, clock(), 200 * US - 1) is True
     assert bw.on_request(1, 0, clock(), 200 * US) is False
