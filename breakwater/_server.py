@@ -115,11 +115,11 @@ class Breakwater(OverloadPolicy):
     Every parameter has a default for a Python server with ~100 us handlers; times are in ns.
 
     target_delay_ns
-        d_t, the queueing delay the AIMD steers to. Default 300 us (DEFAULT_TARGET_DELAY_NS:
+        d_t, the queueing delay the AIMD steers to. Default 500 us (DEFAULT_TARGET_DELAY_NS:
         the reason is next to it).
     aqm_threshold_ns
-        reject a request at once when the queueing delay is at or above this. Default 2 * d_t,
-        as in every configuration the authors shipped.
+        reject a request at once when the queueing delay is at or above this (but see
+        aqm_min_utilization). Default 2 * d_t, as in every configuration the authors shipped.
     tick_interval_ns
         control-loop period. The reference runs every network RTT (10 us); a Python I/O loop
         cannot, and a tick costs a few us, so 200 us: about 2 handler times, 1.5 ticks per
@@ -211,7 +211,7 @@ class Breakwater(OverloadPolicy):
         slack_aqm_factor: float = 3.0,
     ) -> None:
         if aqm_threshold_ns is None:
-            aqm_threshold_ns = target_delay_ns * DEFAULT_AQM_THRESHOLD_NS // DEFAULT_TARGET_DELAY_NS
+            aqm_threshold_ns = 2 * target_delay_ns
         for name, value in (
             ("target_delay_ns", target_delay_ns),
             ("aqm_threshold_ns", aqm_threshold_ns),

@@ -10,6 +10,7 @@ import breakwater
 from breakwater import SESSION_TABLE, Breakwater, SessionError, SessionEvent, SessionState
 
 US = 1_000
+MS = 1_000_000
 UNKNOWN, ACTIVE, DRAINED, CLOSED = (
     SessionState.UNKNOWN,
     SessionState.ACTIVE,
@@ -621,3 +622,56 @@ def test_random_walk_respects_table_and_invariants(clock):
         assert bw.session_state(sid) in SESSION_TABLE[(before, event)][1], (before, event)
         check_invariants(bw)
     assert bw.statistics().completed > 1000 and bw.statistics().credit_messages > 10
+
+
+# --- AQM and utilization ---------------------------------------------------------------------
+
+
+def _busy(bw, clock, sid, busy_ns, idle_ns, tick_ns):
+    """One admitted request held for busy_ns, then idle_ns of nothing, ticking every tick_ns."""
+    assert bw.on_request(sid, 0, clock(), 0) is True
+    for step in (busy_ns, idle_ns):
+        end = clock.now + step
+        while clock.now < end:
+            clock.advance(min(tick_ns, end - clock.now))
+            bw.on_tick(clock(), 0)
+        if step is busy_ns:
+            bw.on_complete(sid, clock())
+
+
+def test_utilization_is_the_busy_fraction(clock):
+    bw = Breakwater(utilization_window_ns=10 * MS)
+    bw.open_session(1, clock())
+    assert bw.utilization == 0.0
+    for _ in range(200):          # 80 % busy for 200 ms: 20 windows
+        _busy(bw, clock, 1, 800 * US, 200 * US, 200 * US)
+    assert 0.75 <= bw.utilization <= 0.85, bw.utilization
+    for _ in range(200):          # then 20 % busy
+        _busy(bw, clock, 1, 200 * US, 800 * US, 200 * US)
+    assert 0.15 <= bw.utilization <= 0.25, bw.utilization
+
+
+def test_aqm_threshold_is_relaxed_while_the_server_has_slack(clock):
+    bw = Breakwater(target_delay_ns=100 * US, aqm_threshold_ns=200 * US,
+                    aqm_min_utilization=0.7, slack_aqm_factor=3.0, utilization_window_ns=10 * MS)
+    bw.open_session(1, clock())
+    # Idle server: a 200 us queue is a burst that drains by itself; 3 x 200 us is not.
+    assert bw.on_request(1, 0, clock(), 200 * US) is True
+    bw.on_complete(1, clock())
+    assert bw.on_request(1, 0, clock(), 600 * US) is False
+    bw.on_reject(1, clock())
+    # Busy 90 % of the time for 50 ms: the plain threshold applies again.
+    for _ in range(50):
+        _busy(bw, clock, 1, 900 * US, 100 * US, 200 * US)
+    assert bw.utilization >= 0.7
+    assert bw.on_request(1, 0, clock(), 200 * US - 1) is True
+    bw.on_complete(1, clock())
+    assert bw.on_request(1, 0, clock(), 200 * US) is False
+    assert bw.statistics().rejected_aqm == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"aqm_min_utilization": 1.5}, {"slack_aqm_factor": 0.5},
+                                    {"utilization_window_ns": 0}])
+def test_gate_parameters_are_checked(kwargs):
+    with pytest.raises(ValueError):
+        Breakwater(**kwargs)

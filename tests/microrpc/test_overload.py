@@ -145,3 +145,41 @@ def test_asyncio_client_with_credits(make_server):
     assert stats.in_flight == 0 and stats.credits.queued == 0
     assert stats.credits.responses >= 100
     asyncio.run(starved())
+
+
+class _RecordingPolicy(breakwater.NoControl):
+    """Admits everything and remembers the queueing delay the server reported for each
+    request, in arrival order."""
+
+    def __init__(self):
+        super().__init__()
+        self.delays = []
+
+    def on_request(self, sid, demand, now_ns, queue_delay_ns):
+        self.delays.append(queue_delay_ns)
+        return super().on_request(sid, demand, now_ns, queue_delay_ns)
+
+
+def test_the_delay_signal_prices_the_queue_ahead(make_server):
+    # Requests that arrive together are all young when admitted, but the last of them waits
+    # for all the others: the signal must say so (the oldest request's age alone would not).
+    policy = _RecordingPolicy()
+    server = make_server(overload=policy)
+    import time
+
+    def nap(seconds):
+        time.sleep(seconds)       # inline handler: the I/O thread is busy for that long
+        return True
+
+    server.register("nap", nap)
+    with microrpc.Client(server.address, timeout=30) as c:
+        for _ in range(3):
+            assert c.call("nap", 0.002) is True
+        service = server.statistics().service_time_ns
+        assert 2_000_000 <= service < 50_000_000      # a 2 ms nap, whatever the overhead
+        futures = [c.call_async("nap", 0.002) for _ in range(8)]
+        assert all(f.result(timeout=30) for f in futures)
+    burst = policy.delays[-8:]
+    # However the 8 requests were split across reads, the later ones saw several 2 ms
+    # requests ahead of them.
+    assert max(burst) >= 4 * 2_000_000, burst
