@@ -3,6 +3,7 @@ every entry of SESSION_TABLE, with a fake clock."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -376,9 +377,34 @@ def test_credit_messages_per_completion(clock):
 
 
 def test_table_entries_name_real_actions():
+    # The methods switch on SESSION_TABLE compiled at import (a compiled class has no
+    # _act_* attributes to look up): every entry names an action of its event's kind.
+    from breakwater import _server
+
+    assert _server._compiled() == _server._compile(SESSION_TABLE)
     for (state, event), (action, nexts) in SESSION_TABLE.items():
-        assert callable(getattr(Breakwater, "_act_" + action)), action
+        kind = _server._REQUEST_ACTIONS if event == SessionEvent.REQUEST else _server._WINDOW_ACTIONS
+        assert action in kind, action
         assert nexts and all(isinstance(s, SessionState) for s in nexts)
+
+
+@pytest.mark.parametrize(
+    "key, action, message",
+    [
+        ((ACTIVE, SessionEvent.OPEN), "teleport", "is not a window action"),
+        ((ACTIVE, SessionEvent.OPEN), "admit", "is not a window action"),
+        ((ACTIVE, SessionEvent.REQUEST), "complete", "is not an admission action"),
+        ((UNKNOWN, SessionEvent.COMPLETE), "complete", "needs a session record"),
+        ((7, SessionEvent.OPEN), "register", "is not a (SessionState, SessionEvent)"),
+    ],
+)
+def test_table_compiler_refuses_entries_the_code_cannot_run(key, action, message):
+    from breakwater import _server
+
+    table = dict(SESSION_TABLE)
+    table[key] = (action, (ACTIVE,))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _server._compile(table)
 
 
 MISSING = sorted(
@@ -529,12 +555,13 @@ def test_drained_reject_or_complete_raises(method, clock):
 
 
 def test_grant_rows_for_other_states_raise(clock):
-    from breakwater import _server
-
+    # Only on_tick raises GRANT, and only for sessions on the drained list: reach the
+    # illegal row by putting an ACTIVE session on that list by hand.
     bw = Breakwater()
     bw.open_session(1, clock())
+    bw._drained[1] = bw._sessions[1]
     with pytest.raises(SessionError, match="GRANT is not allowed in state ACTIVE"):
-        _server._GRANT[ACTIVE](bw, 1, bw._sessions[1])
+        bw.on_tick(clock.advance(bw.tick_interval_ns), 0)  # pool 2 > issued 1: room for 1
 
 
 def test_closed_open_reopens(clock):

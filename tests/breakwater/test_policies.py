@@ -27,14 +27,18 @@ def test_breakwater_imports_nothing_of_the_other_packages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     src = Path(breakwater.__file__).parent
-    for py in src.glob("*.py"):
+    for py in [*src.glob("*.py"), *src.glob("*.pyx")]:
         text = py.read_text()
         for other in ("microrpc", "nanolog", "proclets"):
             assert f"import {other}" not in text and f"from {other}" not in text, py
 
 
 def test_package_ships_typing_marker():
-    assert (Path(breakwater.__file__).parent / "py.typed").exists()
+    pkg = Path(breakwater.__file__).parent
+    assert (pkg / "py.typed").exists()
+    # The server policy is compiled, with its stub beside it.
+    assert not breakwater._server.__file__.endswith(".py"), "breakwater._server is not compiled"
+    assert (pkg / "_server.pyi").exists()
 
 
 def test_base_class_cannot_be_instantiated_and_can_be_subclassed(clock):

@@ -1,3 +1,4 @@
+# cython: language_level=3
 """The Breakwater policy: AIMD on a global credit pool, per-session absolute windows,
 demand speculation for drained sessions, and delay-based AQM.
 
@@ -20,8 +21,18 @@ Vocabulary:
 The session lifecycle is the table ``SESSION_TABLE`` below: for every (state, event) it names
 the action that runs and the states the session may be in afterwards. The public methods look
 the action up in that table; a pair missing from it is a caller bug and raises SessionError.
+
+Compiled because the server calls it once or twice per request: as a Python class the calls
+cost about a microsecond per request, a few per cent of a core at 4x overload. The table
+stays the specification: at import it is compiled into a small C array of action codes
+(``_compile``), and the methods switch on that array. An entry the compiled code cannot run
+(an unknown action, or one that needs a session in the UNKNOWN row) fails the import, so
+the table and the code cannot drift apart.
 """
-from __future__ import annotations
+cimport cython
+from cpython.dict cimport PyDict_Next
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t
 
 from enum import IntEnum
 
@@ -65,7 +76,7 @@ U, A, D, C = SessionState.UNKNOWN, SessionState.ACTIVE, SessionState.DRAINED, Se
 E = SessionEvent
 
 #: (state, event) -> (action, states possible afterwards). Read it as the specification.
-SESSION_TABLE: dict[tuple[SessionState, SessionEvent], tuple[str, tuple[SessionState, ...]]] = {
+SESSION_TABLE = {
     # --- a session we have never seen (or closed and forgot)
     (U, E.OPEN): ("register", (A,)),  # window 1: the credit the client spent on this request
     (U, E.REQUEST): ("register_and_admit", (A,)),  # server skipped open_session: same thing
@@ -90,26 +101,163 @@ SESSION_TABLE: dict[tuple[SessionState, SessionEvent], tuple[str, tuple[SessionS
 }
 del U, A, D, C, E
 
-_UNKNOWN = SessionState.UNKNOWN
-_ACTIVE = SessionState.ACTIVE
-_DRAINED = SessionState.DRAINED
-_CLOSED = SessionState.CLOSED
+# ----------------------------------------------------------------------- compiled table
+
+# The C names of SessionState and SessionEvent (checked against them below).
+cdef enum:
+    ST_UNKNOWN = 0
+    ST_ACTIVE = 1
+    ST_DRAINED = 2
+    ST_CLOSED = 3
+    N_STATES = 4
+
+cdef enum:
+    EV_OPEN = 0
+    EV_REQUEST = 1
+    EV_REJECT = 2
+    EV_COMPLETE = 3
+    EV_GRANT = 4
+    EV_CLOSE = 5
+    N_EVENTS = 6
+
+# One code per action name of SESSION_TABLE; 0 is a pair the table leaves out.
+cdef enum:
+    ACT_ILLEGAL = 0
+    # window actions: every event but REQUEST, result a window
+    ACT_REGISTER
+    ACT_CURRENT_WINDOW
+    ACT_REOPEN
+    ACT_REJECT_WINDOW
+    ACT_CLOSED_WINDOW
+    ACT_COMPLETE
+    ACT_COMPLETE_CLOSED
+    ACT_GRANT
+    ACT_CLOSE
+    ACT_NOTHING
+    # admission actions: REQUEST only, result admitted or not
+    ACT_REGISTER_AND_ADMIT
+    ACT_ADMIT
+    ACT_UNPARK_AND_ADMIT
+    ACT_REFUSE
+
+# The two kinds are kept apart because their results differ: an admission action under
+# OPEN (or the reverse) would have no meaning, so _compile refuses it.
+_WINDOW_ACTIONS = {
+    "register": ACT_REGISTER,
+    "current_window": ACT_CURRENT_WINDOW,
+    "reopen": ACT_REOPEN,
+    "reject_window": ACT_REJECT_WINDOW,
+    "closed_window": ACT_CLOSED_WINDOW,
+    "complete": ACT_COMPLETE,
+    "complete_closed": ACT_COMPLETE_CLOSED,
+    "grant": ACT_GRANT,
+    "close": ACT_CLOSE,
+    "nothing": ACT_NOTHING,
+}
+_REQUEST_ACTIONS = {
+    "register_and_admit": ACT_REGISTER_AND_ADMIT,
+    "admit": ACT_ADMIT,
+    "unpark_and_admit": ACT_UNPARK_AND_ADMIT,
+    "refuse": ACT_REFUSE,
+}
+# In state UNKNOWN there is no session record: only these actions run without one (any
+# other would dereference None).
+_SESSIONLESS_ACTIONS = frozenset({"register", "register_and_admit", "nothing"})
+
+if (
+    len(SessionState) != N_STATES
+    or (SessionState.UNKNOWN, SessionState.ACTIVE, SessionState.DRAINED, SessionState.CLOSED)
+    != (ST_UNKNOWN, ST_ACTIVE, ST_DRAINED, ST_CLOSED)
+    or len(SessionEvent) != N_EVENTS
+    or (
+        SessionEvent.OPEN,
+        SessionEvent.REQUEST,
+        SessionEvent.REJECT,
+        SessionEvent.COMPLETE,
+        SessionEvent.GRANT,
+        SessionEvent.CLOSE,
+    )
+    != (EV_OPEN, EV_REQUEST, EV_REJECT, EV_COMPLETE, EV_GRANT, EV_CLOSE)
+):
+    raise ImportError("breakwater._server: SessionState/SessionEvent differ from their C codes")
+
+# Records hold a state's C code; session_state() hands out the member: _STATES[code]
+# (the check above makes a member's position its value).
+_STATES = tuple(SessionState)
 
 
-class _Session:
-    __slots__ = ("sid", "state", "win", "pending", "demand", "rejects", "woken")
+def _compile(table):
+    """The action codes of ``table`` (a SESSION_TABLE) as one tuple per state, one entry per
+    event, ACT_ILLEGAL where it has no entry. ValueError for an entry the methods below
+    cannot run."""
+    rows = [[ACT_ILLEGAL] * N_EVENTS for _ in range(N_STATES)]
+    for key, (action, _after) in table.items():
+        state, event = key
+        if not isinstance(state, SessionState) or not isinstance(event, SessionEvent):
+            raise ValueError(f"SESSION_TABLE key {key!r} is not a (SessionState, SessionEvent)")
+        request = event == SessionEvent.REQUEST
+        code = (_REQUEST_ACTIONS if request else _WINDOW_ACTIONS).get(action)
+        if code is None:
+            kind = "an admission action (REQUEST)" if request else "a window action"
+            raise ValueError(
+                f"SESSION_TABLE[{state.name}, {event.name}]: {action!r} is not {kind}"
+            )
+        if state == SessionState.UNKNOWN and action not in _SESSIONLESS_ACTIONS:
+            raise ValueError(
+                f"SESSION_TABLE[{state.name}, {event.name}]: {action!r} needs a session record"
+            )
+        rows[state][event] = code
+    return tuple(tuple(row) for row in rows)
 
-    def __init__(self, sid: int) -> None:
+
+# _ACTION[state][event]: the indices are C enum values, and the only states stored in a
+# session record are those constants, so no index here comes from outside.
+cdef unsigned char _ACTION[N_STATES][N_EVENTS]
+
+
+cdef int _load(tuple rows) except -1:
+    cdef int st, ev
+    for st in range(N_STATES):
+        for ev in range(N_EVENTS):
+            _ACTION[st][ev] = rows[st][ev]
+    return 0
+
+
+_load(_compile(SESSION_TABLE))
+
+
+def _compiled():
+    """The table the methods switch on, in _compile's shape (for tests)."""
+    return tuple(tuple(_ACTION[st][ev] for ev in range(N_EVENTS)) for st in range(N_STATES))
+
+
+cdef int _illegal(object sid, int state, int event) except -1:
+    raise SessionError(
+        f"session {sid}: event {SessionEvent(event).name} is not allowed in state "
+        f"{SessionState(state).name} (see breakwater.SESSION_TABLE)"
+    )
+
+
+# ----------------------------------------------------------------------- the policy
+
+
+@cython.final
+cdef class _Session:
+    # readonly: the tests check the invariants on the records
+    cdef readonly object sid
+    cdef readonly int state  # an ST_* code
+    cdef readonly int64_t win  # credits held, in-flight requests included (what responses carry)
+    cdef readonly int64_t pending  # admitted requests not yet completed
+    cdef readonly int64_t demand  # requests queued at the client, from its latest request
+    cdef readonly int64_t rejects  # rejects decided by on_request, waiting for on_reject
+    cdef readonly bint woken  # got a speculative credit; its next window is at least oc
+
+    def __init__(self, sid):
         self.sid = sid
-        self.state = _ACTIVE
-        self.win = 0  # credits held, in-flight requests included (what responses carry)
-        self.pending = 0  # admitted requests not yet completed
-        self.demand = 0  # requests queued at the client, from its latest request
-        self.rejects = 0  # rejects decided by on_request, waiting for on_reject
-        self.woken = False  # got a speculative credit; its next window is at least oc
+        self.state = ST_ACTIVE
 
 
-class Breakwater(OverloadPolicy):
+cdef class Breakwater:
     """Credit-based overload control (Breakwater, OSDI'20) for one server.
 
     Every parameter has a default for a Python server with ~100 us handlers; times are in ns.
@@ -156,60 +304,69 @@ class Breakwater(OverloadPolicy):
         the server is nearly always busy. 0.7: the highest load at which a single-worker
         M/M/1 server's p99 still fits the issue's SLO; 10 ms is 5 SLOs, short against the
         100-SLO convergence budget.
+
+    A compiled class cannot inherit from the OverloadPolicy ABC; it is registered as a
+    virtual subclass instead (below), so ``isinstance(bw, OverloadPolicy)`` holds.
     """
 
-    __slots__ = (
-        "target_delay_ns",
-        "aqm_threshold_ns",
-        "tick_interval_ns",
-        "alpha",
-        "beta",
-        "md_floor",
-        "min_pool",
-        "max_window",
-        "_sessions",
-        "_drained",
-        "_n_sessions",
-        "_pool",
-        "_issued",
-        "_carry",
-        "_in_flight",
-        "_admitted",
-        "_rejected_aqm",
-        "_rejected_limit",
-        "_completed",
-        "_credit_messages",
-        "_credits_granted",
-        "_last_delay",
-        "_ticks",
-        "_pool_min",
-        "_pool_max",
-        "aqm_min_utilization",
-        "utilization_window_ns",
-        "slack_aqm_factor",
-        "_busy_since",
-        "_busy_ns",
-        "_util_at",
-        "_utilization",
-    )
+    # The parameters, fixed at construction.
+    cdef readonly int64_t target_delay_ns
+    cdef readonly int64_t aqm_threshold_ns
+    cdef readonly int64_t tick_interval_ns
+    cdef readonly double alpha
+    cdef readonly double beta
+    cdef readonly double md_floor
+    cdef readonly int64_t min_pool
+    cdef readonly int64_t max_window
+    cdef readonly double aqm_min_utilization
+    cdef readonly int64_t utilization_window_ns
+    cdef readonly double slack_aqm_factor
+
+    # readonly (the attribute, not the dict): the tests check the invariants on them.
+    cdef readonly dict _sessions  # sid -> _Session
+    # Drained sessions in the order they drained (dict as an ordered set: O(1) unpark).
+    cdef readonly dict _drained
+
+    cdef int64_t _n_sessions  # ACTIVE + DRAINED (closed sessions no longer share the pool)
+    cdef int64_t _pool
+    cdef int64_t _issued
+    cdef double _carry
+    cdef int64_t _in_flight
+    cdef int64_t _admitted
+    cdef int64_t _rejected_aqm
+    cdef int64_t _rejected_limit
+    cdef int64_t _completed
+    cdef int64_t _credit_messages
+    cdef int64_t _credits_granted
+    cdef int64_t _last_delay
+    cdef int64_t _ticks
+    cdef int64_t _pool_min
+    cdef int64_t _pool_max
+    # Utilization: busy = some admitted request not yet completed. _busy_ns collects busy
+    # time since the last tick; each tick folds it into the _utilization EWMA.
+    cdef int64_t _busy_since
+    cdef int64_t _busy_ns
+    cdef int64_t _util_at
+    cdef double _utilization
 
     uses_credits = True
 
     def __init__(
         self,
         *,
-        target_delay_ns: int = DEFAULT_TARGET_DELAY_NS,
-        aqm_threshold_ns: int | None = None,
-        tick_interval_ns: int = 200_000,
-        alpha: float = 0.02,
-        beta: float = 0.05,
-        md_floor: float = 0.5,
-        min_pool: int = 1,
-        max_window: int = 64,
-        aqm_min_utilization: float = 0.7,
-        utilization_window_ns: int = 50_000_000,
-        slack_aqm_factor: float = 3.0,
-    ) -> None:
+        target_delay_ns=DEFAULT_TARGET_DELAY_NS,
+        aqm_threshold_ns=None,
+        tick_interval_ns=200_000,
+        alpha=0.02,
+        beta=0.05,
+        md_floor=0.5,
+        min_pool=1,
+        max_window=64,
+        aqm_min_utilization=0.7,
+        utilization_window_ns=50_000_000,
+        slack_aqm_factor=3.0,
+    ):
+        # Checked as Python objects, before the typed fields would convert (or refuse) them.
         if aqm_threshold_ns is None:
             aqm_threshold_ns = 2 * target_delay_ns
         for name, value in (
@@ -243,17 +400,14 @@ class Breakwater(OverloadPolicy):
         self.aqm_min_utilization = float(aqm_min_utilization)
         self.utilization_window_ns = utilization_window_ns
         self.slack_aqm_factor = float(slack_aqm_factor)
-        # Utilization: busy = some admitted request not yet completed. _busy_ns collects busy
-        # time since the last tick; each tick folds it into the _utilization EWMA.
         self._busy_since = 0
         self._busy_ns = 0
         self._util_at = -1
         self._utilization = 0.0
 
-        self._sessions: dict[int, _Session] = {}
-        # Drained sessions in the order they drained (dict as an ordered set: O(1) unpark).
-        self._drained: dict[int, _Session] = {}
-        self._n_sessions = 0  # ACTIVE + DRAINED (closed sessions no longer share the pool)
+        self._sessions = {}
+        self._drained = {}
+        self._n_sessions = 0
         self._pool = min_pool
         self._issued = 0
         self._carry = 0.0
@@ -269,7 +423,7 @@ class Breakwater(OverloadPolicy):
         self._pool_min = min_pool
         self._pool_max = min_pool
 
-    def __repr__(self) -> str:
+    def __repr__(self):
         return (
             f"Breakwater(target_delay_ns={self.target_delay_ns}, "
             f"aqm_threshold_ns={self.aqm_threshold_ns}, tick_interval_ns={self.tick_interval_ns}, "
@@ -282,68 +436,85 @@ class Breakwater(OverloadPolicy):
 
     # ------------------------------------------------------------------ public interface
     # Each method finds the session's state and runs the action SESSION_TABLE names for it.
+    # now_ns is typed where it is used; open_session, close_session and on_reject ignore it.
 
-    def open_session(self, sid: int, now_ns: int) -> int:
+    cpdef int64_t open_session(self, object sid, object now_ns) except -1:
         """Register ``sid``; returns the window it holds (1: the credit its first request
         used). The server need not send it: the response to that request carries the real one.
         """
-        s = self._sessions.get(sid)
-        return _OPEN[_UNKNOWN if s is None else s.state](self, sid, s)
+        cdef _Session s = self._find(sid)
+        return self._window_event(sid, s, ST_UNKNOWN if s is None else s.state, EV_OPEN)
 
-    def close_session(self, sid: int, now_ns: int) -> None:
-        s = self._sessions.get(sid)
-        _CLOSE[_UNKNOWN if s is None else s.state](self, sid, s)
+    def close_session(self, sid, now_ns):
+        cdef _Session s = self._find(sid)
+        self._window_event(sid, s, ST_UNKNOWN if s is None else s.state, EV_CLOSE)
 
-    def on_request(self, sid: int, demand: int, now_ns: int, queue_delay_ns: int) -> bool:
+    cpdef bint on_request(
+        self, object sid, int64_t demand, int64_t now_ns, int64_t queue_delay_ns
+    ) except -1:
+        cdef _Session s
+        cdef int state
+        cdef bint idle, admitted
         self._last_delay = queue_delay_ns
-        s = self._sessions.get(sid)
+        s = self._find(sid)
+        state = ST_UNKNOWN if s is None else s.state
         idle = self._in_flight == 0
         if self._utilization < self.aqm_min_utilization:
             # Slack: a queue now is a burst that drains by itself; only a far longer one
-            # is rejected (see aqm_min_utilization).
-            queue_delay_ns = int(queue_delay_ns / self.slack_aqm_factor)
-        admitted = _REQUEST[_UNKNOWN if s is None else s.state](self, sid, s, demand, queue_delay_ns)
+            # is rejected (see aqm_min_utilization). Truncates as int(d / factor) did.
+            queue_delay_ns = <int64_t>(<double>queue_delay_ns / self.slack_aqm_factor)
+        admitted = self._request_event(sid, s, state, demand, queue_delay_ns)
         if idle and self._in_flight:
             self._busy_since = now_ns
         return admitted
 
-    def on_reject(self, sid: int, now_ns: int) -> int:
-        s = self._sessions.get(sid)
-        return _REJECT[_UNKNOWN if s is None else s.state](self, sid, s)
+    cpdef int64_t on_reject(self, object sid, object now_ns) except -1:
+        cdef _Session s = self._find(sid)
+        return self._window_event(sid, s, ST_UNKNOWN if s is None else s.state, EV_REJECT)
 
-    def on_complete(self, sid: int, now_ns: int) -> int:
-        s = self._sessions.get(sid)
-        window = _COMPLETE[_UNKNOWN if s is None else s.state](self, sid, s)
+    cpdef int64_t on_complete(self, object sid, int64_t now_ns) except -1:
+        cdef _Session s = self._find(sid)
+        cdef int64_t window = self._window_event(
+            sid, s, ST_UNKNOWN if s is None else s.state, EV_COMPLETE
+        )
         if self._in_flight == 0:
             self._busy_ns += now_ns - self._busy_since
         return window
 
     @property
-    def utilization(self) -> float:
+    def utilization(self):
         """The server's busy fraction, an EWMA over about utilization_window_ns."""
         return self._utilization
 
-    def _update_utilization(self, now_ns: int) -> None:
-        busy = self._busy_ns
+    @cython.final
+    cdef int _update_utilization(self, int64_t now_ns) except -1:
+        cdef int64_t busy = self._busy_ns
+        cdef int64_t elapsed
+        cdef double weight
         if self._in_flight:
             busy += now_ns - self._busy_since
             self._busy_since = now_ns
         self._busy_ns = 0
         if self._util_at < 0:
             self._util_at = now_ns
-            return
+            return 0
         elapsed = now_ns - self._util_at
         self._util_at = now_ns
         if elapsed <= 0:
-            return
-        weight = elapsed / self.utilization_window_ns
+            return 0
+        weight = <double>elapsed / <double>self.utilization_window_ns
         if weight > 1.0:
             weight = 1.0
-        self._utilization += weight * (busy / elapsed - self._utilization)
+        self._utilization += weight * (<double>busy / <double>elapsed - self._utilization)
+        return 0
 
-    def on_tick(self, now_ns: int, queue_delay_ns: int) -> list[tuple[int, int]]:
+    cpdef list on_tick(self, int64_t now_ns, int64_t queue_delay_ns):
         """AIMD on the pool, then demand speculation: one credit per drained session, oldest
         first, while the pool has room. Returns the standalone credit frames to send."""
+        cdef int64_t n, target, pool, whole, ceiling, room
+        cdef double step, factor
+        cdef _Session s
+        cdef list grants = []
         self._last_delay = queue_delay_ns
         self._ticks += 1
         self._update_utilization(now_ns)
@@ -355,17 +526,17 @@ class Breakwater(OverloadPolicy):
             # less than twice what is issued. At low load the reference climbs to its
             # ceiling (64 x sessions) and, on a spike, must first be cut back down from there.
             if pool < 2 * self._issued + self.min_pool:
-                step = self.alpha * n
+                step = self.alpha * <double>n
                 self._carry += step if step > 1.0 else 1.0  # A = max(alpha * N, 1), Eq. (3)
-                whole = int(self._carry)
+                whole = <int64_t>self._carry
                 pool += whole
-                self._carry -= whole
+                self._carry -= <double>whole
         else:
             # d == d_t decreases by a factor 1, as the reference: it only resets the carry.
-            factor = 1.0 - self.beta * (queue_delay_ns - target) / target
+            factor = 1.0 - self.beta * <double>(queue_delay_ns - target) / <double>target
             if factor < self.md_floor:
                 factor = self.md_floor
-            pool = int(pool * factor)
+            pool = <int64_t>(<double>pool * factor)
             self._carry = 0.0
         ceiling = self.max_window * n
         if pool > ceiling:
@@ -378,17 +549,15 @@ class Breakwater(OverloadPolicy):
         if pool > self._pool_max:
             self._pool_max = pool
 
-        grants: list[tuple[int, int]] = []
         room = pool - self._issued
-        drained = self._drained
-        while room > 0 and drained:
-            s = drained.pop(next(iter(drained)))
-            _GRANT[s.state](self, s.sid, s)
+        while room > 0 and self._drained:
+            s = self._pop_oldest_drained()
+            self._window_event(s.sid, s, s.state, EV_GRANT)
             grants.append((s.sid, s.win))
             room -= 1
         return grants
 
-    def statistics(self) -> PolicyStatistics:
+    def statistics(self):
         return PolicyStatistics(
             policy="Breakwater",
             pool=self._pool,
@@ -409,23 +578,42 @@ class Breakwater(OverloadPolicy):
             pool_max=self._pool_max,
         )
 
-    def session_state(self, sid: int) -> SessionState:
+    def session_state(self, sid):
         """The table state of ``sid`` (UNKNOWN if never seen or forgotten)."""
-        s = self._sessions.get(sid)
-        return _UNKNOWN if s is None else s.state
+        cdef _Session s = self._find(sid)
+        return _STATES[ST_UNKNOWN if s is None else s.state]
 
-    def session_window(self, sid: int) -> int:
+    def session_window(self, sid):
         """The window ``sid`` holds now (0 if unknown)."""
-        s = self._sessions.get(sid)
+        cdef _Session s = self._find(sid)
         return 0 if s is None else s.win
+
+    # ------------------------------------------------------------------ lookups
+
+    @cython.final
+    cdef inline _Session _find(self, object sid):
+        """The record of ``sid``, None if it has none (state UNKNOWN)."""
+        o = self._sessions.get(sid)
+        return None if o is None else <_Session>o
+
+    @cython.final
+    cdef _Session _pop_oldest_drained(self):
+        # The first key in insertion order; the caller checked that the dict is not empty.
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        PyDict_Next(self._drained, &pos, &key, &value)
+        return <_Session>self._drained.pop(<object>key)
 
     # ------------------------------------------------------------------ window arithmetic
 
-    def _update_window(self, s: _Session, keep_alive: bool) -> int:
+    @cython.final
+    cdef int64_t _update_window(self, _Session s, bint keep_alive) except -1:
         """Recompute the window of ``s`` for the response about to be sent (Eqs. 4-6 and
         the clamps of the reference ``srpc_update_window``); park it if it reaches 0."""
-        old = s.win
-        room = self._pool - self._issued
+        cdef int64_t old = s.win
+        cdef int64_t room = self._pool - self._issued
+        cdef int64_t oc, win, cap
         if room > 0:
             oc = room // self._n_sessions  # overcommitment share, Eq. (4)
             if oc < 1:
@@ -456,45 +644,91 @@ class Breakwater(OverloadPolicy):
         s.win = win
         self._issued += win - old
         if win == 0:  # implies pending == 0 (win >= pending)
-            s.state = _DRAINED
+            s.state = ST_DRAINED
             self._drained[s.sid] = s
         return win
 
     # ------------------------------------------------------------------ table actions
-    # Signatures by event: OPEN/REJECT/COMPLETE/GRANT/CLOSE (self, sid, s);
-    # REQUEST (self, sid, s, demand, queue_delay_ns).
+    # One method per action name of SESSION_TABLE. The window actions return the window
+    # the session is left with (0 for those that have none), the admission actions whether
+    # the request is admitted. ``s`` is None only in state UNKNOWN, whose row _compile
+    # limits to the actions that do not read it.
 
-    def _act_register(self, sid: int, s: _Session | None) -> int:
-        s = _Session(sid)
+    @cython.final
+    cdef int64_t _window_event(self, object sid, _Session s, int state, int event) except -1:
+        """Run the action SESSION_TABLE names for (state, event), event not REQUEST."""
+        cdef int act = _ACTION[state][event]
+        if act == ACT_COMPLETE:
+            return self._act_complete(sid, s)
+        elif act == ACT_REJECT_WINDOW:
+            return self._act_reject_window(sid, s)
+        elif act == ACT_REGISTER:
+            return self._act_register(sid).win
+        elif act == ACT_CURRENT_WINDOW:
+            return s.win
+        elif act == ACT_REOPEN:
+            return self._act_reopen(sid, s)
+        elif act == ACT_CLOSED_WINDOW:
+            return self._act_closed_window(sid, s)
+        elif act == ACT_COMPLETE_CLOSED:
+            return self._act_complete_closed(sid, s)
+        elif act == ACT_GRANT:
+            return self._act_grant(sid, s)
+        elif act == ACT_CLOSE:
+            return self._act_close(sid, s)
+        elif act == ACT_NOTHING:
+            return 0
+        return _illegal(sid, state, event)
+
+    @cython.final
+    cdef bint _request_event(
+        self, object sid, _Session s, int state, int64_t demand, int64_t queue_delay_ns
+    ) except -1:
+        """Run the action SESSION_TABLE names for (state, REQUEST)."""
+        cdef int act = _ACTION[state][EV_REQUEST]
+        if act == ACT_ADMIT:
+            return self._act_admit(sid, s, demand, queue_delay_ns)
+        elif act == ACT_REGISTER_AND_ADMIT:
+            return self._act_admit(sid, self._act_register(sid), demand, queue_delay_ns)
+        elif act == ACT_UNPARK_AND_ADMIT:
+            return self._act_unpark_and_admit(sid, s, demand, queue_delay_ns)
+        elif act == ACT_REFUSE:
+            return self._act_refuse(sid, s)
+        return _illegal(sid, state, EV_REQUEST)
+
+    @cython.final
+    cdef _Session _act_register(self, object sid):
+        # Returns the record, whose window (1: the credit the client spent on the request
+        # that brought it here) is the action's result; register_and_admit needs the record.
+        cdef _Session s = _Session(sid)
         self._sessions[sid] = s
         s.win = 1
         self._issued += 1
         self._n_sessions += 1
-        return 1
+        return s
 
-    def _act_current_window(self, sid: int, s: _Session) -> int:
-        return s.win
-
-    def _act_reopen(self, sid: int, s: _Session) -> int:
-        s.state = _ACTIVE
+    @cython.final
+    cdef int64_t _act_reopen(self, object sid, _Session s) except -1:
+        s.state = ST_ACTIVE
         s.win = s.pending if s.pending > 0 else 1
         s.rejects = 0
         self._issued += s.win
         self._n_sessions += 1
         return s.win
 
-    def _act_register_and_admit(
-        self, sid: int, s: _Session | None, demand: int, queue_delay_ns: int
-    ) -> bool:
-        self._act_register(sid, s)
-        return self._act_admit(sid, self._sessions[sid], demand, queue_delay_ns)
-
-    def _act_unpark_and_admit(self, sid: int, s: _Session, demand: int, queue_delay_ns: int) -> bool:
+    @cython.final
+    cdef bint _act_unpark_and_admit(
+        self, object sid, _Session s, int64_t demand, int64_t queue_delay_ns
+    ) except -1:
         del self._drained[sid]
-        s.state = _ACTIVE
+        s.state = ST_ACTIVE
         return self._act_admit(sid, s, demand, queue_delay_ns)
 
-    def _act_admit(self, sid: int, s: _Session, demand: int, queue_delay_ns: int) -> bool:
+    @cython.final
+    cdef bint _act_admit(
+        self, object sid, _Session s, int64_t demand, int64_t queue_delay_ns
+    ) except -1:
+        cdef int64_t pending, cap
         if demand < 0:
             raise ValueError(f"demand must be >= 0, got {demand!r} (session {sid})")
         s.demand = demand
@@ -523,24 +757,28 @@ class Breakwater(OverloadPolicy):
         self._admitted += 1
         return True
 
-    def _act_refuse(self, sid: int, s: _Session, demand: int, queue_delay_ns: int) -> bool:
+    @cython.final
+    cdef bint _act_refuse(self, object sid, _Session s) except -1:
         s.rejects += 1
         self._rejected_limit += 1
         return False
 
-    def _act_reject_window(self, sid: int, s: _Session) -> int:
+    @cython.final
+    cdef int64_t _act_reject_window(self, object sid, _Session s) except -1:
         if s.rejects <= 0:
             raise SessionError(f"on_reject({sid}) without a preceding on_request that returned False")
         s.rejects -= 1
         return self._update_window(s, False)  # a reject may take the last credit
 
-    def _act_closed_window(self, sid: int, s: _Session) -> int:
+    @cython.final
+    cdef int64_t _act_closed_window(self, object sid, _Session s) except -1:
         if s.rejects <= 0:
             raise SessionError(f"on_reject({sid}) without a preceding on_request that returned False")
         s.rejects -= 1
         return 0
 
-    def _act_complete(self, sid: int, s: _Session) -> int:
+    @cython.final
+    cdef int64_t _act_complete(self, object sid, _Session s) except -1:
         if s.pending <= 0:
             raise SessionError(f"on_complete({sid}) with no admitted request of that session in flight")
         s.pending -= 1
@@ -548,7 +786,8 @@ class Breakwater(OverloadPolicy):
         self._completed += 1
         return self._update_window(s, True)
 
-    def _act_complete_closed(self, sid: int, s: _Session) -> int:
+    @cython.final
+    cdef int64_t _act_complete_closed(self, object sid, _Session s) except -1:
         s.pending -= 1  # CLOSED implies pending > 0: the last completion forgets the session
         self._in_flight -= 1
         self._completed += 1
@@ -556,8 +795,9 @@ class Breakwater(OverloadPolicy):
             del self._sessions[sid]
         return 0
 
-    def _act_grant(self, sid: int, s: _Session) -> int:
-        s.state = _ACTIVE
+    @cython.final
+    cdef int64_t _act_grant(self, object sid, _Session s) except -1:
+        s.state = ST_ACTIVE
         s.win = 1
         s.woken = True
         self._issued += 1
@@ -565,8 +805,9 @@ class Breakwater(OverloadPolicy):
         self._credits_granted += 1
         return 1
 
-    def _act_close(self, sid: int, s: _Session) -> None:
-        if s.state == _DRAINED:
+    @cython.final
+    cdef int64_t _act_close(self, object sid, _Session s) except -1:
+        if s.state == ST_DRAINED:
             del self._drained[sid]
         self._issued -= s.win
         s.win = 0
@@ -574,43 +815,14 @@ class Breakwater(OverloadPolicy):
         s.rejects = 0
         self._n_sessions -= 1
         if s.pending > 0:
-            s.state = _CLOSED
+            s.state = ST_CLOSED
         else:
             del self._sessions[sid]
         if self._n_sessions == 0:
             # As the reference: an idle server starts the next burst from the floor.
             self._pool = self.min_pool
             self._carry = 0.0
-
-    def _act_nothing(self, sid: int, s: _Session | None) -> None:
-        return None
+        return 0
 
 
-def _compile(event: SessionEvent) -> list:
-    """One dispatch row per event, indexed by state, built from SESSION_TABLE."""
-    row = []
-    for state in SessionState:
-        entry = SESSION_TABLE.get((state, event))
-        if entry is None:
-            row.append(_illegal(state, event))
-        else:
-            row.append(getattr(Breakwater, "_act_" + entry[0]))
-    return row
-
-
-def _illegal(state: SessionState, event: SessionEvent):
-    def act(self: Breakwater, sid: int, *args: object) -> None:
-        raise SessionError(
-            f"session {sid}: event {event.name} is not allowed in state {state.name} "
-            "(see breakwater.SESSION_TABLE)"
-        )
-
-    return act
-
-
-_OPEN = _compile(SessionEvent.OPEN)
-_REQUEST = _compile(SessionEvent.REQUEST)
-_REJECT = _compile(SessionEvent.REJECT)
-_COMPLETE = _compile(SessionEvent.COMPLETE)
-_GRANT = _compile(SessionEvent.GRANT)
-_CLOSE = _compile(SessionEvent.CLOSE)
+OverloadPolicy.register(Breakwater)
