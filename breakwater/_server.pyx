@@ -455,6 +455,9 @@ cdef class Breakwater:
         cdef _Session s
         cdef int state
         cdef bint idle, admitted
+        if demand < 0:
+            # Checked before any table action, so a bad demand changes no state at all.
+            raise ValueError(f"demand must be >= 0, got {demand!r} (session {sid})")
         self._last_delay = queue_delay_ns
         s = self._find(sid)
         state = ST_UNKNOWN if s is None else s.state
@@ -729,9 +732,7 @@ cdef class Breakwater:
         self, object sid, _Session s, int64_t demand, int64_t queue_delay_ns
     ) except -1:
         cdef int64_t pending, cap
-        if demand < 0:
-            raise ValueError(f"demand must be >= 0, got {demand!r} (session {sid})")
-        s.demand = demand
+        s.demand = demand                   # >= 0: on_request checked it before dispatch
         pending = s.pending + 1
         # Surplus revocation at arrival: a window larger than what the client can use
         # (this request + the ones in flight + its queue) goes back to the pool now.

@@ -320,6 +320,14 @@ def test_negative_demand_is_an_error_and_changes_nothing(clock):
     with pytest.raises(ValueError, match="demand"):
         bw.on_request(1, -1, clock(), 0)
     assert bw.statistics().admitted == 0 and bw.session_window(1) == 1
+    # Nor for a session never seen, nor for a drained one (it stays parked).
+    with pytest.raises(ValueError, match="demand"):
+        bw.on_request(2, -1, clock(), 0)
+    assert bw.session_state(2) == UNKNOWN
+    drained(bw, clock, 3)
+    with pytest.raises(ValueError, match="demand"):
+        bw.on_request(3, -1, clock(), 0)
+    assert bw.session_state(3) == DRAINED and bw.statistics().drained_sessions == 1
 
 
 # --- demand speculation --------------------------------------------------------------------
