@@ -293,17 +293,19 @@ cdef class Breakwater:
         runs one handler at a time; also the pool after the last session closes.
     max_window
         per-session window cap (64 in the reference); requests beyond it are rejected.
-    aqm_min_utilization, utilization_window_ns
-        the AQM threshold applies while the server is busy at least this fraction of the
-        time (an EWMA over about ``utilization_window_ns``, 10 ms); below it the threshold
-        is ``slack_aqm_factor`` (2) times higher. Not in the reference, which runs on ten
-        cores where a queue at light load is rare. On one worker a queue at light load is a
-        Poisson burst that drains by itself (at 0.5 load the wait passes 1 ms ~0.5 % of the
-        time, and no-control's p99 is within the SLO up to ~0.7 load), while the credits'
-        incast, which the AQM is there for, only happens when the pool binds, that is when
-        the server is nearly always busy. 0.7: the highest load at which a single-worker
-        M/M/1 server's p99 still fits the issue's SLO; 10 ms is 5 SLOs, short against the
-        100-SLO convergence budget.
+    aqm_min_utilization, utilization_window_ns, busy_run_ns, slack_aqm_factor
+        the AQM threshold applies while the server is busy at least ``aqm_min_utilization``
+        (0.7) of the time, an EWMA over about ``utilization_window_ns`` (50 ms), or has been
+        busy without a break for ``busy_run_ns`` (3 ms); otherwise the threshold is
+        ``slack_aqm_factor`` (3) times higher. Not in the reference, which runs on ten cores
+        where a queue at light load is rare. On one worker a queue at light load is a Poisson
+        burst that drains by itself (at 0.5 load the wait passes 1 ms ~0.5 % of the time, and
+        no-control's p99 is within the SLO up to ~0.7 load), while the credits' incast, which
+        the AQM is there for, only happens when the pool binds, that is when the server is
+        nearly always busy. 0.7: about the highest load at which one M/M/1 worker's p99 still
+        fits the issue's SLO. 50 ms: a shorter window let a burst at half load flip the gate
+        by itself. The busy run catches a step up at once, which a 50 ms average cannot: 3 ms
+        is ~30 service times, a busy period that long at half load is rarer than 1 in 1,000.
 
     A compiled class cannot inherit from the OverloadPolicy ABC; it is registered as a
     virtual subclass instead (below), so ``isinstance(bw, OverloadPolicy)`` holds.
@@ -321,6 +323,7 @@ cdef class Breakwater:
     cdef readonly double aqm_min_utilization
     cdef readonly int64_t utilization_window_ns
     cdef readonly double slack_aqm_factor
+    cdef readonly int64_t busy_run_ns
 
     # readonly (the attribute, not the dict): the tests check the invariants on them.
     cdef readonly dict _sessions  # sid -> _Session
@@ -345,6 +348,7 @@ cdef class Breakwater:
     # Utilization: busy = some admitted request not yet completed. _busy_ns collects busy
     # time since the last tick; each tick folds it into the _utilization EWMA.
     cdef int64_t _busy_since
+    cdef int64_t _busy_run_from        # when the server last went from idle to busy
     cdef int64_t _busy_ns
     cdef int64_t _util_at
     cdef double _utilization
@@ -365,6 +369,7 @@ cdef class Breakwater:
         aqm_min_utilization=0.7,
         utilization_window_ns=50_000_000,
         slack_aqm_factor=3.0,
+        busy_run_ns=3_000_000,
     ):
         # Checked as Python objects, before the typed fields would convert (or refuse) them.
         if aqm_threshold_ns is None:
@@ -376,6 +381,7 @@ cdef class Breakwater:
             ("min_pool", min_pool),
             ("max_window", max_window),
             ("utilization_window_ns", utilization_window_ns),
+            ("busy_run_ns", busy_run_ns),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -400,6 +406,8 @@ cdef class Breakwater:
         self.aqm_min_utilization = float(aqm_min_utilization)
         self.utilization_window_ns = utilization_window_ns
         self.slack_aqm_factor = float(slack_aqm_factor)
+        self.busy_run_ns = busy_run_ns
+        self._busy_run_from = 0
         self._busy_since = 0
         self._busy_ns = 0
         self._util_at = -1
@@ -431,7 +439,7 @@ cdef class Breakwater:
             f"min_pool={self.min_pool}, max_window={self.max_window}, "
             f"aqm_min_utilization={self.aqm_min_utilization}, "
             f"utilization_window_ns={self.utilization_window_ns}, "
-            f"slack_aqm_factor={self.slack_aqm_factor})"
+            f"slack_aqm_factor={self.slack_aqm_factor}, busy_run_ns={self.busy_run_ns})"
         )
 
     # ------------------------------------------------------------------ public interface
@@ -462,13 +470,15 @@ cdef class Breakwater:
         s = self._find(sid)
         state = ST_UNKNOWN if s is None else s.state
         idle = self._in_flight == 0
-        if self._utilization < self.aqm_min_utilization:
+        if (self._utilization < self.aqm_min_utilization
+                and (idle or now_ns - self._busy_run_from < self.busy_run_ns)):
             # Slack: a queue now is a burst that drains by itself; only a far longer one
-            # is rejected (see aqm_min_utilization). Truncates as int(d / factor) did.
+            # is rejected (see aqm_min_utilization).
             queue_delay_ns = <int64_t>(<double>queue_delay_ns / self.slack_aqm_factor)
         admitted = self._request_event(sid, s, state, demand, queue_delay_ns)
         if idle and self._in_flight:
             self._busy_since = now_ns
+            self._busy_run_from = now_ns
         return admitted
 
     cpdef int64_t on_reject(self, object sid, object now_ns) except -1:

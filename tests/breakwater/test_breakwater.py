@@ -710,3 +710,17 @@ def test_aqm_threshold_is_relaxed_while_the_server_has_slack(clock):
 def test_gate_parameters_are_checked(kwargs):
     with pytest.raises(ValueError):
         Breakwater(**kwargs)
+
+
+def test_a_long_busy_run_applies_the_plain_threshold_at_once(clock):
+    # A step up: the 50 ms utilization average is still low, but the server has not been
+    # idle for busy_run_ns, which a burst at light load almost never does.
+    bw = Breakwater(target_delay_ns=100 * US, aqm_threshold_ns=200 * US, busy_run_ns=3 * MS)
+    bw.open_session(1, clock())
+    assert bw.on_request(1, 1, clock(), 0) is True          # the server becomes busy
+    clock.advance(3 * MS - 1)
+    assert bw.on_request(1, 0, clock(), 300 * US) is True   # slack: 300 us < 3 x 200 us
+    clock.advance(1)
+    assert bw.on_request(1, 0, clock(), 300 * US) is False  # busy 3 ms without a break
+    bw.on_reject(1, clock())
+    assert bw.utilization < 0.7
