@@ -797,7 +797,8 @@ cdef class ServerLoop:
             self.inflight[(r.conn.id, f.call_id)] = r
             self.executor.submit(_run_in_worker, self, r)
             return 0
-        r.start_ns = now_ns()
+        if self.policy is not None:          # only the overload signal needs the timing
+            r.start_ns = now_ns()
         kind, body = execute(r, self.packer, self.send_tracebacks, self.max_message_size)
         self._reply(r, kind, body)
         return 0
@@ -806,10 +807,12 @@ cdef class ServerLoop:
         cdef _Conn c = r.conn
         cdef int flags = 0
         cdef uint32_t window = 0
-        cdef int64_t now = now_ns()
+        cdef int64_t now = 0
         if kind == KIND_ERROR:
             self.errors += 1
-        self._count_done(r, now)
+        if self.policy is not None:
+            now = now_ns()
+            self._count_done(r, now)
         if c.closed:
             if r.sid is not None and self.policy is not None:
                 self.policy.on_complete(r.sid, now)

@@ -32,7 +32,8 @@ class ServerStatistics:
     cancelled: int             # cancel requests that found their call
     deadline_skipped: int      # calls not run because their deadline had passed
     service_time_ns: int = 0   # measured server time per completed call (EWMA, 1/throughput
-                               # while backlogged): prices the queue in the overload signal
+                               # while backlogged): prices the queue in the overload signal;
+                               # measured only when the server has an overload policy
     overload: Any = None       # the overload policy's own statistics(), if any
 
 
