@@ -1142,6 +1142,7 @@ def _run_in_worker(ServerLoop loop, _Request r):
         loop.post_completion(r, KIND_ERROR, msgpack.packb(
             [ERR_DEADLINE, "DeadlineExceeded", "deadline passed before the call started", None]))
         return
-    r.start_ns = now_ns()
+    if loop.policy is not None:          # as in _run_one: only the overload signal uses it
+        r.start_ns = now_ns()
     kind, body = execute(r, msgpack.Packer(), loop.send_tracebacks, loop.max_message_size)
     loop.post_completion(r, kind, body)
