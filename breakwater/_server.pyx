@@ -293,19 +293,24 @@ cdef class Breakwater:
         runs one handler at a time; also the pool after the last session closes.
     max_window
         per-session window cap (64 in the reference); requests beyond it are rejected.
-    aqm_min_utilization, utilization_window_ns, busy_run_ns, slack_aqm_factor
+    aqm_min_utilization, utilization_window_ns, busy_run_requests, slack_aqm_factor
         the AQM threshold applies while the server is busy at least ``aqm_min_utilization``
-        (0.7) of the time, an EWMA over about ``utilization_window_ns`` (50 ms), or has been
-        busy without a break for ``busy_run_ns`` (3 ms); otherwise the threshold is
-        ``slack_aqm_factor`` (3) times higher. Not in the reference, which runs on ten cores
-        where a queue at light load is rare. On one worker a queue at light load is a Poisson
+        (0.7) of the time, an EWMA over about ``utilization_window_ns`` (50 ms), or has
+        completed ``busy_run_requests`` (30) requests without going idle in between;
+        otherwise the threshold is ``slack_aqm_factor`` (5) times higher. Not in the
+        reference, which runs on ten cores where a queue at light load is rare. On one worker a queue at light load is a Poisson
         burst that drains by itself (at 0.5 load the wait passes 1 ms ~0.5 % of the time, and
         no-control's p99 is within the SLO up to ~0.7 load), while the credits' incast, which
         the AQM is there for, only happens when the pool binds, that is when the server is
         nearly always busy. 0.7: about the highest load at which one M/M/1 worker's p99 still
         fits the issue's SLO. 50 ms: a shorter window let a burst at half load flip the gate
-        by itself. The busy run catches a step up at once, which a 50 ms average cannot: 3 ms
-        is ~30 service times, a busy period that long at half load is rarer than 1 in 1,000.
+        by itself. The busy run catches a step up at once, which a 50 ms average cannot. It
+        counts completions, not time, because the process is sometimes descheduled for a few
+        ms (measured: 1-3.5 ms stalls, several per 5 s, on a shared 2-core machine); a stall
+        completes nothing and is no sign of overload, but a clock-based run saw it as one.
+        The slack factor covers the same stalls: the requests that arrive during one are read
+        together afterwards with the whole stall as loop lag (3-3.6 ms measured), so a factor
+        of 3 (a 3 ms threshold) still rejected them at 0.5x.
 
     A compiled class cannot inherit from the OverloadPolicy ABC; it is registered as a
     virtual subclass instead (below), so ``isinstance(bw, OverloadPolicy)`` holds.
@@ -323,7 +328,7 @@ cdef class Breakwater:
     cdef readonly double aqm_min_utilization
     cdef readonly int64_t utilization_window_ns
     cdef readonly double slack_aqm_factor
-    cdef readonly int64_t busy_run_ns
+    cdef readonly int64_t busy_run_requests
 
     # readonly (the attribute, not the dict): the tests check the invariants on them.
     cdef readonly dict _sessions  # sid -> _Session
@@ -348,7 +353,7 @@ cdef class Breakwater:
     # Utilization: busy = some admitted request not yet completed. _busy_ns collects busy
     # time since the last tick; each tick folds it into the _utilization EWMA.
     cdef int64_t _busy_since
-    cdef int64_t _busy_run_from        # when the server last went from idle to busy
+    cdef int64_t _busy_run_done        # completions since the server last went idle -> busy
     cdef int64_t _busy_ns
     cdef int64_t _util_at
     cdef double _utilization
@@ -368,8 +373,8 @@ cdef class Breakwater:
         max_window=64,
         aqm_min_utilization=0.7,
         utilization_window_ns=50_000_000,
-        slack_aqm_factor=3.0,
-        busy_run_ns=3_000_000,
+        slack_aqm_factor=5.0,
+        busy_run_requests=30,
     ):
         # Checked as Python objects, before the typed fields would convert (or refuse) them.
         if aqm_threshold_ns is None:
@@ -381,7 +386,7 @@ cdef class Breakwater:
             ("min_pool", min_pool),
             ("max_window", max_window),
             ("utilization_window_ns", utilization_window_ns),
-            ("busy_run_ns", busy_run_ns),
+            ("busy_run_requests", busy_run_requests),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -406,8 +411,8 @@ cdef class Breakwater:
         self.aqm_min_utilization = float(aqm_min_utilization)
         self.utilization_window_ns = utilization_window_ns
         self.slack_aqm_factor = float(slack_aqm_factor)
-        self.busy_run_ns = busy_run_ns
-        self._busy_run_from = 0
+        self.busy_run_requests = busy_run_requests
+        self._busy_run_done = 0
         self._busy_since = 0
         self._busy_ns = 0
         self._util_at = -1
@@ -439,7 +444,7 @@ cdef class Breakwater:
             f"min_pool={self.min_pool}, max_window={self.max_window}, "
             f"aqm_min_utilization={self.aqm_min_utilization}, "
             f"utilization_window_ns={self.utilization_window_ns}, "
-            f"slack_aqm_factor={self.slack_aqm_factor}, busy_run_ns={self.busy_run_ns})"
+            f"slack_aqm_factor={self.slack_aqm_factor}, busy_run_requests={self.busy_run_requests})"
         )
 
     # ------------------------------------------------------------------ public interface
@@ -471,14 +476,14 @@ cdef class Breakwater:
         state = ST_UNKNOWN if s is None else s.state
         idle = self._in_flight == 0
         if (self._utilization < self.aqm_min_utilization
-                and (idle or now_ns - self._busy_run_from < self.busy_run_ns)):
+                and (idle or self._busy_run_done < self.busy_run_requests)):
             # Slack: a queue now is a burst that drains by itself; only a far longer one
             # is rejected (see aqm_min_utilization).
             queue_delay_ns = <int64_t>(<double>queue_delay_ns / self.slack_aqm_factor)
         admitted = self._request_event(sid, s, state, demand, queue_delay_ns)
         if idle and self._in_flight:
             self._busy_since = now_ns
-            self._busy_run_from = now_ns
+            self._busy_run_done = 0
         return admitted
 
     cpdef int64_t on_reject(self, object sid, object now_ns) except -1:
@@ -490,6 +495,7 @@ cdef class Breakwater:
         cdef int64_t window = self._window_event(
             sid, s, ST_UNKNOWN if s is None else s.state, EV_COMPLETE
         )
+        self._busy_run_done += 1
         if self._in_flight == 0:
             self._busy_ns += now_ns - self._busy_since
         return window

@@ -713,14 +713,33 @@ def test_gate_parameters_are_checked(kwargs):
 
 
 def test_a_long_busy_run_applies_the_plain_threshold_at_once(clock):
-    # A step up: the 50 ms utilization average is still low, but the server has not been
-    # idle for busy_run_ns, which a burst at light load almost never does.
-    bw = Breakwater(target_delay_ns=100 * US, aqm_threshold_ns=200 * US, busy_run_ns=3 * MS)
+    # A step up: the 50 ms utilization average is still low, but the server has completed
+    # busy_run_requests requests without going idle, which a burst at light load almost
+    # never does.
+    bw = Breakwater(target_delay_ns=100 * US, aqm_threshold_ns=200 * US, busy_run_requests=3)
     bw.open_session(1, clock())
-    assert bw.on_request(1, 1, clock(), 0) is True          # the server becomes busy
-    clock.advance(3 * MS - 1)
-    assert bw.on_request(1, 0, clock(), 300 * US) is True   # slack: 300 us < 3 x 200 us
-    clock.advance(1)
-    assert bw.on_request(1, 0, clock(), 300 * US) is False  # busy 3 ms without a break
+    assert bw.on_request(1, 4, clock(), 0) is True          # the server becomes busy
+    for _ in range(2):
+        assert bw.on_request(1, 3, clock(), 100 * US) is True
+        clock.advance(100 * US)
+        bw.on_complete(1, clock())
+    # Two completions into the run: still slack, 300 us < 5 x 200 us.
+    assert bw.on_request(1, 0, clock(), 300 * US) is True
+    clock.advance(100 * US)
+    bw.on_complete(1, clock())
+    # The third completion made the run long: the plain threshold.
+    assert bw.on_request(1, 0, clock(), 300 * US) is False
     bw.on_reject(1, clock())
     assert bw.utilization < 0.7
+
+
+def test_a_stall_is_not_a_busy_run(clock):
+    # The process descheduled for 10 ms with a request admitted: no request completed, so
+    # the run is still short and the slack threshold (5 x 200 us) applies.
+    bw = Breakwater(target_delay_ns=100 * US, aqm_threshold_ns=200 * US, busy_run_requests=3)
+    bw.open_session(1, clock())
+    assert bw.on_request(1, 1, clock(), 0) is True
+    clock.advance(10 * MS)
+    assert bw.on_request(1, 0, clock(), 1000 * US - 1) is True
+    assert bw.on_request(1, 0, clock(), 1000 * US) is False
+    bw.on_reject(1, clock())
