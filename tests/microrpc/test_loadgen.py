@@ -78,12 +78,6 @@ def test_every_outcome_is_counted_once_and_matches_the_server(synthetic):
     # The server may also reject registration requests (they arrive all at once).
     assert (result.server_stats["rejects"] - before["rejects"]
             == counts["rejected_server"] + result.tally.prime_rejected)
-    # The server spun 2 ms per admitted request at 3x overload: busy for most of the run.
-    # (bench/overload_bench.py reports this share per point, to show how long each policy
-    # left the server idle.)
-    wall_ns = result.server_stats["monotonic_ns"] - before["monotonic_ns"]
-    cpu_ns = result.server_stats["process_cpu_ns"] - before["process_cpu_ns"]
-    assert 0.2 < cpu_ns / wall_ns <= 1.1
     # The per-bucket series add up to the same totals.
     series = result.series()
     assert sum(row["offered"] for row in series) == result.offered
