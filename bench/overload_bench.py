@@ -114,7 +114,8 @@ def measure_base(ctx: Ctx) -> dict:
     return {"rtt_us": analysis.spread(rtts), "mu": analysis.spread(mus)}
 
 
-def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None) -> dict:
+def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None,
+              server_cpu: float | None = None) -> dict:
     slo_us = ctx.slo_s * 1e6
     t = r.tally
     ok = t.counts["ok"]
@@ -135,6 +136,7 @@ def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None) -> dict:
         "timeout_frac": r.fraction("timeout"), "error_frac": r.fraction("error"),
         "send_lag_p99_us": t.send_lag.get_value_at_percentile(99) / 1e3,
         "gen_cpu_share": r.per_process[0]["cpu_share"],
+        "server_cpu_share": server_cpu,
         "valid": r.valid, "invalid_reasons": r.invalid_reasons,
         "credit_frames": credit_frames, "completed": completed,
         "credit_per_req": credit_frames / completed if completed else None,
@@ -145,9 +147,11 @@ def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None) -> dict:
 
 def run_point(ctx: Ctx, policy: str, load: float, clients: int = CLIENTS) -> dict:
     with servers.synthetic_server(ctx.policies[policy], ctx.server_cpu) as addr:
+        before = servers.cpu_clock(addr)
         r = loadgen.run(ctx.spec(addr, rate=load * ctx.mu, clients=clients))
+        share = servers.cpu_share(before, servers.cpu_clock(addr))
         stats = servers.stats(addr)
-    return summarize(r, ctx, stats)
+    return summarize(r, ctx, stats, share)
 
 
 def run_step(ctx: Ctx, policy: str) -> dict:
@@ -256,7 +260,7 @@ def main() -> int:
 
     keys = ("goodput_mu", "p99_slo", "p99_us", "reject_p99_slo", "reject_frac",
             "timeout_frac", "credit_per_req", "send_lag_p99_us", "throughput_mu",
-            "gen_cpu_share")
+            "gen_cpu_share", "server_cpu_share")
     points = {p: {l: {k: analysis.spread([s[k] for s in runs]) for k in keys}
                   for l, runs in table.items()} for p, table in raw.items()}
     step_summary = {p: {"converge_slo": analysis.spread([s["converge"]["slo_units"] for s in runs]),
@@ -284,12 +288,14 @@ def main() -> int:
             rows.append([p, f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
                          fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
                          fmt(pt["timeout_frac"], 3, True), fmt(pt["credit_per_req"], 3),
-                         fmt(pt["send_lag_p99_us"], 0), fmt(pt["gen_cpu_share"], 2)])
+                         fmt(pt["send_lag_p99_us"], 0), fmt(pt["gen_cpu_share"], 2),
+                         fmt(pt["server_cpu_share"], 3)])
     console.print(make_table(
         f"overload sweep: mu {ctx.mu:.0f}/s, SLO {ctx.slo_s * 1e6:.0f} us, {CLIENTS} clients, "
         f"median [min..max] of {ctx.reps} rep(s)",
         ["policy", "load", "goodput/mu", "p99/SLO", "reject p99/SLO", "rejects %",
-         "timeouts %", "credit msg/req", "gen lag p99 us", "gen CPU share"], rows, plain))
+         "timeouts %", "credit msg/req", "gen lag p99 us", "gen CPU share",
+         "server CPU share"], rows, plain))
     if steps:
         console.print(make_table(
             "step 0.5 -> 2 -> 0.5 x mu (buckets of 10 x SLO)",

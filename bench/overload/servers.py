@@ -2,14 +2,19 @@
 pinned to one CPU, bounded in time, stopped by their own handle."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 from microrpc import loadgen
 
 START_TIMEOUT_S = 30.0
+
+# address -> server process, while its ``synthetic_server`` block runs (for cpu_clock).
+_RUNNING: dict[str, subprocess.Popen] = {}
 
 
 @contextmanager
@@ -26,8 +31,10 @@ def synthetic_server(policy: str, cpu: int | None, max_seconds: float = 600.0
         if not address.startswith(("tcp://", "unix://")):
             proc.wait(START_TIMEOUT_S)
             raise RuntimeError(f"server {policy!r} did not start: {proc.stderr.read()[-2000:]}")
+        _RUNNING[address] = proc
         yield address
     finally:
+        _RUNNING.pop(address, None)
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -41,3 +48,30 @@ def synthetic_server(policy: str, cpu: int | None, max_seconds: float = 600.0
 
 def stats(address: str) -> dict:
     return loadgen.fetch_server_stats(address, "synthetic.stats")
+
+
+def cpu_clock(address: str) -> tuple[int, int] | None:
+    """(CPU time of every thread of the server at ``address``, monotonic time), both in ns,
+    read from /proc without talking to the server: a call would itself change what the
+    policy sees (its first completion sets the server's per-request cost). Two reads a run
+    apart give the server's CPU share; 1 - share is how long it slept for want of work.
+    None where /proc has no per-thread schedstat."""
+    proc = _RUNNING.get(address)
+    if proc is None:
+        return None
+    total = 0
+    try:
+        task_dir = f"/proc/{proc.pid}/task"
+        for tid in os.listdir(task_dir):
+            with open(f"{task_dir}/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])     # ns on the CPU
+    except (OSError, ValueError, IndexError):
+        return None
+    return total, time.monotonic_ns()
+
+
+def cpu_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """CPU time over wall time between two cpu_clock reads (one core = 1.0)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
