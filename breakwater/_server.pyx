@@ -297,9 +297,9 @@ cdef class Breakwater:
         the AQM threshold applies while the server is busy at least ``aqm_min_utilization``
         (0.7) of the time, an EWMA over about ``utilization_window_ns`` (50 ms), or has
         completed ``busy_run_requests`` (30) requests without going idle in between;
-        otherwise the threshold is ``slack_aqm_factor`` (5) times higher. Not in the
-        reference, which runs on ten cores where a queue at light load is rare. On one worker a queue at light load is a Poisson
-        burst that drains by itself (at 0.5 load the wait passes 1 ms ~0.5 % of the time, and
+        otherwise the threshold is ``slack_aqm_factor`` (4) times higher. Not in the
+        reference, which runs on ten cores where a queue at light load is rare. On one worker
+        a queue at light load is a Poisson burst that drains by itself (at 0.5 load the wait passes 1 ms ~0.5 % of the time, and
         no-control's p99 is within the SLO up to ~0.7 load), while the credits' incast, which
         the AQM is there for, only happens when the pool binds, that is when the server is
         nearly always busy. 0.7: about the highest load at which one M/M/1 worker's p99 still
@@ -308,9 +308,11 @@ cdef class Breakwater:
         counts completions, not time, because the process is sometimes descheduled for a few
         ms (measured: 1-3.5 ms stalls, several per 5 s, on a shared 2-core machine); a stall
         completes nothing and is no sign of overload, but a clock-based run saw it as one.
-        The slack factor covers the same stalls: the requests that arrive during one are read
-        together afterwards with the whole stall as loop lag (3-3.6 ms measured), so a factor
-        of 3 (a 3 ms threshold) still rejected them at 0.5x.
+        The slack factor weighs the same stalls against a step up: the requests read after a
+        stall carry the whole stall as loop lag (3.0-3.6 ms traced), which a factor of 3
+        rejected (0.5x rejects 0.095 %, the issue allows 0.1 %); a factor of 5 let a step up
+        queue 5 ms before the busy run ended the slack (p99 2-3.5 SLO for 50 ms, convergence
+        93-103 SLO). 4: 0.04 % and 16 [16..36] SLO (bench, 3 repetitions each).
 
     A compiled class cannot inherit from the OverloadPolicy ABC; it is registered as a
     virtual subclass instead (below), so ``isinstance(bw, OverloadPolicy)`` holds.
@@ -373,7 +375,7 @@ cdef class Breakwater:
         max_window=64,
         aqm_min_utilization=0.7,
         utilization_window_ns=50_000_000,
-        slack_aqm_factor=5.0,
+        slack_aqm_factor=4.0,
         busy_run_requests=30,
     ):
         # Checked as Python objects, before the typed fields would convert (or refuse) them.

@@ -723,7 +723,7 @@ def test_a_long_busy_run_applies_the_plain_threshold_at_once(clock):
         assert bw.on_request(1, 3, clock(), 100 * US) is True
         clock.advance(100 * US)
         bw.on_complete(1, clock())
-    # Two completions into the run: still slack, 300 us < 5 x 200 us.
+    # Two completions into the run: still slack, 300 us < 4 x 200 us.
     assert bw.on_request(1, 0, clock(), 300 * US) is True
     clock.advance(100 * US)
     bw.on_complete(1, clock())
@@ -735,11 +735,11 @@ def test_a_long_busy_run_applies_the_plain_threshold_at_once(clock):
 
 def test_a_stall_is_not_a_busy_run(clock):
     # The process descheduled for 10 ms with a request admitted: no request completed, so
-    # the run is still short and the slack threshold (5 x 200 us) applies.
+    # the run is still short and the slack threshold (4 x 200 us) applies.
     bw = Breakwater(target_delay_ns=100 * US, aqm_threshold_ns=200 * US, busy_run_requests=3)
     bw.open_session(1, clock())
     assert bw.on_request(1, 1, clock(), 0) is True
     clock.advance(10 * MS)
-    assert bw.on_request(1, 0, clock(), 1000 * US - 1) is True
-    assert bw.on_request(1, 0, clock(), 1000 * US) is False
+    assert bw.on_request(1, 0, clock(), 800 * US - 1) is True
+    assert bw.on_request(1, 0, clock(), 800 * US) is False
     bw.on_reject(1, clock())
