@@ -299,10 +299,10 @@ cdef class Breakwater:
         completed ``busy_run_requests`` (30) requests without going idle in between;
         otherwise the threshold is ``slack_aqm_factor`` (4) times higher. Not in the
         reference, which runs on ten cores where a queue at light load is rare. On one worker
-        a queue at light load is a Poisson burst that drains by itself (at 0.5 load the wait passes 1 ms ~0.5 % of the time, and
-        no-control's p99 is within the SLO up to ~0.7 load), while the credits' incast, which
-        the AQM is there for, only happens when the pool binds, that is when the server is
-        nearly always busy. 0.7: about the highest load at which one M/M/1 worker's p99 still
+        a queue at light load is a Poisson burst that drains by itself (at 0.5 load the wait
+        passes 1 ms ~0.5 % of the time, and no-control's p99 is within the SLO up to ~0.7
+        load), while the credits' incast, which the AQM is there for, only happens when the
+        pool binds, that is when the server is nearly always busy. 0.7: about the highest load at which one M/M/1 worker's p99 still
         fits the issue's SLO. 50 ms: a shorter window let a burst at half load flip the gate
         by itself. The busy run catches a step up at once, which a 50 ms average cannot. It
         counts completions, not time, because the process is sometimes descheduled for a few
@@ -446,7 +446,8 @@ cdef class Breakwater:
             f"min_pool={self.min_pool}, max_window={self.max_window}, "
             f"aqm_min_utilization={self.aqm_min_utilization}, "
             f"utilization_window_ns={self.utilization_window_ns}, "
-            f"slack_aqm_factor={self.slack_aqm_factor}, busy_run_requests={self.busy_run_requests})"
+            f"slack_aqm_factor={self.slack_aqm_factor}, "
+            f"busy_run_requests={self.busy_run_requests})"
         )
 
     # ------------------------------------------------------------------ public interface

@@ -24,32 +24,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import PAYLOAD, arm_alarm, emit, latency_loop, throughput_window  # noqa: E402
 
 
-def zmq_req(address: str, args) -> tuple[Callable[[bytes], bytes], Callable[[], None]]:
-    import zmq
+def _zmq_client(kind: str):
+    """A one-socket pyzmq peer: send a request, wait for its reply (REQ or DEALER)."""
+    def connect(address: str, args) -> tuple[Callable[[bytes], bytes], Callable[[], None]]:
+        import zmq
 
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.connect(address)
-    send, recv = sock.send, sock.recv
+        sock = zmq.Context.instance().socket(getattr(zmq, kind))
+        sock.connect(address)
+        send, recv = sock.send, sock.recv
 
-    def call(p: bytes) -> bytes:
-        send(p)
-        return recv()
+        def call(p: bytes) -> bytes:
+            send(p)
+            return recv()
 
-    return call, sock.close
+        return call, sock.close
+    return connect
 
 
-def zmq_dealer(address: str, args):
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.connect(address)
-    send, recv = sock.send, sock.recv
-
-    def call(p: bytes) -> bytes:
-        send(p)
-        return recv()
-
-    return call, sock.close
+zmq_req = _zmq_client("REQ")
+zmq_dealer = _zmq_client("DEALER")
 
 
 def grpc_client(address: str, args):

@@ -20,28 +20,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import announce, arm_alarm  # noqa: E402
 
 
-def serve_zmq_rep(address: str) -> None:
+def _serve_zmq(kind: str, multipart: bool) -> None:
     import zmq
 
-    sock = zmq.Context.instance().socket(zmq.REP)
+    sock = zmq.Context.instance().socket(getattr(zmq, kind))
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     announce(f"tcp://127.0.0.1:{port}")
-    recv, send = sock.recv, sock.send
+    if multipart:
+        recv, send = sock.recv_multipart, sock.send_multipart
+    else:
+        recv, send = sock.recv, sock.send
     while True:
         send(recv())
+
+
+def serve_zmq_rep(address: str) -> None:
+    _serve_zmq("REP", multipart=False)
 
 
 def serve_zmq_router(address: str) -> None:
     """The usual pyzmq ROUTER echo loop (one thread, recv_multipart/send_multipart):
     the reference for both DEALER/ROUTER ping-pong and pipelined throughput."""
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    announce(f"tcp://127.0.0.1:{port}")
-    recv, send = sock.recv_multipart, sock.send_multipart
-    while True:
-        send(recv())
+    _serve_zmq("ROUTER", multipart=True)
 
 
 GRPC_METHOD = "/bench.Echo/Echo"
