@@ -15,6 +15,14 @@ cdef enum:
     CODEC_RAW = 0
     CODEC_MSGPACK = 1
     CODEC_PICKLE = 2
+    # Error codes of ERROR frames (docs/wire.md).
+    ERR_REMOTE = 1
+    ERR_NOT_FOUND = 2
+    ERR_DEADLINE = 3
+    ERR_TOO_LARGE = 4
+    ERR_OVERLOADED = 5
+    ERR_BAD_REQUEST = 6
+    ERR_UNAVAILABLE = 7
 
 
 cdef class Frame:

@@ -305,6 +305,32 @@ cdef class Channel:
         self.put_frame(kind, call_id, name, body, codec, session, deadline_us, credit)
         self._send_all(deadline_ns)
 
+    def send_from(self, OutBuffer out):
+        """Send what ``out`` holds without blocking (the bytes sent leave ``out``); True
+        when all went. A protocol core owns ``out``: this is how its frames reach the wire."""
+        cdef Py_ssize_t sent = 0
+        cdef int err
+        if self.closed:
+            raise ConnectionLost("connection is closed")
+        err = send_pending(self.fd, out, &sent)
+        self.bytes_sent += sent
+        if err == 0 or err == EAGAIN:
+            return err == 0
+        self.close()
+        raise _oserror("send failed", err)
+
+    def wait_writable(self, int64_t deadline_ns=0):
+        """Sleep until the socket has room (or the monotonic deadline; 0: up to 1 s)."""
+        cdef int64_t left = deadline_ns - now_ns() if deadline_ns else 1000000000
+        if not self.closed and left > 0:
+            wait_writable(self.fd, ms_ceil(left))
+
+    def shutdown(self):
+        """Wake a thread blocked reading this channel (it then sees the connection end)
+        without closing the fd under it; close() later."""
+        if not self.closed:
+            shutdown(self.fd, SHUT_RDWR)
+
     cdef bint _send_nowait(self) except -1:
         cdef Py_ssize_t sent = 0
         cdef int err = send_pending(self.fd, self.out, &sent)

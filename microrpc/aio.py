@@ -1,37 +1,30 @@
-"""The asyncio client: one reader callback on the socket's fd routes replies to futures.
+"""The asyncio client: a thin driver over the client protocol core on an event loop.
 
-No thread per call and no task per call: ``call`` queues its frame, tries to send it at once
-(falling back to a writer callback when the socket is full) and awaits a future that the
-reader callback completes. Timeouts are timer callbacks on the loop that fail the future;
-the socket read is never cancelled, so no reply is ever lost half-read.
-An ``AsyncClient`` belongs to the event loop it was first used on.
+No thread, no task and no timer per call. ``call`` hands its request to the core and awaits
+a plain future. The requests made in one turn of the event loop leave in one ``send``
+(a callback scheduled once per turn writes them all). One reader callback on the socket's
+fd feeds every frame it reads to the core and wakes the futures of every call the batch
+ended. Deadlines are kept by the core; one timer on the loop, armed for the earliest,
+expires them. The socket read is never cancelled, so no reply is ever lost half-read.
+Works on any asyncio loop, uvloop included. An ``AsyncClient`` belongs to the event loop it
+was first used on.
 """
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
-import breakwater
-from microrpc import _core, _native, codecs, transport
-from microrpc.client import (
-    _UNSET, DEFAULT_TIMEOUT, ClientStatistics, check_client_options, method_name, outcome_of,
-)
-from microrpc.errors import ConnectionLost, DeadlineExceeded, Overloaded, RpcError
+from microrpc import _clientcore, _core, _native, channel, codecs, transport
+from microrpc._clientcore import Call, ClientCore
+from microrpc.client import DEFAULT_TIMEOUT, ClientStatistics, check_client_options, core_statistics
+from microrpc.errors import ConnectionLost, RpcError
 
 __all__ = ["AsyncClient"]
 
-
-class _Call:
-    """One call: its future, and what is needed to send it if it waits for credit."""
-    __slots__ = ("fut", "name", "body", "deadline_us", "cid")
-
-    def __init__(self, fut, name, body, deadline_us):
-        self.fut = fut
-        self.name = name
-        self.body = body
-        self.deadline_us = deadline_us
-        self.cid = 0
+_UNSET: Any = _clientcore.USE_DEFAULT
+_DONE = _clientcore.DONE
+_BROKEN = _clientcore.BROKEN
+_now = _native.monotonic_ns
 
 
 class AsyncClient:
@@ -49,23 +42,19 @@ class AsyncClient:
     ):
         check_client_options(address, timeout, session)
         self.address = address
-        self._codec = codecs.codec_id(codec)
-        self._timeout = timeout
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
-        self._session = session
-        self._table = _core.CallTable()
-        self._chan: _native.Channel | None = None
-        self._credits: breakwater.ClientCredits | None = None
-        self._hello: asyncio.Future | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout)
+        self._chan: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future | None = None
-        self._writing = False
+        self._hello: asyncio.Future | None = None
+        self._writing = False          # the writer callback is armed (socket was full)
+        self._flush_armed = False      # a flush is scheduled for the end of this loop turn
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
         self._closed = False
-        self._names: dict[str, bytes] = {}
-        self._connects = 0
-        self._calls = self._ok = self._errors = self._timeouts = 0
+        self._old_sent = self._old_received = 0
 
     # -- connection --------------------------------------------------------------------
 
@@ -73,9 +62,9 @@ class AsyncClient:
         await self._channel()
         return self
 
-    async def _channel(self) -> _native.Channel:
+    async def _channel(self) -> Any:
         chan = self._chan
-        if chan is not None and not chan.closed:
+        if chan is not None and self._core.ready:
             return chan
         if self._closed:
             raise ConnectionLost("the client is closed")
@@ -92,32 +81,23 @@ class AsyncClient:
             if self._connecting is not None and self._connecting.done():
                 self._connecting = None
 
-    async def _open(self) -> _native.Channel:
-        addr = transport.parse_address(self.address)
+    async def _open(self) -> Any:
         loop = self._loop
-        if addr.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: Any = addr.path
-        else:
-            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            target = (addr.host, addr.port)
-        sock.setblocking(False)
+        sock, target = transport.client_socket(self.address)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, target), self._connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
             raise ConnectionLost(f"cannot connect to {self.address}: {exc}") from None
-        chan = _native.Channel(sock.detach(), self._max_message_size, "block")
+        chan = channel.wrap_socket(sock, max_message_size=self._max_message_size)
+        core = self._core
+        core.close_idle()
+        core.begin(_now())
         self._chan = chan
-        self._connects += 1
-        # The handshake: a ping whose pong says whether the server hands out credits.
         self._hello = loop.create_future()
-        self._credits = None
         loop.add_reader(chan.fileno(), self._on_readable, chan)
+        self._flush(chan)
         try:
-            chan.send_frame(_core.PING, 0, b"", b"", 0, self._session)
             await asyncio.wait_for(asyncio.shield(self._hello), self._connect_timeout)
         except asyncio.TimeoutError:
             self._fail(chan, ConnectionLost(f"no answer from {self.address}"))
@@ -128,10 +108,12 @@ class AsyncClient:
             raise
         return chan
 
-    def _fail(self, chan: _native.Channel, error: RpcError) -> None:
+    def _fail(self, chan: Any, error: RpcError) -> None:
         if self._chan is not chan:
             return
         self._chan = None
+        self._old_sent += chan.bytes_sent
+        self._old_received += chan.bytes_received
         fd = chan.fileno()
         if fd >= 0 and self._loop is not None:
             self._loop.remove_reader(fd)
@@ -141,90 +123,55 @@ class AsyncClient:
         chan.close()
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(error)
-        waiting = self._table.drain()
-        if self._credits is not None:
-            # Calls still waiting for credit fail too: reset() hands back the queue head and
-            # an expire() far in the future the rest.
-            waiting.extend(call.fut for call in self._credits.reset(0))
-            waiting.extend(call.fut for call in self._credits.expire(2**62))
-            self._credits = None
-        for fut in waiting:
-            if not fut.done():
-                fut.set_exception(error)
+        self._wake(self._core.fail(error))
 
     # -- I/O callbacks -----------------------------------------------------------------
 
-    def _on_readable(self, chan: _native.Channel) -> None:
+    def _on_readable(self, chan: Any) -> None:
         try:
             frames = chan.recv_frames(0, False)
         except RpcError as exc:
             self._fail(chan, exc)
             return
-        table = self._table
-        credits = self._credits
-        ready: list = []
-        now = _native.monotonic_ns() if credits is not None else 0
-        for f in frames:
-            kind = f.kind
-            if kind == _core.RESPONSE or kind == _core.ERROR:
-                fut = table.pop(f.call_id)
-                if fut is not None and not fut.done():
-                    fut.set_result(f)
-                if credits is not None:
-                    try:
-                        ready.extend(credits.on_response(
-                            f.credit if f.flags & _core.HAS_CREDIT else None, now))
-                    except ValueError:
-                        pass
-            elif kind == _core.CREDIT and credits is not None:
-                ready.extend(credits.on_credit(f.credit, now))
-            elif kind == _core.PONG and self._hello is not None and not self._hello.done():
-                if f.flags & _core.HAS_CREDIT:
-                    credits = self._credits = breakwater.ClientCredits()
-                    now = _native.monotonic_ns()
-                    credits.on_credit(f.credit, now)
-                self._hello.set_result(None)
-        if ready:
-            self._transmit(chan, ready)
+        if not frames:
+            return
+        core = self._core
+        ended = core.receive(frames, _now())
+        if core.state == _BROKEN:
+            self._wake(ended)
+            self._fail(chan, core.error)
+            return
+        hello = self._hello
+        if hello is not None and core.ready and not hello.done():
+            hello.set_result(None)
+        if len(core.out):
+            self._flush(chan)              # requests that credits let go
+        if ended:
+            self._wake(ended)
 
-    def _transmit(self, chan: _native.Channel, ready: list) -> None:
-        """Send the calls that waited for credit and now have it."""
-        credits = self._credits
+    @staticmethod
+    def _wake(ended: Any) -> None:
+        for call in ended:
+            fut = call.owner
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def _flush(self, chan: Any) -> None:
+        self._flush_armed = False
+        if self._writing or self._chan is not chan:
+            return             # the writer callback sends it with the rest
         try:
-            for call in ready:
-                if call.fut.done():
-                    continue
-                call.cid = self._table.add(call.fut)
-                chan.put_frame(_core.REQUEST, call.cid, call.name, call.body, self._codec,
-                               self._session, call.deadline_us, credits.demand())
+            done = chan.send_from(self._core.out)
         except RpcError as exc:
-            self._fail(chan, exc)
+            self._fail(chan, exc)    # fails every waiting call
             return
-        self._send(chan)
+        if not done:
+            self._writing = True
+            self._loop.add_writer(chan.fileno(), self._on_writable, chan)
 
-    def _expire_queued(self) -> None:
-        """Fail calls that waited for credit too long; re-arm for the next one."""
-        self._expiry = None
-        credits = self._credits
-        if credits is None:
-            return
-        for call in credits.expire(_native.monotonic_ns()):
-            if not call.fut.done():
-                call.fut.set_exception(Overloaded("no credit arrived in time", side="client"))
-        self._arm_expiry()
-
-    def _arm_expiry(self) -> None:
-        credits = self._credits
-        if self._expiry is not None or credits is None:
-            return
-        deadline = credits.next_deadline_ns()
-        if deadline is not None:
-            delay = max(deadline - _native.monotonic_ns(), 0) / 1e9
-            self._expiry = self._loop.call_later(delay, self._expire_queued)
-
-    def _on_writable(self, chan: _native.Channel) -> None:
+    def _on_writable(self, chan: Any) -> None:
         try:
-            done = chan.flush(0, False)
+            done = chan.send_from(self._core.out)
         except RpcError as exc:
             self._fail(chan, exc)
             return
@@ -232,101 +179,65 @@ class AsyncClient:
             self._writing = False
             self._loop.remove_writer(chan.fileno())
 
-    def _send(self, chan: _native.Channel) -> None:
-        if self._writing:
-            return             # the writer callback will send it with the rest
-        try:
-            done = chan.flush(0, False)
-        except RpcError as exc:
-            self._fail(chan, exc)    # fails every waiting future, the caller's included
+    def _flush_soon(self, chan: Any) -> None:
+        if not self._flush_armed:
+            self._flush_armed = True
+            self._loop.call_soon(self._flush, chan)
+
+    def _arm_timer(self) -> None:
+        due = self._core.next_deadline()
+        if not due or (self._timer is not None and self._timer_at <= due):
             return
-        if not done:
-            self._writing = True
-            self._loop.add_writer(chan.fileno(), self._on_writable, chan)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = self._loop.call_at(self._loop.time() + max(due - _now(), 0) / 1e9,
+                                         self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        core = self._core
+        ended = core.expire(_now())
+        chan = self._chan
+        if chan is not None and len(core.out):
+            self._flush_soon(chan)         # CANCEL frames for the calls that expired
+        self._wake(ended)
+        self._arm_timer()
 
     # -- calls -------------------------------------------------------------------------
 
     async def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
         """``await`` the result of ``method(*args)`` on the server, or an RpcError."""
-        name = method_name(self._names, method)
-        body = codecs.encode_args(self._codec, args)
-        if timeout is _UNSET:
-            timeout = self._timeout
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive or None")
-        chan = await self._channel()
-        loop = self._loop
-        fut = loop.create_future()
-        self._calls += 1
-        deadline_us = min(max(int(timeout * 1e6), 1), 0xFFFFFFFF) if timeout is not None else 0
-        call = _Call(fut, name, body, deadline_us)
-        credits = self._credits
-        demand = 0
-        if credits is not None:
-            decision = credits.submit(call, _native.monotonic_ns())
-            if decision == breakwater.Submit.REJECTED:
-                self._errors += 1
-                raise Overloaded("no credit, and the client's local queue is full",
-                                 side="client")
-            demand = credits.demand()
-        else:
-            decision = breakwater.Submit.SEND
-        if decision == breakwater.Submit.SEND:
-            call.cid = self._table.add(fut)
+        core = self._core
+        call = Call()
+        call.watched = True
+        core.prepare(call, method, args, timeout, _now())
+        chan = self._chan
+        if chan is None or not core.ready:
             try:
-                chan.put_frame(_core.REQUEST, call.cid, name, body, self._codec, self._session,
-                               deadline_us, demand)
-            except RpcError:
-                self._table.pop(call.cid)
-                self._errors += 1
+                chan = await self._channel()
+            except RpcError as exc:
+                core.abort(call, exc)
                 raise
-            self._send(chan)
-        else:
-            self._arm_expiry()             # queued: it waits for credit, for a bounded time
-        timer = None
-        if timeout is not None:
-            timer = loop.call_later(timeout, self._expire, call)
-        try:
-            frame = await fut
-            result = outcome_of(frame)
-        except asyncio.CancelledError:
-            self._abandon(chan, call)
-            raise
-        except DeadlineExceeded:
-            self._timeouts += 1
-            self._errors += 1
-            raise
-        except RpcError:
-            self._errors += 1
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-        self._ok += 1
-        return result
-
-    def _expire(self, call: _Call) -> None:
-        if not call.fut.done():
-            call.fut.set_exception(DeadlineExceeded("no reply within the deadline"))
-            chan = self._chan
-            if chan is not None:
-                self._abandon(chan, call)
-
-    def _abandon(self, chan: _native.Channel, call: _Call) -> None:
-        """Forget a call: unqueue it, or tell the server (best effort)."""
-        cid = call.cid
-        if not cid:
-            if self._credits is not None:
-                self._credits.cancel(call)
-            return
-        if self._table.pop(cid) is None:
-            return          # already answered: nothing to cancel
-        if not chan.closed:
+        fut = self._loop.create_future()
+        call.owner = fut
+        core.submit(call, _now())
+        if call.state < _DONE:
+            if len(core.out):
+                self._flush_soon(chan)
+            if call.deadline and (self._timer is None or call.deadline < self._timer_at):
+                self._arm_timer()
+            elif call.state == _clientcore.QUEUED:
+                self._arm_timer()
             try:
-                chan.put_frame(_core.CANCEL, cid, b"", b"", 0, self._session)
-                self._send(chan)
-            except RpcError:
-                pass
+                await fut
+            except asyncio.CancelledError:
+                if core.cancel(call) and self._chan is chan and len(core.out):
+                    self._flush_soon(chan)
+                raise
+        if call.error is not None:
+            raise call.error
+        return call.value
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -334,6 +245,9 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         chan = self._chan
         if chan is not None:
             self._fail(chan, ConnectionLost("the client was closed"))
@@ -346,10 +260,6 @@ class AsyncClient:
 
     def statistics(self) -> ClientStatistics:
         chan = self._chan
-        return ClientStatistics(
-            calls=self._calls, ok=self._ok, errors=self._errors, timeouts=self._timeouts,
-            in_flight=len(self._table), reconnects=max(self._connects - 1, 0),
-            bytes_sent=chan.bytes_sent if chan else 0,
-            bytes_received=chan.bytes_received if chan else 0,
-            credits=self._credits.statistics() if self._credits is not None else None,
-        )
+        return core_statistics(
+            self._core, self._old_sent + (chan.bytes_sent if chan else 0),
+            self._old_received + (chan.bytes_received if chan else 0))

@@ -1,61 +1,55 @@
 """The synchronous client: ``call`` and ``call_async`` over one connection.
 
-Socket I/O happens in the calling thread: a thread that waits for a reply reads the socket
-itself, so a lone caller pays no thread hand-off (a cross-core wake-up costs ~25 us on these
-machines). Thread safety, and how it works:
+A thin driver over the protocol core (``microrpc._clientcore.ClientCore``, which owns calls,
+the handshake, credits, deadlines, cancel and outcomes) and a channel
+(``microrpc.channel``). Socket I/O happens in the calling thread: a thread that waits for a
+reply reads the socket itself, so a lone caller pays no thread hand-off (a cross-core
+wake-up costs ~25 us on these machines). Thread safety, and how it works:
 
 * Any number of threads may call ``call``/``call_async`` on one ``Client`` at once; replies
   are matched to calls by call id, so many calls are in flight on the one connection.
-* Sends are serialised by a lock (each frame is written whole).
-* At most one thread reads the socket at a time: the *reader*. A thread waiting for its
-  reply becomes the reader if there is none; otherwise it sleeps on a condition variable
-  until the reader hands it its reply, or leaves and lets it take over.
-* Futures from ``call_async`` are completed by whichever thread is reading. A thread that
-  waits in ``future.result()`` reads for itself (no hand-off); futures that nobody waits on
-  (callbacks only) are read for by a background thread, started on the first ``call_async``,
-  which takes the reader role only after a short grace period with no other reader.
+* One lock guards the core. A request is written as soon as it is made, unless another
+  thread is writing at that moment (it then sends this one too: a group commit) or the
+  call was made by a done-callback, which the reading thread runs in a batch and whose
+  requests it writes with one ``send`` when the batch ends.
+* At most one thread reads the socket at a time: the *reader*. A thread waiting for a
+  reply becomes the reader if there is none, else it sleeps until the reader has handled a
+  batch; every call the reader's batch ended is complete when it wakes.
+* Futures from ``call_async`` are ``concurrent.futures.Future`` objects (``wait`` and
+  ``as_completed`` work on them) that cost no lock or condition of their own. A future
+  that has a done-callback, or that a ``wait``/``as_completed`` watches, is read for by a
+  background thread (started when first needed) whenever no caller is reading, so its
+  callback runs as soon as its reply is read, whoever reads it.
 
 Overload control: on connecting, the client pings the server. A server with a credit policy
 (Breakwater) answers with the session's first window, and from then on every call spends a
-credit (``breakwater.ClientCredits``): without one it waits in a short local queue, and fails
-with ``Overloaded(side="client")`` if no credit comes in time. A server without credits costs
+credit: without one it waits in a short local queue, and fails with
+``Overloaded(side="client")`` if no credit comes in time. A server without credits costs
 nothing on the call path.
 """
 from __future__ import annotations
 
 import concurrent.futures
-import heapq
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-import breakwater
-from microrpc import _core, _native, codecs, transport
-from microrpc.errors import (
-    ConnectionLost,
-    DeadlineExceeded,
-    MessageTooLarge,
-    MethodNotFound,
-    Overloaded,
-    ProtocolError,
-    RemoteError,
-    RpcError,
-)
+from microrpc import _clientcore, _core, _native, channel, codecs, transport
+from microrpc._clientcore import Call, ClientCore
+from microrpc.errors import ConnectionLost, MethodNotFound, ProtocolError, RpcError
 
 __all__ = ["Client", "ClientStatistics", "DEFAULT_TIMEOUT", "outcome_of"]
 
 #: Seconds a call waits when no timeout is given. Finite, so a lost reply cannot hang a
 #: caller forever; pass ``timeout=None`` to wait without limit.
 DEFAULT_TIMEOUT = 30.0
-_UNSET: Any = object()
-_MAX_DEADLINE_US = 0xFFFFFFFF
-# How long the background reader sleeps in recv when no future has a deadline: it wakes up
-# this often to notice close().
-_READER_IDLE_NS = 100_000_000
-# The background reader leaves the socket to callers for this long before reading for
-# futures nobody waits on: a caller that waits in result() soon after call_async (the common
-# case) then reads its own replies, which saves a thread wake-up (~25 us) per batch.
-_BACKGROUND_GRACE_S = 0.0005
+_UNSET: Any = _clientcore.USE_DEFAULT
+# A reader with nothing due wakes this often (ns) to notice close() and new deadlines.
+_IDLE_WAKE_NS = 100_000_000
+_DONE = _clientcore.DONE
+_BROKEN = _clientcore.BROKEN
+_CANCELLED = _clientcore.CANCELLED
+_now = _native.monotonic_ns
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ class ClientStatistics:
     ok: int               # calls that returned a result
     errors: int           # calls that ended in an RpcError (any kind)
     timeouts: int         # of which DeadlineExceeded
-    in_flight: int        # calls waiting for a reply now
+    in_flight: int        # calls waiting for a reply (or for credit) now
     reconnects: int       # connections made after the first
     bytes_sent: int
     bytes_received: int
@@ -74,88 +68,130 @@ class ClientStatistics:
 def check_client_options(address: str, timeout: float | None, session: int) -> None:
     """Argument checks shared by Client and AsyncClient: fail at construction, clearly."""
     transport.parse_address(address)
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be positive or None")
     if not 0 <= session <= 0xFFFFFFFF:
         raise ValueError("session must fit in 32 bits")
 
 
-def method_name(cache: dict[str, bytes], method: str) -> bytes:
-    """The wire name of ``method``, encoded once per client and cached."""
-    name = cache.get(method)
-    if name is None:
-        if not isinstance(method, str):
-            raise TypeError("method name must be a str")
-        name = method.encode("utf-8")
-        if not 1 <= len(name) <= 255:
-            raise ValueError("a method name must be 1..255 UTF-8 bytes")
-        cache[method] = name
-    return name
+def core_statistics(core: ClientCore, bytes_sent: int, bytes_received: int) -> ClientStatistics:
+    """The statistics every driver reports, read from its core."""
+    return ClientStatistics(
+        calls=core.started, ok=core.ok, errors=core.failed, timeouts=core.timeouts,
+        in_flight=core.in_flight, reconnects=max(core.handshakes - 1, 0),
+        bytes_sent=bytes_sent, bytes_received=bytes_received,
+        credits=core.credit_statistics())
 
 
 def outcome_of(frame: _core.Frame) -> Any:
-    """The result a RESPONSE frame carries, or raise the error an ERROR frame carries."""
+    """The result a RESPONSE frame carries (in its own codec), or raise the error an ERROR
+    frame carries. For tools that read frames themselves; clients use the core."""
     if frame.kind == _core.RESPONSE:
         return codecs.decode_result(frame.codec, frame.body)
-    code, type_name, message, tb = codecs.decode_error(frame.body)
-    if code == codecs.REMOTE_ERROR:
-        raise RemoteError(type_name, message, tb)
-    if code == codecs.METHOD_NOT_FOUND:
-        raise MethodNotFound(message)
-    if code == codecs.DEADLINE_EXCEEDED:
-        raise DeadlineExceeded(f"server: {message}")
-    if code == codecs.MESSAGE_TOO_LARGE:
-        raise MessageTooLarge(message)
-    if code == codecs.OVERLOADED:
-        raise Overloaded(message, side="server")
-    if code == codecs.BAD_REQUEST:
-        raise ProtocolError(f"server could not decode the request: {message}")
-    if code == codecs.UNAVAILABLE:
-        raise ConnectionLost(f"server: {message}")
-    raise ProtocolError(f"unknown error code {code} from server ({type_name}: {message})")
+    raise _clientcore.error_from_body(frame.body)
 
 
-class _Slot:
-    """What a synchronous caller waits on."""
-    __slots__ = ("frame", "error", "done", "waiting", "queued", "cid")
+class CallFuture(Call, concurrent.futures.Future):
+    """The future of one ``call_async``: a core Call that is also a
+    ``concurrent.futures.Future``. Its state lives in the core's C fields, so completing it
+    costs no lock, condition or callback list unless someone asked to be told."""
 
-    def __init__(self) -> None:
-        self.cid = 0                          # call id once sent
-        self.frame: _core.Frame | None = None
-        self.error: BaseException | None = None
-        self.done = False
-        self.waiting = False
-        self.queued: _Queued | None = None   # set while it waits for credit
+    # Future.__init__ is not called: it builds a Condition per future, which is most of
+    # what a future costs. _condition and _waiters (used by wait() and as_completed())
+    # are provided below, on the client's lock.
 
+    def __init__(self, client: "Client") -> None:
+        self.owner = client
 
-class _Queued:
-    """A call held back for lack of credit: everything needed to send it later."""
-    __slots__ = ("waiter", "name", "body", "deadline_ns", "deadline_us")
+    # -- what concurrent.futures.wait/as_completed read ---------------------------------
 
-    def __init__(self, waiter, name, body, deadline_ns, deadline_us):
-        self.waiter = waiter
-        self.name = name
-        self.body = body
-        self.deadline_ns = deadline_ns
-        self.deadline_us = deadline_us
+    @property
+    def _condition(self) -> threading.Condition:
+        return self.owner._cond
 
+    @property
+    def _waiters(self) -> list:
+        # Read under the client's lock (wait() holds _condition): whoever installs a waiter
+        # must be told when this future ends, so it is watched from now on.
+        if self.waiters is None:
+            self.waiters = []
+            if self.state < _DONE:
+                self.owner._watch(self)
+        return self.waiters
 
-class _CallFuture(concurrent.futures.Future):
-    """A Future whose ``result()``/``exception()`` read the socket in the waiting thread."""
+    @property
+    def _state(self) -> str:
+        state = self.state
+        if state == _DONE:
+            return concurrent.futures._base.FINISHED
+        if state == _CANCELLED:
+            return concurrent.futures._base.CANCELLED_AND_NOTIFIED
+        return concurrent.futures._base.PENDING
 
-    def __init__(self, client: "Client"):
-        super().__init__()
-        self._client = client
+    # -- the Future API -----------------------------------------------------------------
+
+    def done(self) -> bool:
+        if self.state < _DONE:
+            self.owner._poll()          # take what the socket already holds, never block
+        return self.state >= _DONE
+
+    def running(self) -> bool:
+        return False                    # a call is pending or done; cancel() works until done
+
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
+
+    def cancel(self) -> bool:
+        """Stop waiting for this call and tell the server (best effort)."""
+        return self.owner._cancel(self)
 
     def result(self, timeout: float | None = None) -> Any:
-        if not self.done():
-            self._client._drive(self, timeout)
-        return super().result(timeout)
+        if self.state < _DONE:
+            self.owner._drive(self, timeout)
+        state = self.state
+        if state == _DONE:
+            if self.error is not None:
+                raise self.error
+            return self.value
+        if state == _CANCELLED:
+            raise concurrent.futures.CancelledError()
+        raise concurrent.futures.TimeoutError()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self.done():
-            self._client._drive(self, timeout)
-        return super().exception(timeout)
+        if self.state < _DONE:
+            self.owner._drive(self, timeout)
+        state = self.state
+        if state == _DONE:
+            return self.error
+        if state == _CANCELLED:
+            raise concurrent.futures.CancelledError()
+        raise concurrent.futures.TimeoutError()
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future], Any]) -> None:
+        if not self.owner._add_callback(self, fn):
+            _run_callback(fn, self)
+
+    def set_running_or_notify_cancel(self) -> bool:
+        raise RuntimeError("a microrpc call future is completed by its client only")
+
+    def set_result(self, result: Any) -> None:
+        raise RuntimeError("a microrpc call future is completed by its client only")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        raise RuntimeError("a microrpc call future is completed by its client only")
+
+    def __repr__(self) -> str:
+        state = ("pending", "pending", "pending", "finished", "cancelled")[self.state]
+        return f"<CallFuture at {id(self):#x} state={state}>"
+
+
+def _run_callback(fn: Callable, fut: concurrent.futures.Future) -> None:
+    try:
+        fn(fut)
+    except Exception:
+        # As concurrent.futures does: a failing callback is logged, never propagated into
+        # the thread that happened to complete the future.
+        concurrent.futures._base.LOGGER.exception("exception calling callback for %r", fut)
 
 
 class Client:
@@ -163,10 +199,11 @@ class Client:
 
     ``codec``: "msgpack" (default, data only), "raw" (one bytes argument, bytes result) or
     "pickle" (only when named here and enabled on the server; unsafe on untrusted networks).
-    ``timeout``: default seconds per call (None: no limit). ``poll``: "adaptive" (default:
-    busy-poll the socket for up to ``spin_us`` while that catches replies, sleep at once after
-    a miss, retry after a backoff), "spin" (always busy-poll ``spin_us`` first: for client
-    and server on different cores) or "block" (always sleep in the kernel).
+    A reply is only ever decoded with this codec. ``timeout``: default seconds per call
+    (None: no limit). ``poll``: "adaptive" (default: busy-poll the socket for up to
+    ``spin_us`` while that catches replies, sleep at once after a miss, retry after a
+    backoff), "spin" (always busy-poll ``spin_us`` first: for client and server on
+    different cores) or "block" (always sleep in the kernel).
     """
 
     def __init__(
@@ -182,526 +219,365 @@ class Client:
         session: int = 0,
     ):
         check_client_options(address, timeout, session)
-        if poll not in _native.POLL_MODES:
-            raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
+        channel.check_poll(poll)
         self.address = address
-        self._codec = codecs.codec_id(codec)
         self._timeout = timeout
-        self._poll = poll
+        self._poll_mode = poll
         self._spin_us = spin_us
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
-        self._session = session
-        self._names: dict[str, bytes] = {}
-        self._cond = threading.Condition(threading.Lock())
-        self._send_lock = threading.Lock()
-        self._table = _core.CallTable()
-        self._chan: _native.Channel | None = None
-        self._credits: breakwater.ClientCredits | None = None
-        self._queued: set[_Queued] = set()
-        self._reading = False
+        self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout)
+        # Reentrant: concurrent.futures.wait() takes each future's _condition in turn, and
+        # every future of this client shares this one.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._chan: Any = None
+        self._reading = False       # a thread holds the reader role
+        self._writing = False       # a thread is sending the core's output
+        self._dispatching = False   # the reader is running done-callbacks
+        self._waiters = 0           # threads sleeping on _cond until the reader's next batch
+        self._watched = 0           # pending futures whose end someone must be told of
+        self._service: threading.Thread | None = None
+        self._service_waits = False
         self._closed = False
-        # Pending futures -> call id (or the _Queued record while waiting for credit).
-        self._futures: dict[concurrent.futures.Future, Any] = {}
-        self._future_deadlines: list = []      # heap of (deadline_ns, seq, future)
-        self._seq = 0
-        self._reader_thread: threading.Thread | None = None
-        self._drivers = 0           # threads waiting in a future's result()
-        self._slot_waiters = 0      # threads waiting in call() while another reads
-        self._connects = 0
-        self._calls = self._ok = self._errors = self._timeouts = 0
-        self._old_bytes_sent = self._old_bytes_received = 0
-        with self._cond:
+        self._old_sent = self._old_received = 0
+        with self._lock:
             self._connect_locked()
 
     # -- connection --------------------------------------------------------------------
 
-    def _connect_locked(self) -> _native.Channel:
+    def _connect_locked(self) -> Any:
         if self._closed:
             raise ConnectionLost("the client is closed")
-        sock = transport.connect(self.address, self._connect_timeout)
-        chan = _native.Channel(sock.detach(), self._max_message_size, self._poll, self._spin_us)
-        self._credits = self._handshake(chan)
-        self._chan = chan
-        self._connects += 1
-        return chan
-
-    def _handshake(self, chan: _native.Channel) -> breakwater.ClientCredits | None:
-        """Ping the new connection: the pong says whether the server hands out credits."""
+        core = self._core
+        core.close_idle()
         timeout = self._connect_timeout if self._connect_timeout is not None else 30.0
-        deadline = _native.monotonic_ns() + int(timeout * 1e9)
+        deadline = _now() + int(timeout * 1e9)
+        chan = channel.open_channel(self.address, connect_timeout=self._connect_timeout,
+                                    max_message_size=self._max_message_size,
+                                    poll=self._poll_mode, spin_us=self._spin_us)
         try:
-            chan.send_frame(_core.PING, 0, b"", b"", 0, self._session, 0, 0, deadline)
-            while True:
+            core.begin(_now())
+            while len(core.out):
+                if not chan.send_from(core.out):
+                    chan.wait_writable(deadline)
+                if _now() >= deadline:
+                    raise ConnectionLost(f"cannot send to {self.address}")
+            while not core.ready:
                 frames = chan.recv_frames(deadline)
                 if not frames:
                     raise ConnectionLost(f"no answer from {self.address} within {timeout} s")
-                for f in frames:
-                    if f.kind != _core.PONG:
-                        raise ProtocolError(f"expected a pong, got a frame of kind {f.kind}")
-                    if not f.flags & _core.HAS_CREDIT:
-                        return None
-                    credits = breakwater.ClientCredits()
-                    credits.on_credit(f.credit, _native.monotonic_ns())
-                    return credits
-        except BaseException:
+                if frames[0].kind != _core.PONG:
+                    raise ProtocolError(f"expected a pong, got a frame of kind {frames[0].kind}")
+                core.receive(frames, _now())
+        except BaseException as exc:
             chan.close()
+            core.fail(exc if isinstance(exc, RpcError) else ConnectionLost(str(exc)))
+            core.close_idle()
             raise
+        self._chan = chan
+        return chan
 
-    def _channel_locked(self) -> _native.Channel:
+    def _channel_locked(self) -> Any:
         chan = self._chan
-        if chan is None or chan.closed:
+        if chan is None or not self._core.ready:
             if chan is not None:
-                self._retire_locked(chan)
+                self._fail_locked(chan, self._core.error or ConnectionLost("connection lost"))
             chan = self._connect_locked()      # reconnect on the next call after a failure
         return chan
 
-    def _retire_locked(self, chan: _native.Channel) -> None:
-        self._old_bytes_sent += chan.bytes_sent
-        self._old_bytes_received += chan.bytes_received
+    def _retire_locked(self, chan: Any) -> None:
+        """Stop using ``chan`` (lock held). A thread reading it is woken and closes it."""
+        self._old_sent += chan.bytes_sent
+        self._old_received += chan.bytes_received
+        if self._reading:
+            chan.shutdown()
+        else:
+            chan.close()
         if self._chan is chan:
             self._chan = None
 
-    def _fail_connection(self, chan: _native.Channel, error: RpcError) -> None:
-        """The connection broke: every call in flight on it ends with ``error``."""
-        with self._cond:
-            if self._chan is not chan:
-                return
-            chan.close()
+    def _fail_locked(self, chan: Any, error: RpcError) -> Any:
+        """The connection broke: every pending call ends with ``error`` (lock held;
+        returns the watched calls to tell)."""
+        ended = self._core.fail(error)
+        if self._chan is chan:
             self._retire_locked(chan)
-            waiters = self._table.drain()
-            waiters.extend(q.waiter for q in self._queued)
-            self._queued.clear()
-            self._credits = None        # the next connection registers afresh
-            futures = list(self._futures)
-            self._futures.clear()
-            self._future_deadlines.clear()
-            for w in waiters:
-                if isinstance(w, _Slot):
-                    w.error = error
-                    w.done = True
-                elif w not in futures:
-                    futures.append(w)
-            self._cond.notify_all()
-        for f in futures:
-            self._settle(f, error=error)
+        self._cond.notify_all()
+        return ended
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _flush_locked(self, chan: Any, deadline_ns: int = 0) -> Any:
+        """Send the core's output (lock held); returns the watched calls that ended if the
+        send broke the connection. Other threads append meanwhile and this thread sends
+        their requests too; only one thread writes at a time, and while the reader runs
+        done-callbacks it writes what they asked for once they are all done."""
+        core = self._core
+        if self._writing or self._dispatching:
+            return ()
+        self._writing = True
+        try:
+            while not chan.send_from(core.out):
+                # Socket full: wait for room without the lock, so the reader can take the
+                # replies that the server is waiting for us to read.
+                if deadline_ns and _now() >= deadline_ns:
+                    return self._fail_locked(chan, ConnectionLost(
+                        "timed out sending (the server is not reading)"))
+                self._lock.release()
+                try:
+                    chan.wait_writable(deadline_ns)
+                finally:
+                    self._lock.acquire()
+                if chan is not self._chan:
+                    return ()
+        except RpcError as exc:
+            return self._fail_locked(chan, exc)
+        finally:
+            self._writing = False
+        return ()
+
+    def _start(self, call: Call, method: str, args: tuple, timeout: Any) -> None:
+        core = self._core
+        core.prepare(call, method, args, timeout, _now())
+        ended = ()
+        with self._lock:
+            chan = self._channel_locked()
+            core.submit(call, _now())
+            if len(core.out):
+                ended = self._flush_locked(chan, call.deadline)
+                if ended:
+                    self._tell_locked(ended)
+        if ended:
+            self._run_callbacks(ended)
 
     # -- calls -------------------------------------------------------------------------
 
-    def _deadline(self, timeout: Any) -> tuple[int, int]:
-        if timeout is _UNSET:
-            timeout = self._timeout
-        if timeout is None:
-            return 0, 0
-        if timeout <= 0:
-            raise ValueError("timeout must be positive or None")
-        us = int(timeout * 1e6)
-        return _native.monotonic_ns() + int(timeout * 1e9), min(max(us, 1), _MAX_DEADLINE_US)
-
-    def _send(self, waiter: Any, name: bytes, body: bytes, deadline_ns: int,
-              deadline_us: int) -> tuple[_native.Channel, int]:
-        """Send a request now, or (no credit) queue it: then the call id returned is 0."""
-        demand = 0
-        with self._cond:
-            chan = self._channel_locked()
-            self._calls += 1
-            credits = self._credits
-            if credits is not None:
-                queued = _Queued(waiter, name, body, deadline_ns, deadline_us)
-                decision = credits.submit(queued, _native.monotonic_ns())
-                if decision == breakwater.Submit.REJECTED:
-                    raise Overloaded("no credit, and the client's local queue is full",
-                                     side="client")
-                if decision == breakwater.Submit.QUEUED:
-                    self._queued.add(queued)
-                    if type(waiter) is _Slot:
-                        waiter.queued = queued
-                    self._cond.notify_all()      # the reader must now watch its expiry
-                    return chan, 0
-                demand = credits.demand()
-            cid = self._table.add(waiter)
-            self._note_sent(waiter, cid)
-        try:
-            with self._send_lock:
-                chan.send_frame(_core.REQUEST, cid, name, body, self._codec, self._session,
-                                deadline_us, demand, deadline_ns)
-        except MessageTooLarge:
-            self._table.pop(cid)
-            raise
-        except DeadlineExceeded as exc:
-            self._table.pop(cid)
-            self._fail_connection(chan, ConnectionLost(f"send timed out: {exc}"))
-            raise
-        except RpcError as exc:
-            self._fail_connection(chan, exc)
-            self._table.pop(cid)
-            raise
-        return chan, cid
-
-    def _transmit(self, chan: _native.Channel, ready: list) -> None:
-        """Send calls that were waiting for credit and now have it, in one flush."""
-        with self._cond:
-            if self._chan is not chan:
-                return                           # the connection failed meanwhile
-            credits = self._credits
-            sends = []
-            for q in ready:
-                self._queued.discard(q)
-                if type(q.waiter) is _Slot:
-                    q.waiter.queued = None
-                cid = self._table.add(q.waiter)
-                self._note_sent(q.waiter, cid)
-                sends.append((cid, q, credits.demand() if credits else 0))
-        try:
-            with self._send_lock:
-                for cid, q, demand in sends:
-                    chan.put_frame(_core.REQUEST, cid, q.name, q.body, self._codec,
-                                   self._session, q.deadline_us, demand)
-                chan.flush(0)
-        except RpcError as exc:
-            self._fail_connection(chan, exc)
-
-    def _expire_queued(self) -> None:
-        """Fail the calls that waited for credit longer than the credit wait allows."""
-        with self._cond:
-            credits = self._credits
-            if credits is None or not self._queued:
-                return
-            expired = credits.expire(_native.monotonic_ns())
-            for q in expired:
-                self._queued.discard(q)
-            wake = False
-            futures = []
-            for q in expired:
-                w = q.waiter
-                error = Overloaded("no credit arrived in time", side="client")
-                if type(w) is _Slot:
-                    w.error, w.done, w.queued = error, True, None
-                    wake = True
-                else:
-                    futures.append((w, error))
-            if wake:
-                self._cond.notify_all()
-        for fut, error in futures:
-            self._settle(fut, error=error)
-        if futures and self._drivers:
-            with self._cond:
-                self._cond.notify_all()
-
-    def _credit_deadline(self) -> int:
-        credits = self._credits
-        if credits is None or not self._queued:
-            return 0
-        return credits.next_deadline_ns() or 0
-
     def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
         """Call ``method(*args)`` on the server and return its result, or raise an RpcError."""
-        name = method_name(self._names, method)
-        body = codecs.encode_args(self._codec, args)
-        deadline_ns, deadline_us = self._deadline(timeout)
-        slot = _Slot()
-        chan, cid = self._send(slot, name, body, deadline_ns, deadline_us)
+        call = Call()
         try:
-            self._wait(slot, chan, cid, deadline_ns)
-            if slot.error is not None:
-                raise slot.error
-            result = outcome_of(slot.frame)
-        except DeadlineExceeded:
-            self._timeouts += 1
-            self._errors += 1
-            raise
-        except RpcError:
-            self._errors += 1
-            raise
-        self._ok += 1
-        return result
-
-    def _wait(self, slot: _Slot, chan: _native.Channel, cid: int, deadline_ns: int) -> None:
-        while True:
-            with self._cond:
-                while not slot.done and self._reading:
-                    slot.waiting = True
-                    self._slot_waiters += 1
-                    try:
-                        if deadline_ns:
-                            left = (deadline_ns - _native.monotonic_ns()) / 1e9
-                            if left <= 0:
-                                break
-                            self._cond.wait(left)
-                        else:
-                            self._cond.wait()
-                    finally:
-                        self._slot_waiters -= 1
-                if slot.done:
-                    return
-                if deadline_ns and _native.monotonic_ns() >= deadline_ns:
-                    queued = slot.queued
-                    if queued is not None:
-                        if self._credits is not None and self._credits.cancel(queued):
-                            self._queued.discard(queued)
-                            slot.queued = None
-                            raise DeadlineExceeded("no credit before the deadline")
-                    else:
-                        self._give_up(chan, slot.cid)
-                    if slot.done:
-                        return
-                    raise DeadlineExceeded(f"no reply within the deadline (call {cid})")
-                self._reading = True
-            self._read_until(chan, lambda: slot.done, deadline_ns)
-
-    def _note_sent(self, waiter: Any, cid: int) -> None:
-        """Record the call id of a waiter (called with the condition held)."""
-        if type(waiter) is _Slot:
-            waiter.cid = cid
-        elif waiter in self._futures:
-            self._futures[waiter] = cid
-
-    def _give_up(self, chan: _native.Channel, cid: int) -> None:
-        """Called with the condition held: forget call ``cid`` and tell the server."""
-        if not cid or self._table.pop(cid) is None:
-            return
-        try:
-            if not chan.closed and self._send_lock.acquire(timeout=0.1):
-                try:
-                    chan.put_frame(_core.CANCEL, cid, b"", b"", 0, self._session)
-                    chan.flush(0, False)
-                finally:
-                    self._send_lock.release()
-        except RpcError:
-            pass     # best effort; the connection's own failure is seen by its next reader
-
-    def _drive(self, fut: concurrent.futures.Future, timeout: float | None) -> None:
-        """Wait for ``fut`` in this thread, reading the socket ourselves when nobody else is.
-        Returns when it is done or ``timeout`` passed (the caller's Future reports which)."""
-        deadline_ns = _native.monotonic_ns() + int(timeout * 1e9) if timeout is not None else 0
-        while not fut.done():
-            with self._cond:
-                while not fut.done() and self._reading:
-                    self._drivers += 1
-                    try:
-                        if deadline_ns:
-                            left = (deadline_ns - _native.monotonic_ns()) / 1e9
-                            if left <= 0:
-                                return
-                            self._cond.wait(left)
-                        else:
-                            self._cond.wait()
-                    finally:
-                        self._drivers -= 1
-                if fut.done() or (deadline_ns and _native.monotonic_ns() >= deadline_ns):
-                    return
-                chan = self._chan
-                if chan is None or chan.closed:
-                    return                   # its connection failed: the future says how
-                self._reading = True
-            self._read_until(chan, fut.done, deadline_ns)
-
-    def _read_until(self, chan: _native.Channel, finished: Any, deadline_ns: int) -> None:
-        """Be the reader until ``finished()`` (for the background reader, None: until no
-        future is pending), the deadline passes, or the connection fails."""
-        slot = finished
-        try:
-            while slot is None or not finished():
-                wait_until = deadline_ns
-                if self._futures:      # whoever reads also times out pending futures
-                    future_deadline = self._next_future_deadline()
-                    if not wait_until or future_deadline < wait_until:
-                        wait_until = future_deadline
-                credit_deadline = self._credit_deadline()
-                if credit_deadline and (not wait_until or credit_deadline < wait_until):
-                    wait_until = credit_deadline
-                frames = chan.recv_frames(wait_until)
-                if frames:
-                    self._dispatch(chan, frames)
-                if self._queued:
-                    self._expire_queued()
-                if not frames and wait_until and _native.monotonic_ns() >= wait_until:
-                    if self._future_deadlines:
-                        self._expire_futures()
-                    if slot is not None and deadline_ns and _native.monotonic_ns() >= deadline_ns:
-                        return
-                if slot is None and not self._futures:
-                    return
+            self._start(call, method, args, timeout)
         except RpcError as exc:
-            self._fail_connection(chan, exc)
-        finally:
-            with self._cond:
-                self._reading = False
-                # Hand the reader role on only if someone can take it: a needless wake-up
-                # of the background thread costs a context switch per call.
-                if self._drivers or self._slot_waiters or self._futures:
-                    self._cond.notify_all()
-
-    def _dispatch(self, chan: _native.Channel, frames: list) -> None:
-        table = self._table
-        wake = False
-        credits = self._credits
-        if credits is not None:
-            ready = self._account_credits(credits, frames)
-            if ready:
-                self._transmit(chan, ready)
-        for f in frames:
-            kind = f.kind
-            if kind == _core.RESPONSE or kind == _core.ERROR:
-                waiter = table.pop(f.call_id)
-                if waiter is None:
-                    continue           # a late reply to a call that timed out or was cancelled
-                if type(waiter) is _Slot:
-                    waiter.frame = f
-                    waiter.done = True
-                    if waiter.waiting:
-                        wake = True
-                else:
-                    self._futures.pop(waiter, None)
-                    try:
-                        self._settle(waiter, result=outcome_of(f))
-                    except RpcError as exc:
-                        self._settle(waiter, error=exc)
-                    if self._drivers:
-                        wake = True
-        if wake:
-            with self._cond:
-                self._cond.notify_all()
-
-    def _account_credits(self, credits: breakwater.ClientCredits, frames: list) -> list:
-        """Every response returns a credit and carries the window; so do credit frames.
-        Returns the queued calls that may now be sent."""
-        ready: list = []
-        now = _native.monotonic_ns()
-        with self._cond:
-            if credits is not self._credits:
-                return ready
-            for f in frames:
-                kind = f.kind
-                if kind == _core.RESPONSE or kind == _core.ERROR:
-                    window = f.credit if f.flags & _core.HAS_CREDIT else None
-                    try:
-                        ready.extend(credits.on_response(window, now))
-                    except ValueError:
-                        pass     # a response the machine did not count (sent before credits)
-                elif kind == _core.CREDIT:
-                    ready.extend(credits.on_credit(f.credit, now))
-        return ready
-
-    # -- futures -----------------------------------------------------------------------
+            self._core.abort(call, exc)
+            raise
+        if call.state < _DONE:
+            self._drive(call, None)
+        if call.error is not None:
+            raise call.error
+        return call.value
 
     def call_async(self, method: str, *args: Any,
                    timeout: float | None = _UNSET) -> concurrent.futures.Future:
         """Start ``method(*args)`` and return a Future for its outcome (an RpcError, even one
         known at once such as a client-side Overloaded, is set on the Future, not raised).
         Cancelling the Future tells the server (best effort) and frees the call."""
-        name = method_name(self._names, method)
-        body = codecs.encode_args(self._codec, args)
-        deadline_ns, deadline_us = self._deadline(timeout)
-        fut = _CallFuture(self)
-        with self._cond:
-            self._ensure_reader_locked()
+        fut = CallFuture(self)
         try:
-            chan, cid = self._send(fut, name, body, deadline_ns, deadline_us)
+            self._start(fut, method, args, timeout)
         except RpcError as exc:
             # Every outcome of an asynchronous call, even an immediate one, is in its future.
-            self._settle(fut, error=exc)
-            return fut
-        with self._cond:
-            if not fut.done():
-                # Value: the call id, or the _Queued record while it waits for credit.
-                self._futures[fut] = cid or self._queued_record(fut)
-                if deadline_ns:
-                    self._seq += 1
-                    heapq.heappush(self._future_deadlines, (deadline_ns, self._seq, fut))
-                if not self._reading and not self._drivers:
-                    self._cond.notify_all()   # the background reader may be needed
-        fut.add_done_callback(lambda f, chan=chan, cid=cid: self._on_future_done(f, chan, cid))
+            self._core.abort(fut, exc)
         return fut
 
-    def _queued_record(self, fut: concurrent.futures.Future) -> Any:
-        for q in self._queued:
-            if q.waiter is fut:
-                return q
-        return 0
+    # -- reading -----------------------------------------------------------------------
 
-    def _forget_future_locked(self, fut: concurrent.futures.Future, chan: _native.Channel) -> None:
-        """Drop a future that will not be answered: unqueue it or cancel its call."""
-        ref = self._futures.pop(fut, None)
-        if isinstance(ref, _Queued):
-            if self._credits is not None and self._credits.cancel(ref):
-                self._queued.discard(ref)
-        elif ref:
-            self._give_up(chan, ref)
+    def _drive(self, call: Call, timeout: float | None) -> None:
+        """Wait until ``call`` ends (or ``timeout`` seconds pass), reading the socket in
+        this thread when no other thread is reading."""
+        core = self._core
+        lock = self._lock
+        until = _now() + int(timeout * 1e9) if timeout is not None else 0
+        while call.state < _DONE:
+            ended = ()
+            chan = None
+            lock.acquire()
+            try:
+                if call.state >= _DONE:
+                    return
+                now = _now()
+                if until and now >= until:
+                    return
+                due = core.next_deadline()
+                wait_until = until if not due or (until and until < due) else due
+                if due and now >= due:
+                    ended = core.expire(now)
+                    self._tell_locked(ended)
+                elif self._reading:
+                    # Another thread reads: sleep until its next batch (or our own limit).
+                    self._waiters += 1
+                    try:
+                        self._cond.wait((wait_until - now) / 1e9 if wait_until else None)
+                    finally:
+                        self._waiters -= 1
+                elif self._chan is None or not core.ready:
+                    return                      # its connection failed: the call says how
+                else:
+                    chan = self._chan
+                    self._reading = True
+                    if len(core.out):
+                        ended = self._flush_locked(chan)
+                        self._tell_locked(ended)
+            finally:
+                lock.release()
+            if ended:
+                self._run_callbacks(ended)
+            if chan is not None:
+                self._read(chan, wait_until)
 
-    def _on_future_done(self, fut: concurrent.futures.Future, chan: _native.Channel,
-                        cid: int) -> None:
-        if fut.cancelled():
-            with self._cond:
-                self._forget_future_locked(fut, chan)
-
-    def _settle(self, fut: concurrent.futures.Future, result: Any = None,
-                error: BaseException | None = None) -> None:
-        if fut.done():
-            return
+    def _read(self, chan: Any, wait_until: int, block: bool = True) -> None:
+        """One read as the reader (the role is held on entry and given up here)."""
+        error = None
         try:
-            if error is not None:
-                fut.set_exception(error)
-                self._errors += 1
-                if isinstance(error, DeadlineExceeded):
-                    self._timeouts += 1
+            frames = chan.recv_frames(wait_until, block)
+        except RpcError as exc:
+            frames, error = None, exc
+        core = self._core
+        with self._lock:
+            self._reading = False
+            if chan is not self._chan:
+                chan.close()        # retired while we read; its calls have already ended
+                ended = ()
+            elif error is not None or chan.closed:
+                ended = self._fail_locked(chan, error or ConnectionLost("connection closed"))
             else:
-                fut.set_result(result)
-                self._ok += 1
-        except concurrent.futures.InvalidStateError:
-            pass          # cancelled by its owner in the meantime
+                now = _now()
+                ended = core.receive(frames, now) if frames else ()
+                if core.state == _BROKEN:
+                    ended = _join(ended, self._fail_locked(chan, core.error))
+                else:
+                    due = core.next_deadline()
+                    if due and now >= due:
+                        ended = _join(ended, core.expire(now))
+                    if len(core.out):
+                        ended = _join(ended, self._flush_locked(chan))
+            if self._waiters or self._service_waits:
+                self._cond.notify_all()
+            if ended:
+                self._tell_locked(ended)
+        if ended:
+            self._run_callbacks(ended)
 
-    def _next_future_deadline(self) -> int:
-        heap = self._future_deadlines
-        while heap and heap[0][2] not in self._futures:
-            heapq.heappop(heap)
-        limit = _native.monotonic_ns() + _READER_IDLE_NS
-        return min(heap[0][0], limit) if heap else limit
-
-    def _expire_futures(self) -> None:
-        now = _native.monotonic_ns()
-        expired = []
-        with self._cond:
-            heap = self._future_deadlines
+    def _poll(self) -> None:
+        """Take replies the socket already holds, without blocking (for ``done()``)."""
+        with self._lock:
             chan = self._chan
-            while heap and heap[0][0] <= now:
-                fut = heapq.heappop(heap)[2]
-                if fut in self._futures:
-                    if chan is not None:
-                        self._forget_future_locked(fut, chan)
-                    else:
-                        self._futures.pop(fut, None)
-                    expired.append(fut)
-        for fut in expired:
-            self._settle(fut, error=DeadlineExceeded("no reply within the deadline"))
-        if expired and self._drivers:
-            with self._cond:
+            if self._reading or chan is None or not self._core.ready:
+                return
+            self._reading = True
+        self._read(chan, 0, False)
+
+    # -- telling owners ----------------------------------------------------------------
+
+    def _watch(self, fut: CallFuture) -> None:
+        """From now on someone must be told when ``fut`` ends (lock held)."""
+        if not fut.watched:
+            fut.watched = True
+            self._watched += 1
+            if self._service is None:
+                self._service = threading.Thread(target=self._serve, daemon=True,
+                                                 name="microrpc-client-reader")
+                self._service.start()
+            elif self._service_waits:
                 self._cond.notify_all()
 
-    def _ensure_reader_locked(self) -> None:
-        if self._reader_thread is None:
-            self._reader_thread = threading.Thread(
-                target=self._background_reader, name="microrpc-client-reader", daemon=True)
-            self._reader_thread.start()
+    def _add_callback(self, fut: CallFuture, fn: Callable) -> bool:
+        """Attach ``fn``; False if ``fut`` has already ended (the caller runs it now)."""
+        with self._lock:
+            if fut.state >= _DONE:
+                return False
+            if fut.callbacks is None:
+                fut.callbacks = [fn]
+            else:
+                fut.callbacks.append(fn)
+            self._watch(fut)
+            return True
 
-    def _background_reader(self) -> None:
-        """Reads for pending futures whenever no caller is reading; exits at close()."""
+    def _tell_locked(self, ended: Any) -> None:
+        """Wake the wait()/as_completed() waiters of futures that ended (lock held)."""
+        for call in ended:
+            if call.watched:
+                call.watched = False
+                self._watched -= 1
+            waiters = call.waiters
+            if waiters:
+                for w in list(waiters):
+                    if call.state == _CANCELLED:
+                        w.add_cancelled(call)
+                    elif call.error is not None:
+                        w.add_exception(call)
+                    else:
+                        w.add_result(call)
+
+    def _run_callbacks(self, ended: Any) -> None:
+        """Run the done-callbacks of calls that ended (never with the lock held: they may
+        call the client). Requests they make go out in one write when all have run."""
+        runs = [(call, call.callbacks) for call in ended if call.callbacks]
+        if not runs:
+            return
+        with self._lock:
+            nested = self._dispatching
+            self._dispatching = True
+        try:
+            for call, fns in runs:
+                call.callbacks = None
+                for fn in fns:
+                    _run_callback(fn, call)
+        finally:
+            if not nested:
+                with self._lock:
+                    self._dispatching = False
+                    chan = self._chan
+                    more = ()
+                    if chan is not None and len(self._core.out) and self._core.ready:
+                        more = self._flush_locked(chan)
+                        self._tell_locked(more)
+                if more:
+                    self._run_callbacks(more)
+
+    def _serve(self) -> None:
+        """The background reader: reads while watched futures are pending and no caller
+        is reading; exits when the client closes."""
+        core = self._core
         while True:
-            with self._cond:
-                while not self._closed and (self._reading or not self._futures):
-                    self._cond.wait()
+            ended = ()
+            chan = None
+            with self._lock:
                 if self._closed:
                     return
-                self._cond.wait(_BACKGROUND_GRACE_S)      # leave it to a waiting caller
-                if self._closed:
-                    return
-                if self._reading or not self._futures:
-                    continue
-                chan = self._chan
-                if chan is None or chan.closed:
-                    continue        # _fail_connection already failed its futures
-                self._reading = True
-            self._read_until(chan, None, 0)
+                now = _now()
+                due = core.next_deadline()
+                if due and now >= due:
+                    ended = core.expire(now)
+                    self._tell_locked(ended)
+                elif self._reading or not self._watched or self._chan is None or not core.ready:
+                    self._service_waits = True
+                    try:
+                        self._cond.wait(_IDLE_WAKE_NS / 1e9)
+                    finally:
+                        self._service_waits = False
+                else:
+                    chan = self._chan
+                    self._reading = True
+                    if len(core.out):
+                        ended = self._flush_locked(chan)
+                        self._tell_locked(ended)
+            if ended:
+                self._run_callbacks(ended)
+            if chan is not None:
+                self._read(chan, min(due, now + _IDLE_WAKE_NS) if due else now + _IDLE_WAKE_NS)
+
+    def _cancel(self, fut: CallFuture) -> bool:
+        with self._lock:
+            if not self._core.cancel(fut):
+                return False
+            chan = self._chan
+            ended = [fut]
+            if chan is not None and len(self._core.out) and self._core.ready:
+                ended += self._flush_locked(chan)
+            self._tell_locked(ended)
+        self._run_callbacks(ended)
+        return True
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -714,14 +590,17 @@ class Client:
 
     def close(self) -> None:
         """Close the connection; calls still in flight end with ConnectionLost."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
             chan = self._chan
+            ended = self._core.fail(ConnectionLost("the client was closed"))
+            if chan is not None:
+                self._retire_locked(chan)
+            self._tell_locked(ended)
             self._cond.notify_all()
-        if chan is not None:
-            self._fail_connection(chan, ConnectionLost("the client was closed"))
+        self._run_callbacks(ended)
 
     def __enter__(self) -> "Client":
         return self
@@ -731,13 +610,18 @@ class Client:
 
     def statistics(self) -> ClientStatistics:
         chan = self._chan
-        return ClientStatistics(
-            calls=self._calls, ok=self._ok, errors=self._errors, timeouts=self._timeouts,
-            in_flight=len(self._table), reconnects=max(self._connects - 1, 0),
-            bytes_sent=self._old_bytes_sent + (chan.bytes_sent if chan else 0),
-            bytes_received=self._old_bytes_received + (chan.bytes_received if chan else 0),
-            credits=self._credits.statistics() if self._credits is not None else None,
-        )
+        return core_statistics(
+            self._core, self._old_sent + (chan.bytes_sent if chan else 0),
+            self._old_received + (chan.bytes_received if chan else 0))
 
     def __repr__(self) -> str:
         return f"<microrpc.Client {self.address}{' closed' if self._closed else ''}>"
+
+
+def _join(a: Any, b: Any) -> Any:
+    """Two lists of ended calls as one (either may be the shared empty tuple)."""
+    if not b:
+        return a
+    if not a:
+        return b
+    return list(a) + list(b)

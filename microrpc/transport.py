@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from microrpc.errors import ConnectionLost
 
-__all__ = ["Address", "parse_address", "listen", "connect"]
+__all__ = ["Address", "parse_address", "listen", "connect", "client_socket"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,18 @@ def connect(address: str, timeout: float | None) -> socket.socket:
         raise ConnectionLost(f"cannot connect to {address}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def client_socket(address: str) -> tuple[socket.socket, object]:
+    """A new non-blocking socket for ``address`` and the target to connect it to, for an
+    event loop's ``sock_connect`` (TCP_NODELAY on TCP, as in :func:`connect`)."""
+    addr = parse_address(address)
+    if addr.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = addr.path
+    else:
+        sock = socket.socket(_tcp_family(addr.host), socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        target = (addr.host, addr.port)
+    sock.setblocking(False)
+    return sock, target

@@ -1,0 +1,516 @@
+# cython: language_level=3
+"""The client protocol core: everything a microrpc client does that is not I/O.
+
+One :class:`ClientCore` per client owns the table of calls in flight, the handshake, the
+Breakwater credits and their expiry, deadlines, cancel frames and the mapping from reply
+frames to outcomes. It never touches a socket, a thread or a clock: a driver (``Client``
+with threads, ``AsyncClient`` on asyncio) passes the time in, feeds it the frames it read,
+sends the bytes the core put in :attr:`ClientCore.out`, and tells the owners of the calls
+that :meth:`ClientCore.take_ended` hands back. Tests drive it with a fake clock and no
+sockets (tests/microrpc/test_client_core.py).
+
+A call goes NEW -> (QUEUED ->) SENT -> DONE, or to CANCELLED from any pending state, and
+reaches exactly one final state exactly once: every call ends in one outcome.
+
+Codec discipline: a reply is decoded only with the codec this client asked for. A RESPONSE
+in another codec, or an ERROR whose body is not msgpack, is a protocol violation that
+breaks the connection; it is never decoded (a pickle body would run code).
+"""
+import heapq
+import pickle
+from collections import deque
+
+import msgpack
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from microrpc._core cimport (
+    CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_NOT_FOUND,
+    ERR_OVERLOADED, ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, Frame,
+    KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE,
+    OutBuffer,
+)
+
+from breakwater import ClientCredits, Submit
+from microrpc.errors import (
+    ConnectionLost, DeadlineExceeded, MessageTooLarge, MethodNotFound, Overloaded,
+    ProtocolError, RemoteError,
+)
+
+# Pass as ``timeout`` to use the client's default timeout.
+USE_DEFAULT = object()
+
+NEW = CALL_NEW
+QUEUED = CALL_QUEUED
+SENT = CALL_SENT
+DONE = CALL_DONE
+CANCELLED = CALL_CANCELLED
+IDLE = CONN_IDLE
+HANDSHAKE = CONN_HANDSHAKE
+READY = CONN_READY
+BROKEN = CONN_BROKEN
+
+DEF MAX_DEADLINE_US = 0xFFFFFFFF
+# The deque of default-timeout deadlines keeps calls that ended until they reach its head;
+# past this many entries (and four times the pending calls) it is rebuilt, so a long call at
+# the head cannot make it grow without bound.
+DEF COMPACT_AT = 1024
+
+cdef object _SEND = Submit.SEND
+cdef object _QUEUED = Submit.QUEUED
+cdef tuple _NOTHING = ()
+
+
+def error_from_body(bytes body):
+    """The RpcError an ERROR frame's msgpack body ``[code, type, message, traceback]``
+    stands for (a malformed body is itself a ProtocolError)."""
+    try:
+        code, type_name, message, tb = msgpack.unpackb(body)
+        if not (type(code) is int and type(type_name) is str and type(message) is str
+                and (tb is None or type(tb) is str)):
+            raise ValueError("wrong field types")
+    except Exception as exc:
+        return ProtocolError(f"malformed error frame body: {exc}")
+    if code == ERR_REMOTE:
+        return RemoteError(type_name, message, tb)
+    if code == ERR_NOT_FOUND:
+        return MethodNotFound(message)
+    if code == ERR_DEADLINE:
+        return DeadlineExceeded(f"server: {message}")
+    if code == ERR_TOO_LARGE:
+        return MessageTooLarge(message)
+    if code == ERR_OVERLOADED:
+        return Overloaded(message, side="server")
+    if code == ERR_BAD_REQUEST:
+        return ProtocolError(f"server could not decode the request: {message}")
+    if code == ERR_UNAVAILABLE:
+        return ConnectionLost(f"server: {message}")
+    return ProtocolError(f"unknown error code {code} from server ({type_name}: {message})")
+
+
+cdef class Call:
+    """One call as the core tracks it. Drivers may subclass it (the thread client's futures
+    are Calls) and use the ``owner``/``callbacks``/``waiters`` slots as they like."""
+
+    @property
+    def pending(self):
+        return self.state < CALL_DONE
+
+    @property
+    def deadline(self):
+        """Monotonic ns when the call gives up (0: never)."""
+        return self.deadline_ns
+
+    def outcome(self):
+        """The result, or raise the call's error. Only for a DONE call."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def __repr__(self):
+        names = ("new", "queued", "sent", "done", "cancelled")
+        return f"<Call {self.call_id} {names[self.state]}>"
+
+
+cdef class ClientCore:
+    """The protocol state of one client over one connection at a time (see the module doc).
+
+    ``codec``: the wire codec id of every request, and the only one accepted in replies.
+    ``timeout``: the default seconds per call (None: no deadline).
+    """
+
+    def __cinit__(self, int codec, uint32_t session=0, Py_ssize_t max_message_size=16777216,
+                  object timeout=None):
+        if codec < CODEC_RAW or codec > CODEC_PICKLE:
+            raise ValueError(f"unknown codec {codec}")
+        if max_message_size <= 0:
+            raise ValueError("max_message_size must be positive")
+        self.codec = codec
+        self.session = session
+        self.max_message_size = max_message_size
+        if timeout is None:
+            self.default_timeout_ns = 0
+            self.default_timeout_us = 0
+        else:
+            if not timeout > 0:
+                raise ValueError("timeout must be positive or None")
+            self.default_timeout_ns = <int64_t>(timeout * 1e9)
+            self.default_timeout_us = _wire_us(timeout)
+        self.state = CONN_IDLE
+        self.out = OutBuffer()
+        self.credits = None
+        self.error = None
+        self.calls = {}
+        self.next_id = 1
+        self.by_deadline = deque()
+        self.heap = []
+        self.names = {}
+        self.ended = []
+
+    # -- connection ---------------------------------------------------------------------
+
+    def begin(self, int64_t now):
+        """A new connection is open: queue the handshake PING (its PONG says whether the
+        server hands out credits). Calls may be submitted once :attr:`ready`."""
+        if self.state == CONN_HANDSHAKE or self.state == CONN_READY:
+            raise RuntimeError("the previous connection has not ended")
+        self.out = OutBuffer()
+        self.state = CONN_HANDSHAKE
+        self.error = None
+        self.credits = None
+        self.handshakes += 1
+        self.out.put_frame(KIND_PING, 0, 0, 0, self.session, 0, 0, NULL, 0, NULL, 0)
+
+    @property
+    def ready(self):
+        return self.state == CONN_READY
+
+    def fail(self, error):
+        """The connection failed (or the client closed): every pending call ends with
+        ``error``. Returns the watched calls that ended."""
+        self._fail(error)
+        return self.take_ended()
+
+    cdef _fail(self, error):
+        cdef Call call
+        if self.state == CONN_BROKEN or self.state == CONN_IDLE:
+            return
+        self.state = CONN_BROKEN
+        if self.error is None:
+            self.error = error
+        sent = list(self.calls.values())
+        self.calls.clear()
+        queued = []
+        if self.credits is not None:
+            # reset() hands back the head of the queue, an expire() beyond any wait the rest.
+            queued.extend(self.credits.reset(0))
+            queued.extend(self.credits.expire(1 << 62))
+            self.credits = None
+        for call in sent:
+            self._finish(call, None, error)
+        for call in queued:
+            if call.state == CALL_QUEUED:
+                self._finish(call, None, error)
+        self.by_deadline.clear()
+        self.heap.clear()
+        self.out = OutBuffer()
+
+    def close_idle(self):
+        """After fail(): back to IDLE so that :meth:`begin` may start a new connection."""
+        if self.state == CONN_BROKEN:
+            self.state = CONN_IDLE
+
+    # -- calls --------------------------------------------------------------------------
+
+    def wire_name(self, method):
+        """The UTF-8 name of ``method``, checked and cached."""
+        name = self.names.get(method)
+        if name is None:
+            if type(method) is not str:
+                raise TypeError("method name must be a str")
+            name = (<str>method).encode("utf-8")
+            if not 1 <= len(name) <= 255:
+                raise ValueError("a method name must be 1..255 UTF-8 bytes")
+            self.names[method] = name
+        return name
+
+    def prepare(self, Call call, method, tuple args, object timeout, int64_t now):
+        """Encode ``method(*args)`` into ``call`` and set its deadline. Bad arguments raise
+        TypeError/ValueError here; a body over the size limit raises MessageTooLarge.
+        Needs no lock: it touches nothing shared but the name cache."""
+        cdef bytes body
+        cdef int codec = self.codec
+        call.name = self.wire_name(method)
+        if codec == CODEC_RAW:
+            if len(args) != 1:
+                raise TypeError("the raw codec takes exactly one bytes-like argument")
+            arg = args[0]
+            if type(arg) is bytes:
+                body = <bytes>arg
+            elif isinstance(arg, (bytearray, memoryview)):
+                body = bytes(arg)
+            else:
+                raise TypeError("the raw codec takes exactly one bytes-like argument")
+        elif codec == CODEC_MSGPACK:
+            try:
+                body = msgpack.packb(args)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise TypeError(f"argument cannot be sent with the msgpack codec: {exc}") from None
+        else:
+            body = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        if PyBytes_GET_SIZE(call.name) + PyBytes_GET_SIZE(body) > self.max_message_size:
+            raise MessageTooLarge(
+                f"request of {PyBytes_GET_SIZE(call.name) + PyBytes_GET_SIZE(body)} bytes is "
+                f"over the max_message_size limit of {self.max_message_size}")
+        call.body = body
+        if timeout is USE_DEFAULT:
+            call.by_default = True
+            if self.default_timeout_ns:
+                call.deadline_ns = now + self.default_timeout_ns
+                call.deadline_us = self.default_timeout_us
+        elif timeout is not None:
+            if not timeout > 0:
+                raise ValueError("timeout must be positive or None")
+            call.deadline_ns = now + <int64_t>(timeout * 1e9)
+            call.deadline_us = _wire_us(timeout)
+
+    def submit(self, Call call, int64_t now):
+        """Send a prepared call, or hold it for credit; a full credit queue ends it at once
+        with ``Overloaded(side="client")``. Returns the call's state afterwards."""
+        if call.state != CALL_NEW:
+            raise RuntimeError("a call is submitted once")
+        if self.state != CONN_READY:
+            raise ConnectionLost("the client is not connected")
+        self.started += 1
+        credits = self.credits
+        if credits is None:
+            self._send(call)
+        else:
+            decision = credits.submit(call, now)
+            if decision is _SEND:
+                self._send(call)
+            elif decision is _QUEUED:
+                call.state = CALL_QUEUED
+            else:
+                self._finish(call, None, Overloaded(
+                    "no credit, and the client's local queue is full", side="client"))
+                return call.state
+        if call.deadline_ns:
+            if call.by_default:
+                self.by_deadline.append(call)
+                if len(self.by_deadline) > COMPACT_AT:
+                    self._compact()
+            else:
+                self.seq += 1
+                heapq.heappush(self.heap, (call.deadline_ns, self.seq, call))
+        return call.state
+
+    def abort(self, Call call, error):
+        """End a call that could not be submitted (no connection, too large) with
+        ``error``, so that it too has exactly one outcome. No-op once it has one."""
+        if call.state == CALL_NEW:
+            self.started += 1
+            self._finish(call, None, error)
+
+    cdef int _send(self, Call call) except -1:
+        cdef uint64_t cid = self.next_id
+        cdef uint32_t demand = 0
+        self.next_id = cid + 1 if cid != 0xFFFFFFFFFFFFFFFF else 1
+        call.call_id = cid
+        call.state = CALL_SENT
+        self.calls[cid] = call
+        if self.credits is not None:
+            demand = self.credits.demand()
+        self.out.put_frame(KIND_REQUEST, 0, self.codec, cid, self.session, call.deadline_us,
+                           demand, PyBytes_AS_STRING(call.name), PyBytes_GET_SIZE(call.name),
+                           PyBytes_AS_STRING(call.body), PyBytes_GET_SIZE(call.body))
+        return 0
+
+    cdef int _drain_ready(self, object ready) except -1:
+        """Send the queued calls that a credit let go, in order."""
+        cdef Call call
+        for call in ready:
+            if call.state == CALL_QUEUED:
+                self._send(call)
+        return 0
+
+    cdef int _finish(self, Call call, object value, object error) except -1:
+        call.state = CALL_DONE
+        call.value = value
+        call.error = error
+        if error is None:
+            self.ok += 1
+        else:
+            self.failed += 1
+            if isinstance(error, DeadlineExceeded):
+                self.timeouts += 1
+        if call.watched:
+            self.ended.append(call)
+        return 0
+
+    def cancel(self, Call call):
+        """The owner gave up on ``call``: forget it, tell the server if it was sent (a
+        CANCEL frame; the server's late reply is then dropped here). False if it had
+        already ended."""
+        if call.state >= CALL_DONE:
+            return False
+        if call.state == CALL_SENT:
+            if self.calls.pop(call.call_id, None) is not None and self.state == CONN_READY:
+                self.out.put_frame(KIND_CANCEL, 0, 0, call.call_id, self.session, 0, 0,
+                                   NULL, 0, NULL, 0)
+        elif call.state == CALL_QUEUED and self.credits is not None:
+            self.credits.cancel(call)
+        call.state = CALL_CANCELLED
+        self.cancelled += 1
+        return True
+
+    # -- replies ------------------------------------------------------------------------
+
+    def receive(self, list frames, int64_t now):
+        """Take the frames read from the connection; returns the watched calls that ended.
+        A frame a server must not send breaks the connection (state BROKEN, :attr:`error`
+        set, every call ended): the driver then closes the channel."""
+        cdef Frame f
+        cdef int kind
+        for f in frames:
+            if self.state == CONN_BROKEN:
+                break
+            kind = f.kind
+            if kind == KIND_RESPONSE or kind == KIND_ERROR:
+                self._on_reply(f, now)
+            elif kind == KIND_CREDIT:
+                if self.credits is not None:
+                    try:
+                        ready = self.credits.on_credit(f.credit, now)
+                    except ValueError as exc:
+                        self._break(ProtocolError(f"bad credit frame: {exc}"))
+                        break
+                    self._drain_ready(ready)
+            elif kind == KIND_PONG:
+                if self.state == CONN_HANDSHAKE:
+                    if f.flags & FLAG_HAS_CREDIT:
+                        self.credits = ClientCredits()
+                        self.credits.on_credit(f.credit, now)
+                    self.state = CONN_READY
+            else:
+                self._break(ProtocolError(f"a server sent a frame of kind {kind}, which only "
+                                          f"clients send"))
+        return self.take_ended()
+
+    cdef int _on_reply(self, object frame, int64_t now) except -1:
+        cdef Frame f = frame
+        cdef Call call = self.calls.pop(f.call_id, None)
+        ready = _NOTHING
+        if self.credits is not None:
+            # Every reply returns the credit its request spent, also a late one.
+            try:
+                ready = self.credits.on_response(
+                    f.credit if f.flags & FLAG_HAS_CREDIT else None, now)
+            except ValueError:
+                pass          # a reply the credit machine never counted (sent before credits)
+        if call is None:
+            self.stray_replies += 1      # to a call that timed out or was cancelled
+        elif f.kind == KIND_RESPONSE:
+            if f.codec != self.codec:
+                self._break(ProtocolError(
+                    f"the server answered in codec {f.codec}; this client uses codec "
+                    f"{self.codec} and decodes nothing else"))
+                return 0
+            if self.codec == CODEC_RAW:
+                self._finish(call, f.body, None)
+            else:
+                try:
+                    value = (msgpack.unpackb(f.body) if self.codec == CODEC_MSGPACK
+                             else pickle.loads(f.body))
+                except Exception as exc:     # bytes from the network: any failure
+                    self._finish(call, None, ProtocolError(f"undecodable response body: {exc}"))
+                else:
+                    self._finish(call, value, None)
+        else:
+            if f.codec != CODEC_MSGPACK:
+                self._break(ProtocolError(f"an error frame in codec {f.codec}: error bodies "
+                                          f"are msgpack"))
+                return 0
+            self._finish(call, None, error_from_body(f.body))
+        if ready:
+            self._drain_ready(ready)
+        return 0
+
+    cdef _break(self, error):
+        self.error = error
+        self._fail(error)
+
+    # -- time ---------------------------------------------------------------------------
+
+    def next_deadline(self):
+        """The monotonic time (ns) of the next expiry to act on, or 0 if none is set."""
+        cdef Call head
+        cdef int64_t t = 0, c
+        dq = self.by_deadline
+        while dq:
+            head = dq[0]
+            if head.state < CALL_DONE:
+                t = head.deadline_ns
+                break
+            dq.popleft()
+        heap = self.heap
+        while heap:
+            head = heap[0][2]
+            if head.state < CALL_DONE:
+                if t == 0 or head.deadline_ns < t:
+                    t = head.deadline_ns
+                break
+            heapq.heappop(heap)
+        if self.credits is not None:
+            nd = self.credits.next_deadline_ns()
+            if nd is not None:
+                c = nd
+                if t == 0 or c < t:
+                    t = c
+        return t
+
+    def expire(self, int64_t now):
+        """End what is due by ``now``: calls past their deadline (DeadlineExceeded, and a
+        CANCEL to the server) and calls that waited too long for credit
+        (``Overloaded(side="client")``). Returns the watched calls that ended."""
+        cdef Call call
+        if self.credits is not None and self.credits.demand():
+            for call in self.credits.expire(now):
+                if call.state == CALL_QUEUED:
+                    self._finish(call, None, Overloaded("no credit arrived in time",
+                                                        side="client"))
+        dq = self.by_deadline
+        while dq:
+            call = dq[0]
+            if call.state < CALL_DONE and call.deadline_ns > now:
+                break
+            dq.popleft()
+            if call.state < CALL_DONE:
+                self._expire(call)
+        heap = self.heap
+        while heap:
+            call = heap[0][2]
+            if call.state < CALL_DONE and call.deadline_ns > now:
+                break
+            heapq.heappop(heap)
+            if call.state < CALL_DONE:
+                self._expire(call)
+        return self.take_ended()
+
+    cdef _expire(self, Call call):
+        self.cancel(call)
+        self.cancelled -= 1          # counted as a timeout, not as a cancel
+        self._finish(call, None, DeadlineExceeded("no reply within the deadline"))
+
+    cdef _compact(self):
+        cdef Call c
+        if len(self.by_deadline) > 4 * (len(self.calls) + 16):
+            self.by_deadline = deque(c for c in self.by_deadline if c.state < CALL_DONE)
+
+    # -- for drivers --------------------------------------------------------------------
+
+    def take_ended(self):
+        """The watched calls that ended since the last call (and forget them)."""
+        cdef list ended = self.ended
+        if not ended:
+            return _NOTHING
+        self.ended = []
+        return ended
+
+    @property
+    def in_flight(self):
+        """Calls sent and not answered, plus calls waiting for credit."""
+        return len(self.calls) + (self.credits.demand() if self.credits is not None else 0)
+
+    def credit_statistics(self):
+        return self.credits.statistics() if self.credits is not None else None
+
+
+cdef uint32_t _wire_us(double seconds):
+    cdef double us = seconds * 1e6
+    if us < 1:
+        return 1
+    if us > MAX_DEADLINE_US:
+        return MAX_DEADLINE_US
+    return <uint32_t>us
