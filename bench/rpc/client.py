@@ -15,6 +15,7 @@ import collections
 import os
 import socket
 import sys
+import time
 from typing import Callable
 
 # common.py sits next to this script. Under PYTHONSAFEPATH (the test suite sets it so that
@@ -148,12 +149,105 @@ def microrpc_pipe(address: str, args) -> dict:
     return out
 
 
-THROUGHPUT = {"zmq-dealer-pipe": zmq_dealer_pipe, "microrpc-pipe": microrpc_pipe}
+def _aio_pipe(address: str, args, uvloop: bool) -> dict:
+    """microrpc ``AsyncClient``: ``inflight`` tasks, each awaiting one call after another."""
+    import asyncio
+
+    import microrpc
+
+    async def main() -> dict:
+        clock = time.perf_counter_ns
+        counts = [0]
+        async with microrpc.AsyncClient(address, codec=args.codec, timeout=5.0) as ac:
+            call = ac.call
+            stop = [False]
+
+            async def worker() -> None:
+                while not stop[0]:
+                    if await call("echo", PAYLOAD) != PAYLOAD:
+                        raise SystemExit("echo mismatch")
+                    counts[0] += 1
+
+            tasks = [asyncio.ensure_future(worker()) for _ in range(args.inflight)]
+            await asyncio.sleep(args.warmup_seconds)
+            n0, t0 = counts[0], clock()
+            await asyncio.sleep(args.seconds)
+            n1, t1 = counts[0], clock()
+            stop[0] = True
+            await asyncio.gather(*tasks)
+        return {"completed": n1 - n0, "elapsed_ns": t1 - t0}
+
+    if uvloop:
+        import uvloop as uv
+        return uv.run(main())
+    return asyncio.run(main())
+
+
+def microrpc_aio_pipe(address: str, args) -> dict:
+    return _aio_pipe(address, args, uvloop=False)
+
+
+def microrpc_uvloop_pipe(address: str, args) -> dict:
+    return _aio_pipe(address, args, uvloop=True)
+
+
+THROUGHPUT = {"zmq-dealer-pipe": zmq_dealer_pipe, "microrpc-pipe": microrpc_pipe,
+              "microrpc-aio-pipe": microrpc_aio_pipe, "microrpc-uvloop-pipe": microrpc_uvloop_pipe}
+
+
+def callback_latency(address: str, args) -> dict:
+    """One ``call_async`` in flight, consumed only through ``add_done_callback``: the time
+    from the call to its callback (the caller waits on an Event, never in ``result()``, so
+    the client's own reader thread reads the reply)."""
+    import threading
+    from array import array
+
+    from hdrh.histogram import HdrHistogram
+
+    import microrpc
+    from common import HIST_ARGS
+
+    c = microrpc.Client(address, codec=args.codec, poll=args.poll, timeout=5.0)
+    clock = time.perf_counter_ns
+    lat = array("q", bytes(8 * args.calls))
+    done = threading.Event()
+    box = [0, None]
+
+    def on_done(f) -> None:
+        box[0] = clock()
+        box[1] = f.result()
+        done.set()
+
+    deadline = clock() + int(args.max_seconds * 1e9)
+    n = 0
+    truncated = False
+    for i in range(args.warmup + args.calls):
+        done.clear()
+        t0 = clock()
+        c.call_async("echo", PAYLOAD).add_done_callback(on_done)
+        if not done.wait(5.0):
+            raise SystemExit("a done-callback never ran")
+        if box[1] != PAYLOAD:
+            raise SystemExit("echo mismatch")
+        if i >= args.warmup:
+            lat[n] = box[0] - t0
+            n += 1
+            if box[0] > deadline:
+                truncated = n < args.calls
+                break
+    c.close()
+    hist = HdrHistogram(*HIST_ARGS)
+    for v in lat[:n]:
+        hist.record_value(max(1, v))
+    return {"calls": n, "truncated": truncated, "hist": hist.encode().decode("ascii")}
+
+
+OWN_LOOP = {"microrpc-callback": callback_latency}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("kind", choices=sorted(LATENCY) + sorted(THROUGHPUT))
+    ap.add_argument("kind", choices=sorted(LATENCY) + sorted(THROUGHPUT) + sorted(OWN_LOOP))
     ap.add_argument("address")
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--warmup", type=int, default=2_000)
@@ -170,6 +264,8 @@ def main() -> None:
     affinity = sorted(os.sched_getaffinity(0))
     if args.kind in THROUGHPUT:
         out = THROUGHPUT[args.kind](args.address, args)
+    elif args.kind in OWN_LOOP:
+        out = OWN_LOOP[args.kind](args.address, args)
     else:
         call, close = LATENCY[args.kind](args.address, args)
         out = latency_loop(call, args.calls, args.warmup, args.max_seconds)
