@@ -65,5 +65,6 @@ cdef class ClientCore:
     cdef int _drain_ready(self, object ready) except -1
     cdef _fail(self, error)
     cdef _break(self, error)
+    cdef _break_with(self, Call call, error)
     cdef _expire(self, Call call)
     cdef _compact(self)

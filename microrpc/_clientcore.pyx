@@ -393,7 +393,7 @@ cdef class ClientCore:
             self.stray_replies += 1      # to a call that timed out or was cancelled
         elif f.kind == KIND_RESPONSE:
             if f.codec != self.codec:
-                self._break(ProtocolError(
+                self._break_with(call, ProtocolError(
                     f"the server answered in codec {f.codec}; this client uses codec "
                     f"{self.codec} and decodes nothing else"))
                 return 0
@@ -409,8 +409,8 @@ cdef class ClientCore:
                     self._finish(call, value, None)
         else:
             if f.codec != CODEC_MSGPACK:
-                self._break(ProtocolError(f"an error frame in codec {f.codec}: error bodies "
-                                          f"are msgpack"))
+                self._break_with(call, ProtocolError(f"an error frame in codec {f.codec}: "
+                                                     f"error bodies are msgpack"))
                 return 0
             self._finish(call, None, error_from_body(f.body))
         if ready:
@@ -420,6 +420,11 @@ cdef class ClientCore:
     cdef _break(self, error):
         self.error = error
         self._fail(error)
+
+    cdef _break_with(self, Call call, error):
+        """Break the connection over ``call``'s reply (already out of the table)."""
+        self._finish(call, None, error)
+        self._break(error)
 
     # -- time ---------------------------------------------------------------------------
 

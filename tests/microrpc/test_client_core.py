@@ -1,0 +1,309 @@
+"""The client protocol core alone: frames in, frames out, a fake clock, no sockets.
+
+Each test plays the server by hand: it reads the frames the core put in ``core.out`` and
+feeds it reply frames with a chosen time.
+"""
+import pickle
+import sys
+
+import msgpack
+import pytest
+
+import microrpc
+from microrpc import _clientcore, _core
+from microrpc._clientcore import Call, ClientCore
+
+MS = 1_000_000
+S = 1_000_000_000
+
+
+def frames_out(core):
+    """The frames the core wants sent (and empty its buffer, as a channel would)."""
+    parser = _core.FrameParser()
+    parser.feed(core.out.take())
+    return parser.frames()
+
+
+def frame(kind, call_id=0, body=b"", **fields):
+    parser = _core.FrameParser()
+    parser.feed(_core.encode_frame(kind, call_id, b"", body, **fields))
+    return parser.frames()[0]
+
+
+def error_body(code, type_name="T", message="m", tb=None):
+    return msgpack.packb([code, type_name, message, tb])
+
+
+def ready_core(codec=_core.MSGPACK, window=None, timeout=None, now=0, session=7):
+    core = ClientCore(codec, session, 1 << 20, timeout)
+    core.begin(now)
+    (ping,) = frames_out(core)
+    assert ping.kind == _core.PING and ping.session == session
+    assert not core.ready
+    pong = (frame(_core.PONG, flags=_core.HAS_CREDIT, credit=window) if window is not None
+            else frame(_core.PONG))
+    assert core.receive([pong], now) == ()
+    assert core.ready
+    return core
+
+
+def start(core, method="echo", *args, timeout=_clientcore.USE_DEFAULT, now=0, watched=False):
+    call = Call()
+    call.watched = watched
+    core.prepare(call, method, args, timeout, now)
+    core.submit(call, now)
+    return call
+
+
+def test_handshake_says_whether_the_server_hands_out_credits():
+    assert ready_core().credits is None
+    core = ready_core(window=3)
+    assert core.credits.window == 3
+    with pytest.raises(RuntimeError, match="not ended"):
+        core.begin(0)
+
+
+def test_a_call_is_one_request_frame_and_ends_with_its_response():
+    core = ready_core(timeout=2.0)
+    call = start(core, "add", 1, 2, now=5 * MS, watched=True)
+    assert call.state == _clientcore.SENT and call.pending
+    (req,) = frames_out(core)
+    assert (req.kind, req.name, req.codec, req.session) == (_core.REQUEST, b"add", _core.MSGPACK, 7)
+    assert msgpack.unpackb(req.body) == [1, 2]
+    assert req.deadline_us == 2_000_000 and call.deadline == 5 * MS + 2 * S
+    ended = core.receive([frame(_core.RESPONSE, req.call_id, msgpack.packb(3),
+                                codec=_core.MSGPACK)], 6 * MS)
+    assert list(ended) == [call]
+    assert call.state == _clientcore.DONE and call.outcome() == 3
+    assert (core.started, core.ok, core.failed, core.in_flight) == (1, 1, 0, 0)
+
+
+def test_only_watched_calls_are_handed_back():
+    core = ready_core()
+    quiet = start(core)
+    (req,) = frames_out(core)
+    assert core.receive([frame(_core.RESPONSE, req.call_id, msgpack.packb(None),
+                               codec=_core.MSGPACK)], 0) == ()
+    assert quiet.state == _clientcore.DONE
+
+
+@pytest.mark.parametrize("code, error", [
+    (1, microrpc.RemoteError), (2, microrpc.MethodNotFound), (3, microrpc.DeadlineExceeded),
+    (4, microrpc.MessageTooLarge), (5, microrpc.Overloaded), (6, microrpc.ProtocolError),
+    (7, microrpc.ConnectionLost), (99, microrpc.ProtocolError),
+])
+def test_error_codes_map_to_one_error_each(code, error):
+    core = ready_core()
+    call = start(core)
+    (req,) = frames_out(core)
+    core.receive([frame(_core.ERROR, req.call_id, error_body(code), codec=_core.MSGPACK)], 0)
+    with pytest.raises(error):
+        call.outcome()
+    assert core.failed == 1 and core.ready          # an error reply is not a broken connection
+    if code == 5:
+        assert call.error.side == "server"
+
+
+def test_a_reply_in_another_codec_is_never_decoded():
+    """A pickle body sent to a msgpack client would run code if it were unpickled."""
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("import sys; sys._microrpc_core_pwned = True",))
+
+    core = ready_core()
+    a, b = start(core, watched=True), start(core, watched=True)
+    req_a, _ = frames_out(core)
+    ended = core.receive([frame(_core.RESPONSE, req_a.call_id, pickle.dumps(Payload()),
+                                codec=_core.PICKLE)], 0)
+    assert not hasattr(sys, "_microrpc_core_pwned")
+    assert core.state == _clientcore.BROKEN and isinstance(core.error, microrpc.ProtocolError)
+    assert set(ended) == {a, b}                   # every call on the connection ended
+    for call in (a, b):
+        with pytest.raises(microrpc.ProtocolError, match="codec"):
+            call.outcome()
+
+
+def test_an_error_frame_must_be_msgpack():
+    core = ready_core(codec=_core.RAW)
+    call = start(core, "echo", b"x")
+    (req,) = frames_out(core)
+    core.receive([frame(_core.ERROR, req.call_id, error_body(1), codec=_core.RAW)], 0)
+    assert core.state == _clientcore.BROKEN
+    with pytest.raises(microrpc.ProtocolError):
+        call.outcome()
+
+
+@pytest.mark.parametrize("kind", [_core.REQUEST, _core.CANCEL, _core.PING])
+def test_frames_only_clients_send_break_the_connection(kind):
+    core = ready_core()
+    call = start(core)
+    if kind == _core.REQUEST:
+        bad = _core.FrameParser()
+        bad.feed(_core.encode_frame(kind, 1, b"m", b""))
+        bad = bad.frames()[0]
+    else:
+        bad = frame(kind, 1)
+    core.receive([bad], 0)
+    assert core.state == _clientcore.BROKEN
+    with pytest.raises(microrpc.ProtocolError, match="only clients send"):
+        call.outcome()
+
+
+def test_an_undecodable_body_fails_that_call_only():
+    core = ready_core()
+    call, other = start(core), start(core)
+    req, req2 = frames_out(core)
+    core.receive([frame(_core.RESPONSE, req.call_id, b"\xc1", codec=_core.MSGPACK)], 0)
+    with pytest.raises(microrpc.ProtocolError, match="undecodable"):
+        call.outcome()
+    assert core.ready and other.pending
+
+
+def test_raw_codec_passes_bytes_through_and_checks_its_argument():
+    core = ready_core(codec=_core.RAW)
+    call = start(core, "echo", bytearray(b"ab"))
+    (req,) = frames_out(core)
+    assert req.codec == _core.RAW and req.body == b"ab"
+    core.receive([frame(_core.RESPONSE, req.call_id, b"\x00\xff", codec=_core.RAW)], 0)
+    assert call.outcome() == b"\x00\xff"
+    for args in [(), ("text",), (b"a", b"b")]:
+        with pytest.raises(TypeError, match="raw codec"):
+            core.prepare(Call(), "echo", args, None, 0)
+
+
+def test_bad_names_and_sizes_are_refused_before_anything_is_sent():
+    core = ClientCore(_core.RAW, 0, 100, None)
+    with pytest.raises(ValueError, match="1..255"):
+        core.prepare(Call(), "", (b"x",), None, 0)
+    with pytest.raises(TypeError, match="str"):
+        core.prepare(Call(), b"echo", (b"x",), None, 0)
+    with pytest.raises(microrpc.MessageTooLarge):
+        core.prepare(Call(), "echo", (b"x" * 200,), None, 0)
+    with pytest.raises(ValueError, match="positive"):
+        core.prepare(Call(), "echo", (b"x",), 0, 0)
+    with pytest.raises(microrpc.ConnectionLost):            # not connected yet
+        call = Call()
+        core.prepare(call, "echo", (b"x",), None, 0)
+        core.submit(call, 0)
+    core.abort(call, microrpc.ConnectionLost("no"))
+    assert call.state == _clientcore.DONE and (core.started, core.failed) == (1, 1)
+
+
+def test_deadlines_expire_in_order_and_cancel_at_the_server():
+    core = ready_core(timeout=1.0)
+    slow = start(core, now=0, watched=True)                    # default: due at 1 s
+    quick = start(core, timeout=0.1, now=0, watched=True)     # due at 100 ms
+    never = start(core, timeout=None, now=0)
+    req_slow, req_quick, _ = frames_out(core)
+    assert req_quick.deadline_us == 100_000 and req_slow.deadline_us == 1_000_000
+    assert core.next_deadline() == 100 * MS
+    assert core.expire(99 * MS) == ()
+    assert list(core.expire(100 * MS)) == [quick]
+    (cancel,) = frames_out(core)
+    assert cancel.kind == _core.CANCEL and cancel.call_id == req_quick.call_id
+    with pytest.raises(microrpc.DeadlineExceeded):
+        quick.outcome()
+    assert core.next_deadline() == 1 * S
+    # The late reply to the expired call is dropped, and does not touch the others.
+    core.receive([frame(_core.RESPONSE, req_quick.call_id, msgpack.packb(1),
+                        codec=_core.MSGPACK)], 200 * MS)
+    assert core.stray_replies == 1 and slow.pending and never.pending
+    assert list(core.expire(1 * S)) == [slow]
+    assert core.next_deadline() == 0 and never.pending
+    assert (core.timeouts, core.cancelled) == (2, 0)
+
+
+def test_finished_calls_do_not_pile_up_behind_a_long_one():
+    core = ready_core(timeout=10.0)
+    long_call = start(core)
+    frames_out(core)
+    for i in range(5000):
+        call = start(core, now=i)
+        (req,) = frames_out(core)
+        core.receive([frame(_core.RESPONSE, req.call_id, msgpack.packb(0),
+                            codec=_core.MSGPACK)], i)
+        assert call.state == _clientcore.DONE
+    assert core.next_deadline() == 10 * S           # still the long call's
+    assert long_call.pending and core.in_flight == 1
+
+
+def test_credits_queue_send_and_expire():
+    core = ready_core(window=1)
+    first = start(core, now=0)
+    second = start(core, now=0, watched=True)
+    third = start(core, now=10 * MS, watched=True)
+    assert (first.state, second.state, third.state) == (
+        _clientcore.SENT, _clientcore.QUEUED, _clientcore.QUEUED)
+    (req,) = frames_out(core)
+    assert req.credit == 0                          # demand piggybacked: none queued yet
+    assert core.in_flight == 3
+    # The response returns the credit and widens the window: the queue head goes out.
+    core.receive([frame(_core.RESPONSE, req.call_id, msgpack.packb(1), codec=_core.MSGPACK,
+                        flags=_core.HAS_CREDIT, credit=1)], 1 * MS)
+    (req2,) = frames_out(core)
+    assert req2.call_id != req.call_id and second.state == _clientcore.SENT
+    # The third waits longer than the credit wait allows: Overloaded on the client side.
+    wait_ns = core.credits.max_wait_ns
+    assert core.next_deadline() == 10 * MS + wait_ns
+    assert list(core.expire(10 * MS + wait_ns)) == [third]
+    with pytest.raises(microrpc.Overloaded) as info:
+        third.outcome()
+    assert info.value.side == "client"
+    # A standalone credit frame lets the next queued call go.
+    fourth = start(core, now=20 * MS)
+    assert fourth.state == _clientcore.QUEUED
+    core.receive([frame(_core.CREDIT, 0, flags=_core.HAS_CREDIT, credit=2)], 21 * MS)
+    (req4,) = frames_out(core)
+    assert fourth.state == _clientcore.SENT and req4.name == b"echo"
+
+
+def test_a_full_credit_queue_rejects_at_once():
+    core = ready_core(window=0)
+    calls = [start(core) for _ in range(core.credits.max_queue + 1)]
+    assert calls[-1].state == _clientcore.DONE
+    with pytest.raises(microrpc.Overloaded, match="queue is full"):
+        calls[-1].outcome()
+    assert all(c.state == _clientcore.QUEUED for c in calls[:-1])
+
+
+def test_cancel_sent_queued_and_finished_calls():
+    core = ready_core(window=1)
+    sent, queued = start(core), start(core)
+    (req,) = frames_out(core)
+    assert core.cancel(queued) and queued.state == _clientcore.CANCELLED
+    assert core.credits.demand() == 0
+    assert core.cancel(sent)
+    (cancel,) = frames_out(core)
+    assert (cancel.kind, cancel.call_id) == (_core.CANCEL, req.call_id)
+    assert not core.cancel(sent)                    # once
+    # The server still answers the cancelled call: its credit comes back, nothing else.
+    core.receive([frame(_core.ERROR, req.call_id, error_body(3), codec=_core.MSGPACK,
+                        flags=_core.HAS_CREDIT, credit=1)], 0)
+    assert core.stray_replies == 1 and core.credits.in_flight == 0
+    assert core.cancelled == 2
+
+
+def test_a_failed_connection_ends_every_call_and_a_new_one_starts_clean():
+    core = ready_core(window=1, timeout=5.0)
+    sent = start(core, watched=True)
+    queued = start(core, watched=True)
+    frames_out(core)
+    lost = microrpc.ConnectionLost("gone")
+    assert set(core.fail(lost)) == {sent, queued}
+    assert sent.error is lost and queued.error is lost
+    assert core.state == _clientcore.BROKEN and core.credits is None and core.in_flight == 0
+    assert core.next_deadline() == 0
+    with pytest.raises(microrpc.ConnectionLost):
+        start(core)
+    core.close_idle()
+    core.begin(1 * S)
+    (ping,) = frames_out(core)                      # nothing of the old connection is resent
+    assert ping.kind == _core.PING
+    core.receive([frame(_core.PONG)], 1 * S)
+    again = start(core, now=1 * S)
+    (req,) = frames_out(core)
+    assert req.call_id == 2                         # ids go on: 1 was the lost call's
+    core.receive([frame(_core.RESPONSE, req.call_id, msgpack.packb("ok"),
+                        codec=_core.MSGPACK)], 1 * S)
+    assert again.outcome() == "ok" and core.handshakes == 2
+    assert (core.started, core.ok, core.failed) == (3, 1, 2)
