@@ -17,7 +17,6 @@ from microrpc.errors import (
 from microrpc.aio import AsyncClient
 from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
 from microrpc.server import Server, ServerStatistics
-from microrpc import loadgen as bench  # the open-loop load generator: microrpc.bench.run(...)
 
 __all__ = [
     "Client",
@@ -36,3 +35,18 @@ __all__ = [
     "ProtocolError",
     "MessageTooLarge",
 ]
+
+
+def __getattr__(name: str):
+    # ``microrpc.bench`` is the load generator package, ``microrpc.loadgen``: a tool that
+    # needs hdrhistogram, which a program that only makes or serves calls should not pay
+    # to import. It is imported here on first use, then kept as a plain attribute.
+    if name == "bench":
+        from microrpc import loadgen
+        globals()["bench"] = loadgen
+        return loadgen
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"bench"})

@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from microrpc.loadgen_synthetic import ServiceTime, parse_duration_ns, parse_policy
+from microrpc.loadgen.synthetic import ServiceTime, parse_duration_ns, parse_policy
 
 __all__ = ["main"]
 
@@ -146,7 +146,7 @@ def bench(address, json_path, hgrm_prefix, stats_method, progress, cpus, service
     up, or connections were lost) or its accounting failed, 2 for bad arguments.
     """
     from microrpc import loadgen
-    from microrpc.loadgen_report import live_progress, print_result
+    from microrpc.loadgen.report import live_progress, print_result
 
     try:
         spec = loadgen.LoadSpec(address=address, cpus=cpus or (), service=_service(service),
@@ -191,7 +191,7 @@ def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed) -> N
     and `synthetic.stats`. Prints the bound address on one line, then serves until SIGINT,
     SIGTERM or --max-seconds."""
     import microrpc
-    from microrpc.loadgen_synthetic import register_synthetic, statistics_dict
+    from microrpc.loadgen.synthetic import register_synthetic, statistics_dict
 
     try:
         overload = parse_policy(policy)

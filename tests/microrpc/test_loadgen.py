@@ -15,8 +15,8 @@ import breakwater
 from microrpc import loadgen
 from microrpc.cli import main
 from microrpc.loadgen import LoadSpec, PoissonSchedule, schedule_seed
-from microrpc.loadgen_result import OUTCOMES, AccountingError, Tally
-from microrpc.loadgen_synthetic import (ServiceTime, decode_service, encode_service,
+from microrpc.loadgen.result import OUTCOMES, AccountingError, Tally
+from microrpc.loadgen.synthetic import (ServiceTime, decode_service, encode_service,
                                         parse_duration_ns, parse_policy)
 
 

@@ -1,24 +1,15 @@
-"""``microrpc bench``: an open-loop load generator for any microrpc server.
-
-Requests arrive on a Poisson schedule (piecewise-constant rate, so steps can be run) from
-``clients`` simulated clients, each a Breakwater session with its own
-:class:`breakwater.ClientCredits`, multiplexed over a few connections per generator process.
-The schedule never waits for the server: a request is due at its *intended* send time
-whatever happened to earlier ones, and its latency is measured from that intended time (a
-generator that waited for replies, or measured from the actual send, would hide exactly the
-queueing an overloaded server causes: "coordinated omission"). How late the generator itself
-was (actual submit time - intended) is recorded too, and a run whose p99 send lag exceeds
-``max_lag_fraction`` x SLO is marked INVALID: the generator, not the server, was the bottleneck.
+"""One load-generator process: what to run (:class:`LoadSpec`), when each request is due
+(:class:`PoissonSchedule`) and the loop that sends them and accounts for every reply
+(:class:`Engine`). ``runner.run`` drives one engine in the calling thread or several in
+child processes (``procs``), and merges their tallies.
 
 One generator process is one thread that spins on its sockets (epoll with a zero timeout) and
-sleeps only when nothing is due for a few milliseconds: it is meant to own a core. More
-processes (``procs``) split the rate and the clients; their tallies are merged (HdrHistograms
-added, series summed). Every run is bounded: the schedule ends, then replies get at most
-``drain`` seconds, and whatever is still unanswered counts as a timeout.
+sleeps only when nothing is due for a few milliseconds: it is meant to own a core. Its
+``clients`` simulated clients are Breakwater sessions, each with its own
+:class:`breakwater.ClientCredits`, multiplexed over a few connections.
 
 The superposition of N independent Poisson processes of rate r/N is one Poisson process of
 rate r whose arrivals pick a client uniformly at random, which is how arrivals are drawn.
-See docs/loadgen.md.
 """
 from __future__ import annotations
 
@@ -37,11 +28,10 @@ from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Su
 from microrpc import _core, _native, codecs, transport
 from microrpc.client import outcome_of
 from microrpc.errors import ConnectionLost, RpcError
-from microrpc.loadgen_result import OUTCOMES, AccountingError, LoadResult, Tally
-from microrpc.loadgen_synthetic import ServiceTime, encode_service
+from microrpc.loadgen.result import Tally
+from microrpc.loadgen.synthetic import ServiceTime, encode_service
 
-__all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "run", "fetch_server_stats", "AccountingError",
-           "LoadResult", "OUTCOMES"]
+__all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "Engine", "pin"]
 
 _MAX_SESSION = 0xFFFFFFFF
 _MAX_DEADLINE_US = 0xFFFFFFFF
@@ -635,75 +625,7 @@ class Engine:
                 "pending": self.pending}
 
 
-# --------------------------------------------------------------------------- running
-
-
 def pin(spec: LoadSpec, index: int) -> None:
     """Pin the calling process to its CPU of ``spec.cpus`` (if any)."""
     if spec.cpus:
         os.sched_setaffinity(0, {spec.cpus[index % len(spec.cpus)]})
-
-
-def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
-        stats_method: str | None = None) -> LoadResult:
-    """Run the load described by ``spec`` and return the merged, checked result.
-
-    ``progress`` (optional) is called about every 200 ms with a dict of running counts.
-    With one process the generator runs in the calling thread (pinned to ``spec.cpus[0]``
-    when given: that pins the caller). ``stats_method``: a method of the server that returns
-    its statistics (the synthetic server's ``synthetic.stats``), fetched after the run.
-    Raises AccountingError if any request is not accounted for exactly once.
-    """
-    if spec.procs == 1:
-        pin(spec, 0)
-        engine = Engine(spec, 0, progress)
-        if spec.prime:
-            engine.prime()
-        tallies = [engine.run(_native.monotonic_ns() + 1_000_000)]
-    else:
-        from microrpc.loadgen_procs import run_processes
-        tallies = run_processes(spec, progress)
-    for i, t in enumerate(tallies):
-        t.check(f"process {i}")
-    merged = Tally.merge(tallies)
-    merged.check("merged run")
-    if sum(t.offered for t in tallies) != merged.offered:
-        raise AccountingError("merged offered count differs from the processes' sum")
-    measured_s = spec.measured_s
-    reasons = []
-    lag = merged.send_lag
-    if lag.get_total_count():
-        p99 = lag.get_value_at_percentile(99.0)
-        limit = spec.max_lag_fraction * spec.slo * 1e9
-        if p99 > limit:
-            reasons.append(f"generator fell behind its schedule: p99 send lag "
-                           f"{p99 / 1e3:.0f} us > {limit / 1e3:.0f} us "
-                           f"({spec.max_lag_fraction:g} x SLO)")
-    if merged.connections_lost:
-        reasons.append(f"{merged.connections_lost} connection(s) lost")
-    if merged.stray_frames:
-        reasons.append(f"{merged.stray_frames} replies to unknown calls (server bug?)")
-    per_process = [{"offered": t.offered, "outcomes": dict(t.counts), "good": t.good,
-                    "latency_count": t.latency.get_total_count(),
-                    "send_lag_p99_us": (t.send_lag.get_value_at_percentile(99.0) / 1e3
-                                        if t.send_lag.get_total_count() else None),
-                    "elapsed_s": t.elapsed_ns / 1e9,
-                    "cpu_share": t.cpu_ns / t.elapsed_ns if t.elapsed_ns else None}
-                   for t in tallies]
-    result = LoadResult(
-        config=dataclasses.asdict(spec), tally=merged, measured_s=measured_s,
-        offered_rate=merged.offered / measured_s if measured_s else 0.0,
-        per_process=per_process, valid=not reasons, invalid_reasons=reasons)
-    if stats_method:
-        result.server_stats = fetch_server_stats(spec.address, stats_method)
-    return result
-
-
-def fetch_server_stats(address: str, method: str, timeout: float = 5.0) -> dict:
-    """Call a statistics method on the server (msgpack codec) and return its dict."""
-    from microrpc.client import Client
-    with Client(address, timeout=timeout) as c:
-        stats = c.call(method)
-    if not isinstance(stats, dict):
-        raise RpcError(f"{method} returned {type(stats).__name__}, not a dict")
-    return stats

@@ -1,6 +1,6 @@
 """Several load-generator processes for one run (``LoadSpec.procs`` > 1).
 
-Each child is ``python -m microrpc.loadgen_procs``, a fresh interpreter (not a fork: the
+Each child is ``python -m microrpc.loadgen.procs``, a fresh interpreter (not a fork: the
 caller may have threads or a running server, and multiprocessing's spawn would re-import
 the caller's ``__main__``). They talk over the child's stdin/stdout, one line per message:
 
@@ -29,8 +29,8 @@ from typing import Any, Callable
 import msgpack
 
 from microrpc import _native
-from microrpc.loadgen import Engine, LoadSpec, pin
-from microrpc.loadgen_result import Tally
+from microrpc.loadgen.engine import Engine, LoadSpec, pin
+from microrpc.loadgen.result import Tally
 
 __all__ = ["run_processes"]
 
@@ -96,7 +96,7 @@ def run_processes(spec: LoadSpec, progress: Callable[[dict], None] | None) -> li
         for i in range(spec.procs):
             err = tempfile.TemporaryFile()
             errs.append(err)
-            p = subprocess.Popen([sys.executable, "-m", "microrpc.loadgen_procs"],
+            p = subprocess.Popen([sys.executable, "-m", "microrpc.loadgen.procs"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
             children.append(p)
             threading.Thread(target=_reader, args=(i, p.stdout, lines), daemon=True).start()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from microrpc.loadgen_result import OUTCOMES, LoadResult
+from microrpc.loadgen.result import OUTCOMES, LoadResult
 
 __all__ = ["live_progress", "result_table", "print_result"]
 

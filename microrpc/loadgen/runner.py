@@ -1,0 +1,82 @@
+"""Running a load: one engine in the calling thread, or ``procs`` child processes, then the
+merged tallies checked (every request accounted for exactly once) and judged valid or not.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from microrpc import _native
+from microrpc.client import Client
+from microrpc.errors import RpcError
+from microrpc.loadgen.engine import Engine, LoadSpec, pin
+from microrpc.loadgen.result import AccountingError, LoadResult, Tally
+
+__all__ = ["run", "fetch_server_stats"]
+
+
+def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
+        stats_method: str | None = None) -> LoadResult:
+    """Run the load described by ``spec`` and return the merged, checked result.
+
+    ``progress`` (optional) is called about every 200 ms with a dict of running counts.
+    With one process the generator runs in the calling thread (pinned to ``spec.cpus[0]``
+    when given: that pins the caller). ``stats_method``: a method of the server that returns
+    its statistics (the synthetic server's ``synthetic.stats``), fetched after the run.
+    Raises AccountingError if any request is not accounted for exactly once.
+    """
+    if spec.procs == 1:
+        pin(spec, 0)
+        engine = Engine(spec, 0, progress)
+        if spec.prime:
+            engine.prime()
+        tallies = [engine.run(_native.monotonic_ns() + 1_000_000)]
+    else:
+        # Imported here, not at the top: `python -m microrpc.loadgen.procs` (each child)
+        # imports this package first, and runpy warns about, and runs twice, a module
+        # that the package had already imported.
+        from microrpc.loadgen.procs import run_processes
+        tallies = run_processes(spec, progress)
+    for i, t in enumerate(tallies):
+        t.check(f"process {i}")
+    merged = Tally.merge(tallies)
+    merged.check("merged run")
+    if sum(t.offered for t in tallies) != merged.offered:
+        raise AccountingError("merged offered count differs from the processes' sum")
+    measured_s = spec.measured_s
+    reasons = []
+    lag = merged.send_lag
+    if lag.get_total_count():
+        p99 = lag.get_value_at_percentile(99.0)
+        limit = spec.max_lag_fraction * spec.slo * 1e9
+        if p99 > limit:
+            reasons.append(f"generator fell behind its schedule: p99 send lag "
+                           f"{p99 / 1e3:.0f} us > {limit / 1e3:.0f} us "
+                           f"({spec.max_lag_fraction:g} x SLO)")
+    if merged.connections_lost:
+        reasons.append(f"{merged.connections_lost} connection(s) lost")
+    if merged.stray_frames:
+        reasons.append(f"{merged.stray_frames} replies to unknown calls (server bug?)")
+    per_process = [{"offered": t.offered, "outcomes": dict(t.counts), "good": t.good,
+                    "latency_count": t.latency.get_total_count(),
+                    "send_lag_p99_us": (t.send_lag.get_value_at_percentile(99.0) / 1e3
+                                        if t.send_lag.get_total_count() else None),
+                    "elapsed_s": t.elapsed_ns / 1e9,
+                    "cpu_share": t.cpu_ns / t.elapsed_ns if t.elapsed_ns else None}
+                   for t in tallies]
+    result = LoadResult(
+        config=dataclasses.asdict(spec), tally=merged, measured_s=measured_s,
+        offered_rate=merged.offered / measured_s if measured_s else 0.0,
+        per_process=per_process, valid=not reasons, invalid_reasons=reasons)
+    if stats_method:
+        result.server_stats = fetch_server_stats(spec.address, stats_method)
+    return result
+
+
+def fetch_server_stats(address: str, method: str, timeout: float = 5.0) -> dict:
+    """Call a statistics method on the server (msgpack codec) and return its dict."""
+    with Client(address, timeout=timeout) as c:
+        stats = c.call(method)
+    if not isinstance(stats, dict):
+        raise RpcError(f"{method} returned {type(stats).__name__}, not a dict")
+    return stats
