@@ -2,7 +2,7 @@
 # Cython cimport it to read a call's state without a Python attribute lookup.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
-from microrpc._core cimport OutBuffer
+from microrpc._core cimport Frame, OutBuffer
 
 cdef enum:
     # The life of one call. QUEUED and SENT are pending; DONE and CANCELLED are final, and a
@@ -47,7 +47,9 @@ cdef class ClientCore:
     cdef readonly object credits       # breakwater.ClientCredits, or None: no credits
     cdef readonly object error         # what broke the connection (CONN_BROKEN)
     cdef dict calls                    # call id -> Call, for calls SENT
-    cdef uint64_t next_id
+    cdef uint32_t next_id              # low half of the next call id
+    cdef readonly int credit_queue
+    cdef readonly int64_t credit_wait_ns
     cdef int64_t default_timeout_ns    # 0: none
     cdef uint32_t default_timeout_us
     cdef object by_deadline            # deque of Calls with the default timeout, in order
@@ -62,6 +64,8 @@ cdef class ClientCore:
     cdef int _finish(self, Call call, object value, object error) except -1
     cdef int _send(self, Call call) except -1
     cdef int _on_reply(self, object frame, int64_t now) except -1
+    cdef int _on_frame(self, Frame f, int64_t now) except -1
+    cdef int _set_deadline(self, Call call, object timeout, int64_t now) except -1
     cdef int _drain_ready(self, object ready) except -1
     cdef _fail(self, error)
     cdef _break(self, error)

@@ -32,7 +32,7 @@ from microrpc._core cimport (
     OutBuffer,
 )
 
-from breakwater import ClientCredits, Submit
+from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Submit
 from microrpc.errors import (
     ConnectionLost, DeadlineExceeded, MessageTooLarge, MethodNotFound, Overloaded,
     ProtocolError, RemoteError,
@@ -121,13 +121,17 @@ cdef class ClientCore:
     """
 
     def __cinit__(self, int codec, uint32_t session=0, Py_ssize_t max_message_size=16777216,
-                  object timeout=None):
+                  object timeout=None, int credit_queue=DEFAULT_MAX_QUEUE,
+                  int64_t credit_wait_ns=DEFAULT_MAX_WAIT_NS):
         if codec < CODEC_RAW or codec > CODEC_PICKLE:
             raise ValueError(f"unknown codec {codec}")
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         self.codec = codec
         self.session = session
+        # How many calls may wait for credit, and for how long (breakwater.ClientCredits).
+        self.credit_queue = credit_queue
+        self.credit_wait_ns = credit_wait_ns
         self.max_message_size = max_message_size
         if timeout is None:
             self.default_timeout_ns = 0
@@ -150,12 +154,16 @@ cdef class ClientCore:
 
     # -- connection ---------------------------------------------------------------------
 
-    def begin(self, int64_t now):
+    def begin(self, int64_t now, OutBuffer out=None):
         """A new connection is open: queue the handshake PING (its PONG says whether the
-        server hands out credits). Calls may be submitted once :attr:`ready`."""
+        server hands out credits). Calls may be submitted once :attr:`ready`.
+
+        ``out``: an output buffer to write into instead of a fresh one of this core's own:
+        cores of many sessions that share one connection (the load generator) share it, so
+        one ``send`` carries the frames of all of them."""
         if self.state == CONN_HANDSHAKE or self.state == CONN_READY:
             raise RuntimeError("the previous connection has not ended")
-        self.out = OutBuffer()
+        self.out = OutBuffer() if out is None else out
         self.state = CONN_HANDSHAKE
         self.error = None
         self.credits = None
@@ -244,6 +252,9 @@ cdef class ClientCore:
                 f"request of {PyBytes_GET_SIZE(call.name) + PyBytes_GET_SIZE(body)} bytes is "
                 f"over the max_message_size limit of {self.max_message_size}")
         call.body = body
+        self._set_deadline(call, timeout, now)
+
+    cdef int _set_deadline(self, Call call, object timeout, int64_t now) except -1:
         if timeout is USE_DEFAULT:
             call.by_default = True
             if self.default_timeout_ns:
@@ -254,6 +265,18 @@ cdef class ClientCore:
                 raise ValueError("timeout must be positive or None")
             call.deadline_ns = now + <int64_t>(timeout * 1e9)
             call.deadline_us = _wire_us(timeout)
+        return 0
+
+    def prepare_body(self, Call call, method, bytes body, object timeout, int64_t now):
+        """As :meth:`prepare`, for a body already encoded in this core's codec (tools that
+        encode their own requests, such as the load generator)."""
+        call.name = self.wire_name(method)
+        if PyBytes_GET_SIZE(call.name) + PyBytes_GET_SIZE(body) > self.max_message_size:
+            raise MessageTooLarge(
+                f"request of {PyBytes_GET_SIZE(call.name) + PyBytes_GET_SIZE(body)} bytes is "
+                f"over the max_message_size limit of {self.max_message_size}")
+        call.body = body
+        self._set_deadline(call, timeout, now)
 
     def submit(self, Call call, int64_t now):
         """Send a prepared call, or hold it for credit; a full credit queue ends it at once
@@ -294,9 +317,12 @@ cdef class ClientCore:
             self._finish(call, None, error)
 
     cdef int _send(self, Call call) except -1:
-        cdef uint64_t cid = self.next_id
+        # The session is the id's high half, so that the calls of the sessions sharing one
+        # connection never share an id (a CANCEL names one call); the low half wraps after
+        # 2**32 calls, long after any reply to that id could still come.
+        cdef uint64_t cid = (<uint64_t>self.session << 32) | self.next_id
         cdef uint32_t demand = 0
-        self.next_id = cid + 1 if cid != 0xFFFFFFFFFFFFFFFF else 1
+        self.next_id = self.next_id + 1 if self.next_id != 0xFFFFFFFF else 1
         call.call_id = cid
         call.state = CALL_SENT
         self.calls[cid] = call
@@ -352,31 +378,41 @@ cdef class ClientCore:
         A frame a server must not send breaks the connection (state BROKEN, :attr:`error`
         set, every call ended): the driver then closes the channel."""
         cdef Frame f
-        cdef int kind
         for f in frames:
             if self.state == CONN_BROKEN:
                 break
-            kind = f.kind
-            if kind == KIND_RESPONSE or kind == KIND_ERROR:
-                self._on_reply(f, now)
-            elif kind == KIND_CREDIT:
-                if self.credits is not None:
-                    try:
-                        ready = self.credits.on_credit(f.credit, now)
-                    except ValueError as exc:
-                        self._break(ProtocolError(f"bad credit frame: {exc}"))
-                        break
-                    self._drain_ready(ready)
-            elif kind == KIND_PONG:
-                if self.state == CONN_HANDSHAKE:
-                    if f.flags & FLAG_HAS_CREDIT:
-                        self.credits = ClientCredits()
-                        self.credits.on_credit(f.credit, now)
-                    self.state = CONN_READY
-            else:
-                self._break(ProtocolError(f"a server sent a frame of kind {kind}, which only "
-                                          f"clients send"))
+            self._on_frame(f, now)
         return self.take_ended()
+
+    def receive_frame(self, Frame f, int64_t now):
+        """:meth:`receive` for one frame (a driver that routes frames to the cores of many
+        sessions by their session field)."""
+        if self.state != CONN_BROKEN:
+            self._on_frame(f, now)
+        return self.take_ended()
+
+    cdef int _on_frame(self, Frame f, int64_t now) except -1:
+        cdef int kind = f.kind
+        if kind == KIND_RESPONSE or kind == KIND_ERROR:
+            self._on_reply(f, now)
+        elif kind == KIND_CREDIT:
+            if self.credits is not None:
+                try:
+                    ready = self.credits.on_credit(f.credit, now)
+                except ValueError as exc:
+                    self._break(ProtocolError(f"bad credit frame: {exc}"))
+                    return 0
+                self._drain_ready(ready)
+        elif kind == KIND_PONG:
+            if self.state == CONN_HANDSHAKE:
+                if f.flags & FLAG_HAS_CREDIT:
+                    self.credits = ClientCredits(self.credit_queue, self.credit_wait_ns)
+                    self.credits.on_credit(f.credit, now)
+                self.state = CONN_READY
+        else:
+            self._break(ProtocolError(f"a server sent a frame of kind {kind}, which only "
+                                      f"clients send"))
+        return 0
 
     cdef int _on_reply(self, object frame, int64_t now) except -1:
         cdef Frame f = frame

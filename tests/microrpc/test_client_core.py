@@ -302,8 +302,38 @@ def test_a_failed_connection_ends_every_call_and_a_new_one_starts_clean():
     core.receive([frame(_core.PONG)], 1 * S)
     again = start(core, now=1 * S)
     (req,) = frames_out(core)
-    assert req.call_id == 2                         # ids go on: 1 was the lost call's
+    assert req.call_id == (7 << 32) | 2             # ids go on: 1 was the lost call's
     core.receive([frame(_core.RESPONSE, req.call_id, msgpack.packb("ok"),
                         codec=_core.MSGPACK)], 1 * S)
     assert again.outcome() == "ok" and core.handshakes == 2
     assert (core.started, core.ok, core.failed) == (3, 1, 2)
+
+
+def test_sessions_sharing_one_connection_share_its_buffer_not_their_ids():
+    """The load generator's layout: a core per simulated client, one output buffer per
+    connection, frames routed back to the cores by their session field."""
+    out = _core.OutBuffer()
+    cores = {s: ClientCore(_core.RAW, s, 1 << 20, 1.0) for s in (1, 2)}
+    for core in cores.values():
+        core.begin(0, out)
+    parser = _core.FrameParser()
+    parser.feed(out.take())
+    pings = parser.frames()
+    assert [p.session for p in pings] == [1, 2]
+    for p in pings:
+        cores[p.session].receive_frame(frame(_core.PONG, p.call_id, session=p.session), 0)
+    calls = {}
+    for s, core in cores.items():
+        call = Call()
+        call.watched = True
+        core.prepare_body(call, "echo", b"body%d" % s, _clientcore.USE_DEFAULT, 0)
+        core.submit(call, 0)
+        calls[s] = call
+    parser.feed(out.take())
+    reqs = parser.frames()
+    assert len({r.call_id for r in reqs}) == 2 and [r.body for r in reqs] == [b"body1", b"body2"]
+    for r in reqs:
+        ended = cores[r.session].receive_frame(
+            frame(_core.RESPONSE, r.call_id, r.body, codec=_core.RAW, session=r.session), 0)
+        assert list(ended) == [calls[r.session]]
+    assert calls[1].outcome() == b"body1" and calls[2].outcome() == b"body2"
