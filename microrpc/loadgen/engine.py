@@ -24,22 +24,21 @@ from typing import Any, Callable
 
 import msgpack
 
-from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Submit
-from microrpc import _core, _native, codecs, transport
-from microrpc.client import outcome_of
-from microrpc.errors import ConnectionLost, RpcError
+from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS
+from microrpc import _clientcore, _core, _native, channel, codecs, transport
+from microrpc._clientcore import Call, ClientCore
+from microrpc.errors import ConnectionLost, DeadlineExceeded, Overloaded, RpcError
 from microrpc.loadgen.result import Tally
 from microrpc.loadgen.synthetic import ServiceTime, encode_service
 
 __all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "Engine", "pin"]
 
 _MAX_SESSION = 0xFFFFFFFF
-_MAX_DEADLINE_US = 0xFFFFFFFF
 _PROGRESS_NS = 200_000_000        # progress callbacks at most this often
 _SPIN_BEFORE_NS = 2_000_000       # spin (no sleep) when the next event is this close
-_SEND, _QUEUED = Submit.SEND, Submit.QUEUED
-_REQUEST, _RESPONSE, _ERROR, _CREDIT = _core.REQUEST, _core.RESPONSE, _core.ERROR, _core.CREDIT
-_HAS_CREDIT = _core.HAS_CREDIT
+_USE_DEFAULT = _clientcore.USE_DEFAULT
+_DONE, _QUEUED, _BROKEN = _clientcore.DONE, _clientcore.QUEUED, _clientcore.BROKEN
+_FOREVER = 1 << 62                # a time past every deadline and credit wait
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +52,6 @@ class LoadSpec:
     ``service`` (e.g. ``"exp:100us"``) makes each request body ask the synthetic ``spin``
     method for a service time drawn here; with ``service=None`` the body is ``payload``
     zero bytes (raw codec) or ``[bytes]`` (msgpack), for any other method.
-    ``prime``: register every session with one unmeasured request before the schedule
-    starts (see ``Engine.prime``).
     """
 
     address: str
@@ -79,7 +76,6 @@ class LoadSpec:
     client_max_wait: float = DEFAULT_MAX_WAIT_NS / 1e9
     seed: int = 1
     cpus: tuple[int, ...] = ()
-    prime: bool = True
 
     def __post_init__(self) -> None:
         transport.parse_address(self.address)
@@ -181,34 +177,28 @@ def schedule_seed(spec: LoadSpec, index: int) -> int:
     return spec.seed * 1_000_003 + index
 
 
-class _Req:
-    __slots__ = ("client", "intended", "measured", "timed_out", "prime")
-
-    def __init__(self, client: "_Client", intended: int, measured: bool) -> None:
-        self.client = client
-        self.intended = intended
-        self.measured = measured
-        self.timed_out = False
-        self.prime = False        # a registration request: no outcome, not offered
+class _Req(Call):
+    """One request of the schedule: a core call that remembers when it was due."""
+    __slots__ = ("client", "intended", "measured")
 
 
 class _Client:
-    __slots__ = ("credits", "session", "conn")
+    """One simulated client: a Breakwater session with its own protocol core."""
+    __slots__ = ("core", "conn")
 
-    def __init__(self, credits: ClientCredits, session: int, conn: "_Conn") -> None:
-        self.credits = credits
-        self.session = session
+    def __init__(self, core: ClientCore, conn: "_Conn") -> None:
+        self.core = core
         self.conn = conn
 
 
 class _Conn:
-    __slots__ = ("chan", "fd", "inflight", "next_id", "dirty", "dead", "clients", "sessions")
+    """One connection and the output buffer that all its sessions' cores write into."""
+    __slots__ = ("chan", "fd", "out", "dirty", "dead", "clients", "sessions")
 
-    def __init__(self, chan: _native.Channel) -> None:
+    def __init__(self, chan: Any) -> None:
         self.chan = chan
         self.fd = chan.fileno()
-        self.inflight: dict[int, _Req] = {}
-        self.next_id = 1
+        self.out = _core.OutBuffer()
         self.dirty = False
         self.dead = False
         self.clients: list[_Client] = []
@@ -219,8 +209,25 @@ def _share(total: int, index: int, n: int) -> int:
     return total // n + (1 if index < total % n else 0)
 
 
+def outcome_name(error: BaseException | None) -> tuple[str, str | None]:
+    """The tally's outcome for a call that ended with ``error`` (and the error's type for
+    the "error" outcome)."""
+    if error is None:
+        return "ok", None
+    if isinstance(error, Overloaded):
+        return ("rejected_server" if error.side == "server" else "rejected_client"), None
+    if isinstance(error, DeadlineExceeded):
+        return "timeout", None
+    return "error", type(error).__name__
+
+
 class Engine:
-    """One generator process: its share of the clients, connections and rate."""
+    """One generator process: its share of the clients, connections and rate.
+
+    Every simulated client is a :class:`microrpc._clientcore.ClientCore` (the same protocol
+    core as ``Client`` and ``AsyncClient``: credits, deadlines, cancel, outcomes); the engine
+    is only a driver that multiplexes them over a few connections and keeps the schedule.
+    """
 
     def __init__(self, spec: LoadSpec, index: int,
                  progress: Callable[[dict], None] | None = None) -> None:
@@ -243,40 +250,44 @@ class Engine:
         self.schedule: PoissonSchedule | None = None
         self.slo_ns = int(spec.slo * 1e9)
         self.timeout_ns = int(spec.timeout * 1e9)
-        self.deadline_us = min(max(int(spec.timeout * 1e6), 1), _MAX_DEADLINE_US)
         self.max_wait_ns = int(spec.client_max_wait * 1e9)
         self.drain_ns = int(spec.drain * 1e9)
         bucket_ns = max(int(spec.bucket * 1e9), 1000)
         horizon = int(spec.measured_s * 1e9) + self.drain_ns + self.timeout_ns
         self.tally = Tally(self.slo_ns, bucket_ns, horizon // bucket_ns + 2)
-        self.name = spec.method.encode()
-        self.codec = codecs.codec_id(spec.codec)
+        self.method = spec.method
         self.fixed_body = (b"\0" * spec.payload if spec.codec == "raw"
                            else msgpack.packb([b"\0" * spec.payload]))
         self.progress = progress
         self.pending = 0                  # offered and not yet given an outcome
-        self.priming = 0                  # registration requests not yet answered
         self.next_t: int | None = None    # intended time of the next scheduled arrival
         self.reissue: list[_Client] = []  # closed loop: clients whose request just ended
-        self.expiries: collections.deque = collections.deque()  # (time, client), FIFO
-        self.timeouts: collections.deque = collections.deque()  # (time, conn, call id), FIFO
+        # (time, client) FIFOs of when a client's core has something to expire: the
+        # deadline of a call (all calls share spec.timeout, so submission order is
+        # deadline order) and the credit wait of a queued call.
+        self.expiries: collections.deque = collections.deque()
+        self.deadlines: collections.deque = collections.deque()
         self.dirty: list[_Conn] = []
         self.conns: list[_Conn] = []
         self.by_fd: dict[int, _Conn] = {}
         self.epoll = select.epoll()
         for _ in range(n_conns):
-            sock = transport.connect(spec.address, 5.0)
-            conn = _Conn(_native.Channel(sock.detach(), _core.DEFAULT_MAX_MESSAGE_SIZE))
+            chan = channel.open_channel(spec.address, connect_timeout=5.0,
+                                        max_message_size=_core.DEFAULT_MAX_MESSAGE_SIZE)
+            conn = _Conn(chan)
             self.conns.append(conn)
             self.by_fd[conn.fd] = conn
             self.epoll.register(conn.fd, select.EPOLLIN)
         base = index * spec.clients + 1 if not self.closed else index * spec.closed + 1
+        codec = codecs.codec_id(spec.codec)
         self.clients = []
         for i in range(n_clients):
             conn = self.conns[i % n_conns]
-            c = _Client(ClientCredits(spec.client_queue, self.max_wait_ns), base + i, conn)
+            core = ClientCore(codec, base + i, _core.DEFAULT_MAX_MESSAGE_SIZE, spec.timeout,
+                              spec.client_queue, self.max_wait_ns)
+            c = _Client(core, conn)
             conn.clients.append(c)
-            conn.sessions[c.session] = c
+            conn.sessions[base + i] = c
             self.clients.append(c)
         self.tally.sessions = n_clients
         self.tally.connections = n_conns
@@ -293,7 +304,11 @@ class Engine:
         if client is None:
             client = self.clients[int(self.rng.random() * len(self.clients))]
         measured = intended >= self.m0
-        req = _Req(client, intended, measured)
+        req = _Req()
+        req.watched = True
+        req.client = client
+        req.intended = intended
+        req.measured = measured
         self.pending += 1
         t = self.tally
         if measured:
@@ -303,46 +318,31 @@ class Engine:
             t.series["offered"][t.bucket(intended - self.m0)] += 1
         else:
             t.warmup_offered += 1
-        if client.conn.dead:
-            self._finish(req, "error", now, "ConnectionLost")
-            return
-        r = client.credits.submit(req, now)
-        if r is _SEND:
-            self._send(req, now)
-        elif r is _QUEUED:
-            self.expiries.append((now + self.max_wait_ns, client))
-        else:
-            self._finish(req, "rejected_client", now)
-
-    def _send(self, req: _Req, now: int) -> None:
-        client = req.client
         conn = client.conn
-        if conn.dead:
-            self._finish(req, "error", now, "ConnectionLost")
-            return
-        cid = conn.next_id
-        conn.next_id = cid + 1
+        core = client.core
         try:
-            conn.chan.put_frame(_REQUEST, cid, self.name, self._body(), self.codec,
-                                client.session, self.deadline_us, client.credits.demand())
+            if conn.dead:
+                raise ConnectionLost("the connection was lost")
+            core.prepare_body(req, self.method, self._body(), _USE_DEFAULT, now)
+            state = core.submit(req, now)
         except RpcError as exc:
-            self._finish(req, "error", now, type(exc).__name__)
-            if isinstance(exc, ConnectionLost):
-                self._lose(conn, now)
-            else:
-                # Not sent (e.g. MessageTooLarge): give the credit it took back, unchanged.
-                for token in client.credits.on_response(client.credits.window, now):
-                    self._send(token, now)
+            core.abort(req, exc)
+            self._finish(req, now)
             return
-        conn.inflight[cid] = req
-        self.timeouts.append((now + self.timeout_ns, conn, cid))
-        if not conn.dirty:
+        if state == _DONE:
+            self._finish(req, now)            # the client's credit queue was full
+            return
+        self.deadlines.append((req.deadline, client))
+        if state == _QUEUED:
+            self.expiries.append((now + self.max_wait_ns, client))
+        if not conn.dirty and len(conn.out):
             conn.dirty = True
             self.dirty.append(conn)
 
-    def _finish(self, req: _Req, outcome: str, now: int, error_type: str | None = None) -> None:
+    def _finish(self, req: _Req, now: int) -> None:
         self.pending -= 1
         t = self.tally
+        outcome, error_type = outcome_name(req.error)
         if req.measured:
             since = now - self.m0
             if outcome == "ok":
@@ -356,69 +356,42 @@ class Engine:
         if self.closed and now < self.end_ns and not req.client.conn.dead:
             self.reissue.append(req.client)
 
+    def _ended(self, ended: Any, now: int) -> None:
+        for req in ended:
+            self._finish(req, now)
+
     # -- replies -----------------------------------------------------------------------
 
     def _read(self, conn: _Conn) -> None:
         try:
             frames = conn.chan.recv_frames(0, False)
         except RpcError as exc:
-            self._lose(conn, self.clock(), type(exc).__name__)
+            self._lose(conn, self.clock(), exc)
             return
         now = self.clock()
+        sessions = conn.sessions
         for i, f in enumerate(frames):
             if i & 31 == 31:
                 # A big batch of replies takes ms to process: keep the schedule on time.
                 now = self.clock()
                 self._arrivals(now)
-            kind = f.kind
-            if kind == _RESPONSE or kind == _ERROR:
-                req = conn.inflight.pop(f.call_id, None)
-                if req is None:
-                    self.tally.stray_frames += 1
-                    continue
-                if req.prime:
-                    self.priming -= 1
-                    if kind == _ERROR:   # e.g. AQM: 1,000 registrations arrive at once
-                        self.tally.prime_rejected += 1
-                elif req.timed_out:
-                    self.tally.late_replies += 1
-                elif kind == _RESPONSE:
-                    self._finish(req, "ok", now)
-                else:
-                    self._finish_error(req, f, now)
-                client = req.client
-                window = f.credit if f.flags & _HAS_CREDIT else None
-                for token in client.credits.on_response(window, now):
-                    self._send(token, now)
-            elif kind == _CREDIT:
-                client = conn.sessions.get(f.session)
-                if client is None:
-                    self.tally.stray_frames += 1
-                    continue
-                for token in client.credits.on_credit(f.credit, now):
-                    self._send(token, now)
-            # PONG and anything else the server may add later: nothing to account for.
+            client = sessions.get(f.session)
+            if client is None:
+                self.tally.stray_frames += 1
+                continue
+            ended = client.core.receive_frame(f, now)
+            if ended:
+                self._ended(ended, now)
+            if client.core.state == _BROKEN:
+                self._lose(conn, now, client.core.error)
+                return
+        if not conn.dirty and len(conn.out):
+            conn.dirty = True                  # requests that credits let go
+            self.dirty.append(conn)
 
-    def _finish_error(self, req: _Req, frame: Any, now: int) -> None:
-        try:
-            code = codecs.decode_error(frame.body)[0]
-        except RpcError as exc:
-            self._finish(req, "error", now, type(exc).__name__)
-            return
-        if code == codecs.OVERLOADED:
-            self._finish(req, "rejected_server", now)
-        elif code == codecs.DEADLINE_EXCEEDED:
-            self._finish(req, "timeout", now)
-        else:
-            try:
-                outcome_of(frame)
-                name = "RpcError"
-            except RpcError as exc:
-                name = type(exc).__name__
-            self._finish(req, "error", now, name)
-
-    def _lose(self, conn: _Conn, now: int, why: str = "ConnectionLost") -> None:
-        """The connection failed: its calls end as errors, its clients send no more."""
+    def _lose(self, conn: _Conn, now: int, error: BaseException) -> None:
+        """The connection failed: every call of its clients ends with that error, and its
+        clients send no more."""
         if conn.dead:
             return
         conn.dead = True
@@ -428,57 +401,38 @@ class Engine:
         except (OSError, ValueError):
             pass
         conn.chan.close()
-        for req in conn.inflight.values():
-            if not req.timed_out:
-                self._finish(req, "error", now, why)
-        conn.inflight.clear()
+        if not isinstance(error, RpcError):
+            error = ConnectionLost(str(error))
         for client in conn.clients:
-            for token in client.credits.expire(now + self.max_wait_ns + 1):
-                self._finish(token, "error", now, why)
+            self._ended(client.core.fail(error), now)
 
     # -- registration -------------------------------------------------------------------
 
-    def prime(self, timeout_s: float = 30.0) -> None:
-        """Register every session before the schedule starts: one request per client with
-        zero service time, all answered (or rejected) before this returns.
-
-        A session's first request goes out on an implicit window of 1 and its reply tells
-        the client the server's real window (or that it uses no credits). Without this,
-        the first seconds of a run would measure 1,000 sessions discovering the server, and
-        a server without credits would see client-side rejects until each client's first
-        reply. These requests are not offered load and get no outcome.
-        """
-        self.priming = 0
+    def connect(self, timeout_s: float = 30.0) -> None:
+        """Every session's handshake, before the schedule starts: its PING registers it at
+        the server and the PONG gives its first window (or says the server hands out no
+        credits), so that the run does not measure 1,000 sessions discovering the server."""
         now = self.clock()
-        body = encode_service(0, self.spec.codec) if self.service else self.fixed_body
         for client in self.clients:
-            req = _Req(client, now, False)
-            req.prime = True
-            if client.credits.submit(req, now) is not _SEND:
-                continue          # cannot happen on a fresh session (window 1); be safe
-            conn = client.conn
-            cid = conn.next_id
-            conn.next_id = cid + 1
-            conn.chan.put_frame(_REQUEST, cid, self.name, body, self.codec, client.session,
-                                self.deadline_us, 0)
-            conn.inflight[cid] = req
-            self.priming += 1
-            if not conn.dirty:
-                conn.dirty = True
-                self.dirty.append(conn)
+            client.core.begin(now, client.conn.out)
+        for conn in self.conns:
+            conn.dirty = True
+            self.dirty.append(conn)
         give_up = now + int(timeout_s * 1e9)
-        while self.priming > 0:
+        waiting = len(self.clients)
+        while waiting:
             if self.dirty:
                 self._flush()
             for fd, _ in self.epoll.poll(0.001 if not self.dirty else 0):
                 conn = self.by_fd.get(fd)
                 if conn is not None and not conn.dead:
                     self._read(conn)
-            if self.clock() > give_up:
-                raise RuntimeError(f"{self.priming} of {len(self.clients)} registration "
-                                   f"requests unanswered after {timeout_s:g} s")
             if any(c.dead for c in self.conns):
                 raise RuntimeError("a connection was lost while registering the sessions")
+            waiting = sum(1 for c in self.clients if not c.core.ready)
+            if waiting and self.clock() > give_up:
+                raise RuntimeError(f"{waiting} of {len(self.clients)} session handshakes "
+                                   f"unanswered after {timeout_s:g} s")
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -495,19 +449,16 @@ class Engine:
         return True
 
     def _expire(self, now: int) -> None:
-        exp = self.expiries
-        while exp and exp[0][0] <= now:
-            client = exp.popleft()[1]
-            for token in client.credits.expire(now):
-                self._finish(token, "rejected_client", now)
-        tq = self.timeouts
-        while tq and tq[0][0] <= now:
-            _, conn, cid = tq.popleft()
-            req = conn.inflight.get(cid)
-            if req is not None and not req.timed_out:
-                # Keep it in flight: its late reply still returns the session's credit.
-                req.timed_out = True
-                self._finish(req, "timeout", now)
+        for fifo in (self.expiries, self.deadlines):
+            while fifo and fifo[0][0] <= now:
+                client = fifo.popleft()[1]
+                ended = client.core.expire(now)
+                if ended:
+                    self._ended(ended, now)
+                conn = client.conn
+                if not conn.dirty and len(conn.out) and not conn.dead:
+                    conn.dirty = True          # CANCEL frames for what timed out
+                    self.dirty.append(conn)
 
     def _flush(self) -> None:
         still = []
@@ -515,9 +466,9 @@ class Engine:
             if conn.dead:
                 continue
             try:
-                done = conn.chan.flush(0, False)
+                done = conn.chan.send_from(conn.out)
             except RpcError as exc:
-                self._lose(conn, self.clock(), type(exc).__name__)
+                self._lose(conn, self.clock(), exc)
                 continue
             if done:
                 conn.dirty = False
@@ -588,8 +539,8 @@ class Engine:
                 wake = drain_until if next_t is None else next_t
                 if self.expiries:
                     wake = min(wake, self.expiries[0][0])
-                if self.timeouts:
-                    wake = min(wake, self.timeouts[0][0])
+                if self.deadlines:
+                    wake = min(wake, self.deadlines[0][0])
                 if wake - now > _SPIN_BEFORE_NS:
                     epoll.poll((wake - now - _SPIN_BEFORE_NS // 2) / 1e9)
         finally:
@@ -603,15 +554,13 @@ class Engine:
         return self.tally
 
     def _close(self, now: int) -> None:
-        """The drain is over: whatever is still unanswered or queued gets its outcome."""
+        """The drain is over: whatever is still unanswered (a timeout) or waiting for credit
+        (a client-side reject) gets its outcome."""
+        for client in self.clients:
+            core = client.core
+            self._ended(core.expire(_FOREVER), now)
+            self.tally.late_replies += core.stray_replies
         for conn in self.conns:
-            for req in conn.inflight.values():
-                if not req.timed_out:
-                    self._finish(req, "timeout", now)
-            conn.inflight.clear()
-            for client in conn.clients:
-                for token in client.credits.expire(now + self.max_wait_ns + 1):
-                    self._finish(token, "rejected_client", now)
             if not conn.dead:
                 conn.chan.close()
         self.epoll.close()

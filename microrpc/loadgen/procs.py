@@ -68,8 +68,7 @@ def _child_main() -> None:
         stdout.flush()
 
     engine = Engine(spec, index, progress)
-    if spec.prime:
-        engine.prime()
+    engine.connect()
     stdout.write(_encode(b"ready", None))
     stdout.flush()
     start_ns = int(stdin.readline(100))

@@ -92,7 +92,6 @@ class Tally:
         self.bucket_latency = [array("q") for _ in range(n_buckets)]
         self.stray_frames = 0        # replies to calls we never made (a server bug)
         self.late_replies = 0        # replies after we had counted the call a timeout
-        self.prime_rejected = 0      # registration requests the server answered with an error
         self.error_types: dict[str, int] = {}
         self.connections_lost = 0
         self.sessions = 0
@@ -188,7 +187,7 @@ class Tally:
                 out.bucket_latency[i].extend(a)
             for name, v in t.error_types.items():
                 out.error_types[name] = out.error_types.get(name, 0) + v
-            for k in ("stray_frames", "late_replies", "prime_rejected", "connections_lost",
+            for k in ("stray_frames", "late_replies", "connections_lost",
                       "sessions", "connections"):
                 setattr(out, k, getattr(out, k) + getattr(t, k))
             out.elapsed_ns = max(out.elapsed_ns, t.elapsed_ns)
@@ -285,7 +284,6 @@ class LoadResult:
             "error_types": dict(t.error_types),
             "stray_frames": t.stray_frames,
             "late_replies": t.late_replies,
-            "prime_rejected": t.prime_rejected,
             "connections_lost": t.connections_lost,
             "sessions": t.sessions,
             "connections": t.connections,

@@ -28,8 +28,7 @@ def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
     if spec.procs == 1:
         pin(spec, 0)
         engine = Engine(spec, 0, progress)
-        if spec.prime:
-            engine.prime()
+        engine.connect()
         tallies = [engine.run(_native.monotonic_ns() + 1_000_000)]
     else:
         # Imported here, not at the top: `python -m microrpc.loadgen.procs` (each child)
