@@ -61,7 +61,7 @@ cdef class ClientCore:
     cdef readonly uint64_t started, ok, failed, timeouts, cancelled, stray_replies
     cdef readonly uint64_t handshakes
 
-    cdef int _finish(self, Call call, object value, object error) except -1
+    cdef int _finish(self, Call call, object value, object error, bint tell=*) except -1
     cdef int _send(self, Call call) except -1
     cdef int _on_reply(self, object frame, int64_t now) except -1
     cdef int _on_frame(self, Frame f, int64_t now) except -1

@@ -280,7 +280,8 @@ cdef class ClientCore:
 
     def submit(self, Call call, int64_t now):
         """Send a prepared call, or hold it for credit; a full credit queue ends it at once
-        with ``Overloaded(side="client")``. Returns the call's state afterwards."""
+        with ``Overloaded(side="client")``. Returns the call's state afterwards (a call that
+        ended here is not handed back by take_ended(): the caller has just been told)."""
         if call.state != CALL_NEW:
             raise RuntimeError("a call is submitted once")
         if self.state != CONN_READY:
@@ -297,7 +298,7 @@ cdef class ClientCore:
                 call.state = CALL_QUEUED
             else:
                 self._finish(call, None, Overloaded(
-                    "no credit, and the client's local queue is full", side="client"))
+                    "no credit, and the client's local queue is full", side="client"), False)
                 return call.state
         if call.deadline_ns:
             if call.by_default:
@@ -314,7 +315,7 @@ cdef class ClientCore:
         ``error``, so that it too has exactly one outcome. No-op once it has one."""
         if call.state == CALL_NEW:
             self.started += 1
-            self._finish(call, None, error)
+            self._finish(call, None, error, False)
 
     cdef int _send(self, Call call) except -1:
         # The session is the id's high half, so that the calls of the sessions sharing one
@@ -341,7 +342,9 @@ cdef class ClientCore:
                 self._send(call)
         return 0
 
-    cdef int _finish(self, Call call, object value, object error) except -1:
+    cdef int _finish(self, Call call, object value, object error, bint tell=True) except -1:
+        """Give ``call`` its one outcome. ``tell``: hand it back through take_ended() if it
+        is watched (not when the caller learns of it from the return value)."""
         call.state = CALL_DONE
         call.value = value
         call.error = error
@@ -351,7 +354,7 @@ cdef class ClientCore:
             self.failed += 1
             if isinstance(error, DeadlineExceeded):
                 self.timeouts += 1
-        if call.watched:
+        if tell and call.watched:
             self.ended.append(call)
         return 0
 

@@ -63,6 +63,7 @@ class ClientStatistics:
     bytes_sent: int
     bytes_received: int
     credits: Any = None   # breakwater.ClientStatistics when the server hands out credits
+    late_replies: int = 0  # replies that came after their call had timed out or was cancelled
 
 
 def check_client_options(address: str, timeout: float | None, session: int) -> None:
@@ -80,7 +81,7 @@ def core_statistics(core: ClientCore, bytes_sent: int, bytes_received: int) -> C
         calls=core.started, ok=core.ok, errors=core.failed, timeouts=core.timeouts,
         in_flight=core.in_flight, reconnects=max(core.handshakes - 1, 0),
         bytes_sent=bytes_sent, bytes_received=bytes_received,
-        credits=core.credit_statistics())
+        credits=core.credit_statistics(), late_replies=core.stray_replies)
 
 
 def outcome_of(frame: _core.Frame) -> Any:

@@ -31,7 +31,8 @@ from microrpc.errors import ConnectionLost, DeadlineExceeded, Overloaded, RpcErr
 from microrpc.loadgen.result import Tally
 from microrpc.loadgen.synthetic import ServiceTime, encode_service
 
-__all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "Engine", "pin"]
+__all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "Engine", "DRIVERS", "make_generator",
+           "outcome_name", "pin"]
 
 _MAX_SESSION = 0xFFFFFFFF
 _PROGRESS_NS = 200_000_000        # progress callbacks at most this often
@@ -39,6 +40,8 @@ _SPIN_BEFORE_NS = 2_000_000       # spin (no sleep) when the next event is this 
 _USE_DEFAULT = _clientcore.USE_DEFAULT
 _DONE, _QUEUED, _BROKEN = _clientcore.DONE, _clientcore.QUEUED, _clientcore.BROKEN
 _FOREVER = 1 << 62                # a time past every deadline and credit wait
+#: The ways to send the schedule (LoadSpec.driver).
+DRIVERS = ("engine", "client", "asyncio", "uvloop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,11 @@ class LoadSpec:
     ``duration`` when given; the warm-up runs at the first segment's rate and is not
     measured. ``closed`` > 0 switches to a closed loop with that many requests outstanding
     (one per client; ``rate`` is then ignored), which measures capacity.
+    ``driver``: ``"engine"`` (the default) multiplexes ``clients`` sessions over
+    ``connections`` connections, each session a client protocol core; ``"client"``,
+    ``"asyncio"`` and ``"uvloop"`` send every request through a public client instead
+    (``Client.call_async`` with a done-callback, or ``AsyncClient.call``), ``clients`` of
+    them with a connection each (``connections`` is then unused; see ``public.py``).
     ``service`` (e.g. ``"exp:100us"``) makes each request body ask the synthetic ``spin``
     method for a service time drawn here; with ``service=None`` the body is ``payload``
     zero bytes (raw codec) or ``[bytes]`` (msgpack), for any other method.
@@ -76,6 +84,7 @@ class LoadSpec:
     client_max_wait: float = DEFAULT_MAX_WAIT_NS / 1e9
     seed: int = 1
     cpus: tuple[int, ...] = ()
+    driver: str = "engine"
 
     def __post_init__(self) -> None:
         transport.parse_address(self.address)
@@ -120,6 +129,14 @@ class LoadSpec:
         for cpu in self.cpus:
             if not isinstance(cpu, int) or cpu < 0:
                 raise ValueError(f"bad CPU number {cpu!r}")
+        if self.driver not in DRIVERS:
+            raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, not {self.driver!r}")
+        if self.driver != "engine":
+            if self.closed:
+                raise ValueError(f"driver {self.driver!r} runs open-loop schedules only")
+            if self.clients > 64 * self.procs:
+                raise ValueError(f"driver {self.driver!r} opens one public client (a "
+                                 f"connection) per client: at most 64 per process")
 
     def segments(self) -> list[tuple[float, float]]:
         """The measured schedule as (rate, seconds) segments."""
@@ -572,6 +589,15 @@ class Engine:
                 "rejected": t.counts["rejected_server"] + t.counts["rejected_client"],
                 "timeout": t.counts["timeout"], "error": t.counts["error"],
                 "pending": self.pending}
+
+
+def make_generator(spec: LoadSpec, index: int,
+                   progress: Callable[[dict], None] | None = None) -> Any:
+    """Generator process ``index`` of ``spec``: ``connect()``, then ``run(start_ns)``."""
+    if spec.driver == "engine":
+        return Engine(spec, index, progress)
+    from microrpc.loadgen.public import PUBLIC_DRIVERS
+    return PUBLIC_DRIVERS[spec.driver](spec, index, progress)
 
 
 def pin(spec: LoadSpec, index: int) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import msgpack
 
 from microrpc import _native
-from microrpc.loadgen.engine import Engine, LoadSpec, pin
+from microrpc.loadgen.engine import LoadSpec, make_generator, pin
 from microrpc.loadgen.result import Tally
 
 __all__ = ["run_processes"]
@@ -67,7 +67,7 @@ def _child_main() -> None:
         stdout.write(_encode(b"progress", snap))
         stdout.flush()
 
-    engine = Engine(spec, index, progress)
+    engine = make_generator(spec, index, progress)
     engine.connect()
     stdout.write(_encode(b"ready", None))
     stdout.flush()

@@ -9,7 +9,7 @@ from typing import Callable
 from microrpc import _native
 from microrpc.client import Client
 from microrpc.errors import RpcError
-from microrpc.loadgen.engine import Engine, LoadSpec, pin
+from microrpc.loadgen.engine import LoadSpec, make_generator, pin
 from microrpc.loadgen.result import AccountingError, LoadResult, Tally
 
 __all__ = ["run", "fetch_server_stats"]
@@ -27,7 +27,7 @@ def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
     """
     if spec.procs == 1:
         pin(spec, 0)
-        engine = Engine(spec, 0, progress)
+        engine = make_generator(spec, 0, progress)
         engine.connect()
         tallies = [engine.run(_native.monotonic_ns() + 1_000_000)]
     else:

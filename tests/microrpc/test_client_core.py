@@ -259,8 +259,9 @@ def test_credits_queue_send_and_expire():
 
 def test_a_full_credit_queue_rejects_at_once():
     core = ready_core(window=0)
-    calls = [start(core) for _ in range(core.credits.max_queue + 1)]
+    calls = [start(core, watched=True) for _ in range(core.credits.max_queue + 1)]
     assert calls[-1].state == _clientcore.DONE
+    assert core.take_ended() == ()          # submit's return value told the caller
     with pytest.raises(microrpc.Overloaded, match="queue is full"):
         calls[-1].outcome()
     assert all(c.state == _clientcore.QUEUED for c in calls[:-1])

@@ -307,3 +307,41 @@ def test_cli_bench_writes_json_and_hgrm(synthetic, tmp_path):
     assert data["series"] and "p99_us" in data["series"][0]
     hgrm = (tmp_path / "r.latency.hgrm").read_text()
     assert "Percentile" in hgrm and "#[Max" in hgrm
+
+
+# --------------------------------------------------------------------------- public drivers
+
+
+@pytest.mark.parametrize("driver", ["client", "asyncio", "uvloop"])
+def test_public_client_drivers_account_for_every_request(synthetic, driver):
+    """The schedule sent through Client.call_async (done-callbacks) or AsyncClient: the same
+    arrivals as the engine's, every one given exactly one outcome, the server's count of
+    calls equal to what left the clients."""
+    if driver == "uvloop":
+        pytest.importorskip("uvloop")
+    address = synthetic("breakwater")
+    # No warm-up: warm-up outcomes are not classified, and every request must be compared
+    # with what the server saw.
+    spec = LoadSpec(address=address, rate=800, duration=0.5, warmup=0.0, clients=3,
+                    service="const:200us", timeout=0.5, drain=1.0, slo=0.02, seed=5,
+                    driver=driver)
+    before = loadgen.fetch_server_stats(address, "synthetic.stats")
+    result = loadgen.run(spec, stats_method="synthetic.stats")
+    counts = result.counts
+    warm, measured = _arrivals(spec)
+    assert warm == 0 and result.offered == measured
+    assert sum(counts.values()) == measured
+    assert counts["ok"] > 0 and counts["error"] == 0
+    assert result.tally.latency.get_total_count() == counts["ok"]
+    assert result.tally.sessions == 3
+    sent = measured - counts["rejected_client"]
+    assert result.server_stats["calls"] - before["calls"] == sent + 1    # + the stats call
+
+
+def test_public_drivers_refuse_what_they_cannot_run():
+    with pytest.raises(ValueError, match="driver must be one of"):
+        LoadSpec(address="tcp://127.0.0.1:1", driver="threads")
+    with pytest.raises(ValueError, match="open-loop"):
+        LoadSpec(address="tcp://127.0.0.1:1", driver="client", closed=4, clients=4)
+    with pytest.raises(ValueError, match="at most 64"):
+        LoadSpec(address="tcp://127.0.0.1:1", driver="asyncio", clients=1000)
