@@ -232,6 +232,14 @@ def test_send_from_an_empty_buffer_is_true_and_sends_nothing(server, open_chan):
     assert chan.bytes_sent == 0
 
 
+def test_wait_writable_returns_at_once_when_there_is_room(server, open_chan):
+    chan = open_chan(server.address)
+    t0 = now()
+    chan.wait_writable(now() + 10 * SECOND)
+    chan.wait_writable(0)                              # 0: "up to a second", not forever
+    assert now() - t0 < SLACK_S * SECOND
+
+
 def test_recv_frames_without_wait_on_an_idle_channel_returns_at_once(server, open_chan):
     chan = open_chan(server.address)
     t0 = now()

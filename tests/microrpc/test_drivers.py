@@ -337,6 +337,15 @@ def test_protocol_error_when_the_server_refuses_the_codec(driver, server):
     assert_counts(c, calls=1, ok=0, errors=1)
 
 
+def test_a_response_over_the_clients_limit_breaks_that_connection_only(driver, server):
+    c = driver.connect(server.address, timeout=5, max_message_size=10_000)
+    with pytest.raises(microrpc.ProtocolError, match="10000"):
+        c.call("big", 20_000)                   # the server's limit is 16 MiB: it sends it
+    assert c.call("big", 10) == b"x" * 10        # a new connection
+    assert c.statistics().reconnects == 1
+    assert_counts(c, calls=2, ok=1, errors=1)
+
+
 # -- codec discipline with a rogue server --------------------------------------------------
 
 
@@ -601,6 +610,11 @@ def test_cancel_a_pending_call(server, until):
             fut.result()
         with pytest.raises(concurrent.futures.CancelledError):
             fut.exception()
+        late = []
+        fut.add_done_callback(lambda f: late.append(f.cancelled()))     # runs at once
+        assert late == [True]
+        done, _ = concurrent.futures.wait([fut], timeout=0)
+        assert done == {fut}
         until(lambda: server.statistics().cancelled >= 1, what="the server saw the cancel")
         server.release.set()
         assert c.call("add", 2, 2) == 4
@@ -620,6 +634,85 @@ def test_cancel_a_finished_call_is_false_and_it_is_a_real_future(server):
         assert fut.cancel() is False
         assert not fut.cancelled() and fut.result() == 3
         assert_counts(SyncConn(c), calls=1, ok=1, errors=0)
+
+
+def test_wait_across_clients_and_executor_futures(make_server):
+    server = make_server()
+    with microrpc.Client(server.address, timeout=5) as a, \
+            microrpc.Client(server.address, timeout=5) as b, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        gate = threading.Event()
+        mine = pool.submit(gate.wait, 5)
+        fs = [a.call_async("wait", 5.0), b.call_async("wait", 5.0), mine]
+        gate.set()                                   # the executor's future ends first
+        done, not_done = concurrent.futures.wait(
+            fs, timeout=5, return_when=concurrent.futures.FIRST_COMPLETED)
+        assert mine in done and not_done == set(fs[:2])
+        server.release.set()
+        assert set(concurrent.futures.as_completed(fs, timeout=5)) == set(fs)
+        assert [f.result() for f in fs] == [True, True, True]
+        assert_counts(SyncConn(a), calls=1, ok=1, errors=0)
+        assert_counts(SyncConn(b), calls=1, ok=1, errors=0)
+
+
+def _blocked_in_poll(thread):
+    """True once ``thread`` sleeps in poll/select in the kernel (Linux /proc); where that
+    cannot be read, as soon as it runs."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
+            wchan = f.read()
+    except OSError:
+        return thread.is_alive()
+    if wchan in ("", "0"):
+        return thread.is_alive()
+    return "poll" in wchan or "select" in wchan
+
+
+@pytest.mark.xfail(strict=True, reason="cancel() does not wake a thread blocked reading in "
+                   "result(): it sleeps on until its own timeout or the call's deadline")
+def test_cancel_wakes_a_thread_blocked_in_result(server, until):
+    with microrpc.Client(server.address, timeout=10, poll="block") as c:
+        fut = c.call_async("wait", 5.0)
+        outcome = []
+
+        def waiter():
+            try:
+                outcome.append(fut.result(timeout=1.5))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=waiter, daemon=True)
+        t.start()
+        until(lambda: _blocked_in_poll(t), what="the waiter reading the socket")
+        assert fut.cancel() is True
+        t.join(0.75)
+        woke = not t.is_alive()
+        t.join(5)
+        server.release.set()
+        assert woke, f"result() still blocked 0.75 s after cancel() (then: {outcome!r})"
+        assert isinstance(outcome[0], concurrent.futures.CancelledError)
+
+
+@pytest.mark.xfail(strict=True, reason="a blocking call made inside a done-callback that the "
+                   "reader runs is never sent (the reader defers callback requests to the "
+                   "batch's end): DeadlineExceeded")
+def test_a_blocking_call_inside_a_done_callback_completes(server):
+    with microrpc.Client(server.address, timeout=5) as c:
+        outcome = []
+        fired = threading.Event()
+
+        def callback(f):
+            try:
+                outcome.append(c.call("add", f.result(), 1, timeout=0.5))
+            except BaseException as exc:
+                outcome.append(exc)
+            fired.set()
+
+        fut = c.call_async("wait", 5.0)
+        fut.add_done_callback(callback)              # run by the reader when the reply comes
+        server.release.set()
+        assert fired.wait(5)
+        assert outcome == [2]
 
 
 @pytest.mark.xfail(strict=True, reason="CallFuture.cancel() on an already cancelled future "
