@@ -15,6 +15,10 @@ limit, on a CPU-bound Python server, driven by the open-loop generator ``microrp
    and recovery times in SLO units.
 6. 10,000 clients at 2 x mu (Breakwater), against the 1,000-client run of the same
    repetition.
+7. Breakwater at 2 x and 4 x mu through the public clients (``--drivers``): the same
+   Poisson schedule sent with ``Client.call_async`` and done-callbacks, and with
+   ``AsyncClient`` on asyncio and on uvloop, 4 client objects in one process: what an
+   application sees, beside the load generator's own engine.
 
 Placement: server pinned to CPU 1 (``serve-synthetic --cpu``), generator to CPU 0
 (``os.sched_setaffinity``). Every number is a median over repetitions with min..max; the
@@ -23,6 +27,7 @@ run's JSON goes to bench/results/overload_bench.json and a PNG plot beside it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -51,6 +56,11 @@ CAPACITY_OUTSTANDING = 16
 LOADS_FULL = [0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0]
 LOADS_QUICK = [0.5, 2.0, 4.0]
 POLICY_ORDER = ["breakwater", "none", "aqm", "limit"]
+# The rows driven through the public clients: a few client objects in one process.
+PUBLIC_CLIENTS = 4
+PUBLIC_LOADS = [2.0, 4.0]
+DRIVER_TEXT = {"client": "Client.call_async + done-callback", "asyncio": "AsyncClient (asyncio)",
+               "uvloop": "AsyncClient (uvloop)"}
 
 
 class Ctx:
@@ -70,6 +80,10 @@ class Ctx:
             "limit": f"limit:{args.limit}",
         }
         self.service = f"exp:{SERVICE_US:g}us"
+        self.drivers = [d for d in args.drivers.split(",") if d]
+        if "uvloop" in self.drivers and importlib.util.find_spec("uvloop") is None:
+            log("uvloop is not installed: its rows are skipped")
+            self.drivers.remove("uvloop")
         self.slo_s = 0.0
         self.mu = 0.0
         self.seed = 1
@@ -135,6 +149,7 @@ def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None,
         if r.offered else 0.0,
         "timeout_frac": r.fraction("timeout"), "error_frac": r.fraction("error"),
         "send_lag_p99_us": t.send_lag.get_value_at_percentile(99) / 1e3,
+        "send_lag_slo": t.send_lag.get_value_at_percentile(99) / 1e3 / slo_us,
         "gen_cpu_share": r.per_process[0]["cpu_share"],
         "server_cpu_share": server_cpu,
         "valid": r.valid, "invalid_reasons": r.invalid_reasons,
@@ -145,10 +160,11 @@ def summarize(r: loadgen.LoadResult, ctx: Ctx, stats: dict | None,
     }
 
 
-def run_point(ctx: Ctx, policy: str, load: float, clients: int = CLIENTS) -> dict:
+def run_point(ctx: Ctx, policy: str, load: float, clients: int = CLIENTS,
+              driver: str = "engine") -> dict:
     with servers.synthetic_server(ctx.policies[policy], ctx.server_cpu) as addr:
         before = servers.cpu_clock(addr)
-        r = loadgen.run(ctx.spec(addr, rate=load * ctx.mu, clients=clients))
+        r = loadgen.run(ctx.spec(addr, rate=load * ctx.mu, clients=clients, driver=driver))
         share = servers.cpu_share(before, servers.cpu_clock(addr))
         stats = servers.stats(addr)
     return summarize(r, ctx, stats, share)
@@ -208,6 +224,9 @@ def main() -> int:
     ap.add_argument("--aqm", default="", help="AQM-only threshold in ns (default: Breakwater's)")
     ap.add_argument("--limit", type=int, default=8, help="ConcurrencyLimit n")
     ap.add_argument("--policies", default=",".join(POLICY_ORDER))
+    ap.add_argument("--drivers", default="client,asyncio,uvloop",
+                    help="public clients to drive Breakwater with at 2x and 4x "
+                         "(client, asyncio, uvloop; empty: none)")
     args = ap.parse_args()
     cpus = os.sched_getaffinity(0)
     for name in ("server_cpu", "gen_cpu"):
@@ -219,6 +238,9 @@ def main() -> int:
     unknown = set(policies) - set(POLICY_ORDER)
     if unknown:
         ap.error(f"unknown policies {sorted(unknown)}; choose from {POLICY_ORDER}")
+    unknown = set(ctx.drivers) - set(DRIVER_TEXT)
+    if unknown:
+        ap.error(f"unknown drivers {sorted(unknown)}; choose from {list(DRIVER_TEXT)}")
     console = Console()
     plain = not console.is_terminal
     if plain:
@@ -238,6 +260,8 @@ def main() -> int:
                                     if p in (("breakwater",) if ctx.quick
                                              else ("breakwater", "none", "aqm"))}
     many: list[dict] = []
+    public_raw: dict[str, dict[float, list[dict]]] = {d: {l: [] for l in PUBLIC_LOADS}
+                                                      for d in ctx.drivers}
     for rep in range(ctx.reps):
         order = policies[rep % len(policies):] + policies[:rep % len(policies)]
         for load in ctx.loads:
@@ -254,6 +278,14 @@ def main() -> int:
             log(f"  rep {rep} step {policy}: converged {s['converge']['slo_units']} SLO, "
                 f"recovered {s['recover']['slo_units']} SLO")
         if "breakwater" in policies:
+            for driver in ctx.drivers:
+                for load in PUBLIC_LOADS:
+                    s = run_point(ctx, "breakwater", load, clients=PUBLIC_CLIENTS, driver=driver)
+                    public_raw[driver][load].append(s)
+                    log(f"  rep {rep} {driver:10s} {load:3.1f}x: goodput {s['goodput_mu']:.2f} mu"
+                        f", p99 {s['p99_slo']:.2f} SLO, reject p99 "
+                        f"{s['reject_p99_slo'] or 0:.2f} SLO, send lag p99 {s['send_lag_slo']:.2f}"
+                        f" SLO{'' if s['valid'] else '  INVALID: ' + '; '.join(s['invalid_reasons'])}")
             s = run_point(ctx, "breakwater", 2.0, clients=10_000)
             many.append(s)
             log(f"  rep {rep} 10,000 clients at 2x: goodput {s['goodput_mu']:.2f} mu")
@@ -276,9 +308,12 @@ def main() -> int:
         many_summary = {"goodput_mu": analysis.spread([m["goodput_mu"] for m in many]),
                         "p99_slo": analysis.spread([m["p99_slo"] for m in many]),
                         "ratio_to_1000_clients": analysis.spread(ratios)}
-    targets = analysis.evaluate(points, step_summary.get("breakwater"), many_summary, ctx.loads)
-    invalid = sum(1 for table in raw.values() for runs in table.values() for s in runs
-                  if not s["valid"])
+    public = {d: {l: {k: analysis.spread([s[k] for s in runs]) for k in keys + ("send_lag_slo",)}
+                  for l, runs in table.items() if runs} for d, table in public_raw.items()}
+    targets = analysis.evaluate(points, step_summary.get("breakwater"), many_summary, ctx.loads,
+                                public)
+    invalid = sum(1 for tables in (raw, public_raw) for table in tables.values()
+                  for runs in table.values() for s in runs if not s["valid"])
 
     # ---- tables
     rows = []
@@ -296,6 +331,17 @@ def main() -> int:
         ["policy", "load", "goodput/mu", "p99/SLO", "reject p99/SLO", "rejects %",
          "timeouts %", "credit msg/req", "gen lag p99 us", "gen CPU share",
          "server CPU share"], rows, plain))
+    if any(public.values()):
+        console.print(make_table(
+            f"Breakwater through the public clients ({PUBLIC_CLIENTS} clients, a connection "
+            f"each, in one process), median [min..max] of {ctx.reps} rep(s)",
+            ["client", "load", "goodput/mu", "p99/SLO", "reject p99/SLO", "rejects %",
+             "timeouts %", "gen lag p99/SLO", "gen CPU share"],
+            [[DRIVER_TEXT[d], f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
+              fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
+              fmt(pt["timeout_frac"], 3, True), fmt(pt["send_lag_slo"], 3),
+              fmt(pt["gen_cpu_share"], 2)]
+             for d, table in public.items() for l, pt in table.items()], plain))
     if steps:
         console.print(make_table(
             "step 0.5 -> 2 -> 0.5 x mu (buckets of 10 x SLO)",
@@ -327,6 +373,9 @@ def main() -> int:
         "runs": {p: {str(l): v for l, v in t.items()} for p, t in raw.items()},
         "step": {"summary": step_summary, "runs": steps},
         "many_clients": {"summary": many_summary, "runs": many},
+        "public_clients": {"clients": PUBLIC_CLIENTS, "points": {
+            d: {str(l): v for l, v in t.items()} for d, t in public.items()},
+            "runs": {d: {str(l): v for l, v in t.items()} for d, t in public_raw.items()}},
         "targets": targets, "invalid_runs": invalid,
         "elapsed_s": time.monotonic() - t_start,
     }
