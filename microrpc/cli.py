@@ -130,6 +130,11 @@ def main() -> None:
 @click.option("--client-max-wait", type=Duration("us"), default="500us", show_default=True,
               help="How long a request may wait for credit before it fails client-side.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--driver", type=click.Choice(["engine", "client", "asyncio", "uvloop"]),
+              default="engine", show_default=True,
+              help="engine: CLIENTS sessions multiplexed over CONNECTIONS; client / asyncio / "
+                   "uvloop: CLIENTS public client objects (Client.call_async with "
+                   "done-callbacks, AsyncClient), a connection each.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the full result (with the per-bucket series) here.")
 @click.option("--hgrm", "hgrm_prefix", type=click.Path(dir_okay=False),
