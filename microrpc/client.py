@@ -235,7 +235,7 @@ class Client:
         self._chan: Any = None
         self._reading = False       # a thread holds the reader role
         self._writing = False       # a thread is sending the core's output
-        self._dispatching = False   # the reader is running done-callbacks
+        self._dispatcher = 0        # thread id running done-callbacks (0: none)
         self._waiters = 0           # threads sleeping on _cond until the reader's next batch
         self._watched = 0           # pending futures whose end someone must be told of
         self._service: threading.Thread | None = None
@@ -309,13 +309,14 @@ class Client:
 
     # -- sending -----------------------------------------------------------------------
 
-    def _flush_locked(self, chan: Any, deadline_ns: int = 0) -> Any:
+    def _flush_locked(self, chan: Any, deadline_ns: int = 0, batch: bool = False) -> Any:
         """Send the core's output (lock held); returns the watched calls that ended if the
         send broke the connection. Other threads append meanwhile and this thread sends
-        their requests too; only one thread writes at a time, and while the reader runs
-        done-callbacks it writes what they asked for once they are all done."""
+        their requests too; only one thread writes at a time. ``batch``: a request made by
+        a done-callback, which the thread running the callbacks writes, with the others
+        they make, when they are all done."""
         core = self._core
-        if self._writing or self._dispatching:
+        if self._writing or (batch and self._dispatcher == threading.get_ident()):
             return ()
         self._writing = True
         try:
@@ -346,7 +347,7 @@ class Client:
             chan = self._channel_locked()
             core.submit(call, _now())
             if len(core.out):
-                ended = self._flush_locked(chan, call.deadline)
+                ended = self._flush_locked(chan, call.deadline, True)
                 if ended:
                     self._tell_locked(ended)
         if ended:
@@ -516,9 +517,10 @@ class Client:
         runs = [(call, call.callbacks) for call in ended if call.callbacks]
         if not runs:
             return
+        me = threading.get_ident()
         with self._lock:
-            nested = self._dispatching
-            self._dispatching = True
+            nested = self._dispatcher == me
+            self._dispatcher = me
         try:
             for call, fns in runs:
                 call.callbacks = None
@@ -527,7 +529,7 @@ class Client:
         finally:
             if not nested:
                 with self._lock:
-                    self._dispatching = False
+                    self._dispatcher = 0
                     chan = self._chan
                     more = ()
                     if chan is not None and len(self._core.out) and self._core.ready:
