@@ -143,7 +143,10 @@ class CallFuture(Call, concurrent.futures.Future):
         return self.state == _CANCELLED
 
     def cancel(self) -> bool:
-        """Stop waiting for this call and tell the server (best effort)."""
+        """Stop waiting for this call and tell the server (best effort). True if it is
+        cancelled (now or before), False if it had already finished."""
+        if self.state == _CANCELLED:
+            return True
         return self.owner._cancel(self)
 
     def result(self, timeout: float | None = None) -> Any:
