@@ -304,8 +304,12 @@ for th in threads:
 def nothing_lost(tmp: Path, n: int, nthreads: int = 4) -> dict:
     path = tmp / "lossless.nlog"
     t0 = time.perf_counter()
+    # The child starts in the directory this process imported nanolog from: `python -c`
+    # puts its working directory first on sys.path, and from the repository root would
+    # import the source tree, not the installed package (as microrpc.loadgen.procs does).
     proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(n), str(nthreads)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(nanolog.__file__))))
     t1 = time.perf_counter()
     if proc.returncode != 0:
         return {"ok": False, "error": proc.stderr[-2000:]}
