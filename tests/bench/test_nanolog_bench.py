@@ -1,5 +1,6 @@
 """bench/nanolog_bench.py's "nothing lost" check, which runs nanolog in a child process: the
-child must import the installed nanolog, not a source tree in the working directory."""
+child must import the installed nanolog, not a source tree in the working directory, and
+the suite fails when the check does (speed targets only report)."""
 from __future__ import annotations
 
 import sys
@@ -17,3 +18,10 @@ def test_nothing_lost_child_imports_the_installed_nanolog(source_tree_in_cwd, tm
     assert out.get("error") is None
     assert out["ok"] is True
     assert out["records"] == out["expected"] == 4_000
+
+
+def test_a_lost_record_fails_the_suite_and_a_missed_speed_target_does_not():
+    checks = {"enabled_median_ns <= 100 (gross)": False, "nothing lost": True}
+    assert nanolog_bench.failed_required_checks({"checks": checks}) == []
+    checks["nothing lost"] = False
+    assert nanolog_bench.failed_required_checks({"checks": checks}) == ["nothing lost"]
