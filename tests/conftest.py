@@ -12,3 +12,16 @@ import pytest
 @pytest.fixture(autouse=True)
 def _run_in_a_temporary_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def source_tree_in_cwd(tmp_path):
+    """Decoy ``microrpc``, ``breakwater`` and ``nanolog`` packages in the working directory
+    (``tmp_path``), standing in for a source checkout without compiled modules: a Python
+    child that imports from its working directory instead of the installed package fails."""
+    for name in ("microrpc", "breakwater", "nanolog"):
+        pkg = tmp_path / name
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text(
+            f"raise ImportError('imported the decoy {name} in the working directory')\n")
+    return tmp_path

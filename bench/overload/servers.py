@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from microrpc import loadgen
+from microrpc.loadgen.procs import child_cwd
 
 START_TIMEOUT_S = 30.0
 
@@ -25,7 +26,10 @@ def synthetic_server(policy: str, cpu: int | None, max_seconds: float = 600.0
             "--max-seconds", str(max_seconds)]
     if cpu is not None:
         argv += ["--cpu", str(cpu)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Not in our working directory: from the repository root, `python -m` would import the
+    # source tree instead of the installed package (see child_cwd).
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=child_cwd())
     try:
         address = proc.stdout.readline().strip()
         if not address.startswith(("tcp://", "unix://")):

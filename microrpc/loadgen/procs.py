@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 import msgpack
 
+import microrpc
 from microrpc import _native
 from microrpc.loadgen.engine import LoadSpec, make_generator, pin
 from microrpc.loadgen.result import Tally
@@ -37,6 +39,20 @@ __all__ = ["run_processes"]
 _START_DELAY_NS = 100_000_000     # time for the start line to reach every child
 _READY_TIMEOUT_S = 60.0
 _MAX_LINE = 1 << 30               # a tally line is bounded by the run's request count
+
+
+def child_cwd() -> str:
+    """The working directory for a ``python -m microrpc...`` child: the directory this
+    process imported ``microrpc`` from.
+
+    ``python -m`` and ``python -c`` put the child's working directory first on
+    ``sys.path``. Started in the caller's directory, a child run from the root of a source
+    checkout would import that tree (which has no compiled modules when the package was
+    installed from it, not built in place) instead of the package its parent runs. Started
+    here, it finds exactly its parent's ``microrpc``: installed, editable or on PYTHONPATH
+    alike. Nothing a child is given is a relative path (unix addresses are absolute).
+    """
+    return os.path.dirname(os.path.dirname(os.path.abspath(microrpc.__file__)))
 
 
 def _encode(tag: bytes, payload: Any) -> bytes:
@@ -96,7 +112,8 @@ def run_processes(spec: LoadSpec, progress: Callable[[dict], None] | None) -> li
             err = tempfile.TemporaryFile()
             errs.append(err)
             p = subprocess.Popen([sys.executable, "-m", "microrpc.loadgen.procs"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                 cwd=child_cwd())
             children.append(p)
             threading.Thread(target=_reader, args=(i, p.stdout, lines), daemon=True).start()
             p.stdin.write(json.dumps({"index": i, "spec": json.loads(spec_json)}).encode() + b"\n")

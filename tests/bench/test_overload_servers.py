@@ -41,3 +41,11 @@ def test_a_busy_server_shows_a_high_share_and_reads_cost_it_no_call():
     # this stats call, nothing else (sessions register with a PING, which is not a call).
     sent = result.offered - result.counts["rejected_client"]
     assert stats["calls"] == sent + 1
+
+
+def test_servers_start_from_a_source_checkout_without_importing_it(source_tree_in_cwd):
+    # From the repository root, `python -m microrpc.cli` used to import the source tree in
+    # the working directory (no compiled modules after a non-editable install).
+    with servers.synthetic_server("none", None, max_seconds=60) as address:
+        assert address.startswith("tcp://")
+        assert "calls" in servers.stats(address)     # it serves

@@ -4,6 +4,7 @@ Runs against ``microrpc serve-synthetic`` child processes (a server in this proc
 share the GIL with the spinning generator). Every run is short and bounded; the assertions
 are on counts, which do not depend on the machine's speed, never on timings.
 """
+import os
 import random
 import subprocess
 import sys
@@ -12,9 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 import breakwater
+import microrpc
 from microrpc import loadgen
 from microrpc.cli import main
 from microrpc.loadgen import LoadSpec, PoissonSchedule, schedule_seed
+from microrpc.loadgen.procs import child_cwd
 from microrpc.loadgen.result import OUTCOMES, AccountingError, Tally
 from microrpc.loadgen.synthetic import (ServiceTime, decode_service, encode_service,
                                         parse_duration_ns, parse_policy)
@@ -30,7 +33,8 @@ def synthetic():
             p = subprocess.Popen(
                 [sys.executable, "-m", "microrpc.cli", "serve-synthetic", "--policy", policy,
                  "--max-seconds", "120"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                cwd=child_cwd())     # whatever the working directory of the first test
             address = p.stdout.readline().strip()
             assert address.startswith("tcp://"), f"server did not start: {address!r}"
             procs[policy] = (p, address)
@@ -186,6 +190,19 @@ def test_histograms_merge_across_two_processes(synthetic):
         p["latency_count"] for p in result.per_process) == result.counts["ok"]
     assert result.tally.sessions == 8
     assert result.counts["ok"] > 0.9 * result.offered
+
+
+def test_child_processes_import_their_parents_package_not_the_working_directory(
+        synthetic, source_tree_in_cwd):
+    # Run from the root of a source checkout, `python -m` children used to import the tree
+    # there (no compiled modules) and die before they were ready.
+    assert os.path.samefile(os.path.join(child_cwd(), "microrpc", "__init__.py"),
+                            microrpc.__file__)
+    spec = LoadSpec(address=synthetic("none"), rate=500, duration=0.2, warmup=0.0, clients=4,
+                    connections=1, procs=2, service="const:0us", timeout=0.5, seed=3)
+    result = loadgen.run(spec)
+    assert len(result.per_process) == 2
+    assert result.counts["ok"] == result.offered > 0
 
 
 # --------------------------------------------------------------------------- synthetic
