@@ -229,7 +229,6 @@ cdef class ClientCore:
         Needs no lock: it touches nothing shared but the name cache."""
         cdef bytes body
         cdef int codec = self.codec
-        call.name = self.wire_name(method)
         if codec == CODEC_RAW:
             if len(args) != 1:
                 raise TypeError("the raw codec takes exactly one bytes-like argument")
@@ -247,12 +246,7 @@ cdef class ClientCore:
                 raise TypeError(f"argument cannot be sent with the msgpack codec: {exc}") from None
         else:
             body = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
-        if PyBytes_GET_SIZE(call.name) + PyBytes_GET_SIZE(body) > self.max_message_size:
-            raise MessageTooLarge(
-                f"request of {PyBytes_GET_SIZE(call.name) + PyBytes_GET_SIZE(body)} bytes is "
-                f"over the max_message_size limit of {self.max_message_size}")
-        call.body = body
-        self._set_deadline(call, timeout, now)
+        self.prepare_body(call, method, body, timeout, now)
 
     cdef int _set_deadline(self, Call call, object timeout, int64_t now) except -1:
         if timeout is USE_DEFAULT:

@@ -418,17 +418,25 @@ class Client:
                 elif self._chan is None or not core.ready:
                     return                      # its connection failed: the call says how
                 else:
-                    chan = self._chan
-                    self._reading = True
-                    if len(core.out):
-                        ended = self._flush_locked(chan)
-                        self._tell_locked(ended)
+                    chan, ended = self._become_reader_locked()
             finally:
                 lock.release()
             if ended:
                 self._run_callbacks(ended)
             if chan is not None:
                 self._read(chan, wait_until)
+
+    def _become_reader_locked(self) -> tuple[Any, Any]:
+        """Take the reader role (lock held, nobody reading, connected) and send what is
+        buffered first: nobody may sleep on the socket with requests unsent. Returns the
+        channel and the calls a failed send ended."""
+        chan = self._chan
+        self._reading = True
+        ended = ()
+        if len(self._core.out):
+            ended = self._flush_locked(chan)
+            self._tell_locked(ended)
+        return chan, ended
 
     def _read(self, chan: Any, wait_until: int, block: bool = True) -> None:
         """One read as the reader (the role is held on entry and given up here)."""
@@ -563,11 +571,7 @@ class Client:
                     finally:
                         self._service_waits = False
                 else:
-                    chan = self._chan
-                    self._reading = True
-                    if len(core.out):
-                        ended = self._flush_locked(chan)
-                        self._tell_locked(ended)
+                    chan, ended = self._become_reader_locked()
             if ended:
                 self._run_callbacks(ended)
             if chan is not None:

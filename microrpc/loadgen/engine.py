@@ -31,8 +31,8 @@ from microrpc.errors import ConnectionLost, DeadlineExceeded, Overloaded, RpcErr
 from microrpc.loadgen.result import Tally
 from microrpc.loadgen.synthetic import ServiceTime, encode_service
 
-__all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "Engine", "DRIVERS", "make_generator",
-           "outcome_name", "pin"]
+__all__ = ["LoadSpec", "PoissonSchedule", "schedule_seed", "ProcessShare", "Engine", "DRIVERS",
+           "make_generator", "outcome_name", "pin"]
 
 _MAX_SESSION = 0xFFFFFFFF
 _PROGRESS_NS = 200_000_000        # progress callbacks at most this often
@@ -238,7 +238,33 @@ def outcome_name(error: BaseException | None) -> tuple[str, str | None]:
     return "error", type(error).__name__
 
 
-class Engine:
+class ProcessShare:
+    """What one generator process ``index`` of ``spec`` draws and counts, whatever sends its
+    requests: its share of the clients and of the schedule (warm-up at the first rate
+    included), its random streams and its tally."""
+
+    def __init__(self, spec: LoadSpec, index: int) -> None:
+        self.spec = spec
+        self.clock = _native.monotonic_ns
+        n = spec.procs
+        # Separate generators: the arrival times depend on the seed alone, whatever the
+        # clients and service times drew.
+        self.schedule_seed = schedule_seed(spec, index)
+        self.rng = random.Random(self.schedule_seed ^ 0x5DEECE66D)
+        self.service = ServiceTime.parse(spec.service) if spec.service else None
+        self.n_clients = _share(spec.clients, index, n)
+        self.session_base = index * spec.clients + 1
+        segs = [(r / n, s) for r, s in spec.segments()]
+        self.segments = ([(segs[0][0], spec.warmup)] if spec.warmup > 0 else []) + segs
+        self.warmup_ns = int(spec.warmup * 1e9)
+        self.drain_ns = int(spec.drain * 1e9)
+        self.start_ns = self.m0 = 0                     # set by run()
+        bucket_ns = max(int(spec.bucket * 1e9), 1000)
+        horizon = int(spec.measured_s * 1e9) + self.drain_ns + int(spec.timeout * 1e9)
+        self.tally = Tally(int(spec.slo * 1e9), bucket_ns, horizon // bucket_ns + 2)
+
+
+class Engine(ProcessShare):
     """One generator process: its share of the clients, connections and rate.
 
     Every simulated client is a :class:`microrpc._clientcore.ClientCore` (the same protocol
@@ -248,30 +274,13 @@ class Engine:
 
     def __init__(self, spec: LoadSpec, index: int,
                  progress: Callable[[dict], None] | None = None) -> None:
-        self.spec = spec
-        self.clock = _native.monotonic_ns
-        n = spec.procs
-        # Separate generators: the arrival times depend on the seed alone, whatever the
-        # clients and service times drew.
-        self.schedule_seed = schedule_seed(spec, index)
-        self.rng = random.Random(self.schedule_seed ^ 0x5DEECE66D)
-        self.service = ServiceTime.parse(spec.service) if spec.service else None
-        self.closed = _share(spec.closed, index, n) if spec.closed else 0
-        n_clients = self.closed or _share(spec.clients, index, n)
+        ProcessShare.__init__(self, spec, index)
+        self.closed = _share(spec.closed, index, spec.procs) if spec.closed else 0
+        n_clients = self.closed or self.n_clients
         n_conns = min(spec.connections, n_clients)
-        self.warmup_ns = int(spec.warmup * 1e9)
-        # This process's share of the schedule, warm-up (at the first rate) included.
-        segs = [(r / n, s) for r, s in spec.segments()]
-        self.segments = ([(segs[0][0], spec.warmup)] if spec.warmup > 0 else []) + segs
-        self.start_ns = self.m0 = self.end_ns = 0      # set by run()
+        self.end_ns = 0                                 # set by run()
         self.schedule: PoissonSchedule | None = None
-        self.slo_ns = int(spec.slo * 1e9)
-        self.timeout_ns = int(spec.timeout * 1e9)
         self.max_wait_ns = int(spec.client_max_wait * 1e9)
-        self.drain_ns = int(spec.drain * 1e9)
-        bucket_ns = max(int(spec.bucket * 1e9), 1000)
-        horizon = int(spec.measured_s * 1e9) + self.drain_ns + self.timeout_ns
-        self.tally = Tally(self.slo_ns, bucket_ns, horizon // bucket_ns + 2)
         self.method = spec.method
         self.fixed_body = (b"\0" * spec.payload if spec.codec == "raw"
                            else msgpack.packb([b"\0" * spec.payload]))

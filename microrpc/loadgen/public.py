@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable
 
 from microrpc.errors import ConnectionLost
-from microrpc.loadgen.engine import LoadSpec, PoissonSchedule, outcome_name, schedule_seed
+from microrpc.loadgen.engine import LoadSpec, PoissonSchedule, ProcessShare, outcome_name
 from microrpc.loadgen.result import Tally
 from microrpc.loadgen.synthetic import ServiceTime, encode_service
 
@@ -46,39 +46,18 @@ def _argument(spec: LoadSpec, service: ServiceTime | None, rng: Any) -> Any:
     return encode_service(ns, "raw") if spec.codec == "raw" else ns
 
 
-class _Base:
-    """What both public drivers share: the schedule, the tally and its lock."""
+class _Base(ProcessShare):
+    """What both public drivers share: the process's share, the tally's lock, outcomes."""
 
     def __init__(self, spec: LoadSpec, index: int,
                  progress: Callable[[dict], None] | None) -> None:
-        import random
-
-        from microrpc import _native
-
-        if spec.closed:
-            raise ValueError(f"driver {spec.driver!r} runs open-loop schedules only")
-        self.spec = spec
-        self.clock = _native.monotonic_ns
-        n = spec.procs
-        self.schedule_seed = schedule_seed(spec, index)
-        self.rng = random.Random(self.schedule_seed ^ 0x5DEECE66D)
-        self.service = ServiceTime.parse(spec.service) if spec.service else None
-        self.n_clients = spec.clients // n + (1 if index < spec.clients % n else 0)
-        self.session_base = index * spec.clients + 1
-        segs = [(r / n, s) for r, s in spec.segments()]
-        self.segments = ([(segs[0][0], spec.warmup)] if spec.warmup > 0 else []) + segs
-        self.warmup_ns = int(spec.warmup * 1e9)
-        self.drain_ns = int(spec.drain * 1e9)
-        timeout_ns = int(spec.timeout * 1e9)
-        bucket_ns = max(int(spec.bucket * 1e9), 1000)
-        horizon = int(spec.measured_s * 1e9) + self.drain_ns + timeout_ns
-        self.tally = Tally(int(spec.slo * 1e9), bucket_ns, horizon // bucket_ns + 2)
+        super().__init__(spec, index)
         self.tally.sessions = self.tally.connections = self.n_clients
+        # Callbacks run on the clients' reader threads: one lock for the tally.
         self.lock = threading.Lock()
         self.progress = progress
         self.pending = 0
         self.closing = False
-        self.m0 = self.start_ns = 0
 
     def offer(self, intended: int) -> bool:
         """Count one arrival; True if it is measured."""
