@@ -30,9 +30,10 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from microrpc._core cimport (
-    CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, FLAG_HAS_CREDIT, Frame, FrameParser, HEADER_SIZE,
-    KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE,
-    OutBuffer,
+    CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_NOT_FOUND,
+    ERR_OVERLOADED, ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, Frame,
+    FrameParser, HEADER_SIZE, KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG,
+    KIND_REQUEST, KIND_RESPONSE, OutBuffer,
 )
 from microrpc.errors import ConnectionLost, DeadlineExceeded, MessageTooLarge, ProtocolError
 
@@ -96,15 +97,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_NONBLOCK
     int EFD_CLOEXEC
 
-
-# Error codes of ERROR frames (docs/wire.md; the same numbers as microrpc.codecs).
-DEF ERR_REMOTE = 1
-DEF ERR_NOT_FOUND = 2
-DEF ERR_DEADLINE = 3
-DEF ERR_TOO_LARGE = 4
-DEF ERR_OVERLOADED = 5
-DEF ERR_BAD_REQUEST = 6
-DEF ERR_UNAVAILABLE = 7
 
 DEF POLL_BLOCK = 0
 DEF POLL_SPIN = 1
