@@ -411,7 +411,7 @@ cdef class _Request:
     cdef object sid            # policy session id, or None without overload control
     cdef object entry          # (function, blocking)
     cdef bint cancelled
-    cdef int64_t start_ns      # when a handler (inline or on a worker) started it; 0 before
+    cdef int64_t start_ns      # when an inline handler started it; 0 if it did not run inline
 
 
 cdef class ServerLoop:
@@ -694,26 +694,32 @@ cdef class ServerLoop:
         The wait is the larger of two measures. The age of the oldest request not yet started
         is Breakwater's own signal, but it lags a burst: ten requests that arrived together
         are young, yet the last of them will wait ten service times. So the work queued ahead
-        (requests not finished, at the measured time per request) counts too; it is what lets
-        the AQM threshold bound the wait of what it admits."""
+        (requests in the run queue, at the measured time per request) counts too; it is what
+        lets the AQM threshold bound the wait of what it admits.
+
+        Only this thread's queue counts. A call running on the worker pool delays nobody on
+        the I/O thread; counting it made one long blocking call reject every short call of
+        other sessions while it ran."""
         cdef _Request head
         cdef int64_t d = 0, ahead
         if self.runq:
             head = self.runq[0]
             d = now - head.arrival_ns
-        ahead = (len(self.runq) + len(self.inflight)) * self.per_request_ns
+        ahead = len(self.runq) * self.per_request_ns
         if ahead > d:
             d = ahead
         return d + self.loop_lag_ns
 
     cdef inline void _count_done(self, _Request r, int64_t now) noexcept:
-        """Fold one completion into per_request_ns: the time since this request started or
-        since the previous completion, whichever is later. While the server is backlogged that
-        is the time between completions (1 / throughput, whatever the worker count or the
-        GIL allow); after an idle spell it is the request's own service time."""
+        """Fold one completion of a handler run on this thread into per_request_ns: the time
+        since it started or since the previous such completion, whichever is later. While the
+        run queue is backlogged that is the time between completions (1 / throughput of the
+        I/O thread, GIL contention included); after an idle spell it is the request's own
+        service time. Worker-pool calls are not folded in: they do not hold up the run queue,
+        and a long one would price every queued request at its duration."""
         cdef int64_t since
         if r.start_ns == 0:
-            return                          # never ran (skipped, cancelled): costs no service
+            return                          # did not run on this thread: costs it no service
         since = r.start_ns if r.start_ns > self.last_done_ns else self.last_done_ns
         self.last_done_ns = now
         if self.per_request_ns == 0:
@@ -1134,7 +1140,6 @@ def _run_in_worker(ServerLoop loop, _Request r):
         loop.post_completion(r, KIND_ERROR, msgpack.packb(
             [ERR_DEADLINE, "DeadlineExceeded", "deadline passed before the call started", None]))
         return
-    if loop.policy is not None:          # as in _run_one: only the overload signal uses it
-        r.start_ns = now_ns()
+    # r.start_ns stays 0: a worker's time is not the I/O thread's (see _count_done).
     kind, body = execute(r, msgpack.Packer(), loop.send_tracebacks, loop.max_message_size)
     loop.post_completion(r, kind, body)

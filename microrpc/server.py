@@ -31,9 +31,10 @@ class ServerStatistics:
     credit_frames: int         # standalone credit frames sent (Breakwater)
     cancelled: int             # cancel requests that found their call
     deadline_skipped: int      # calls not run because their deadline had passed
-    service_time_ns: int = 0   # measured server time per completed call (EWMA, 1/throughput
-                               # while backlogged): prices the queue in the overload signal;
-                               # measured only when the server has an overload policy
+    service_time_ns: int = 0   # measured I/O-thread time per completed inline call (EWMA,
+                               # 1/throughput while backlogged; worker-pool calls excluded):
+                               # prices the run queue in the overload signal; measured only
+                               # when the server has an overload policy
     overload: Any = None       # the overload policy's own statistics(), if any
 
 
