@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from microrpc import _core, _native, transport
+from microrpc import _core, _dispatch, _native, transport
 from microrpc.codecs import codec_id
 
 __all__ = ["Server", "ServerStatistics"]
@@ -77,7 +77,7 @@ class Server:
         for name in names | set(_SAFE_CODECS):
             mask |= 1 << codec_id(name)
         self._codec_mask = mask
-        self._methods: dict[bytes, tuple[Callable, bool]] = {}
+        self._methods: dict[bytes, _dispatch.Method] = {}
         self._overload = overload
         self._max_message_size = max_message_size
         self._poll = poll
@@ -86,6 +86,7 @@ class Server:
         self._send_tracebacks = send_tracebacks
         self._sock, self._bound = transport.listen(address)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._core: _dispatch.ServerCore | None = None
         self._loop: _native.ServerLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -104,7 +105,7 @@ class Server:
         raw = name.encode("utf-8") if isinstance(name, str) else b""
         if not 1 <= len(raw) <= 255:
             raise ValueError("a method name must be a str of 1..255 UTF-8 bytes")
-        self._methods[raw] = (function, bool(blocking))
+        self._methods[raw] = _dispatch.Method(function, blocking=bool(blocking))
         return function
 
     def method(self, function: Callable | None = None, *, name: str | None = None,
@@ -124,9 +125,14 @@ class Server:
                 raise RuntimeError("the server is already running")
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self._workers, thread_name_prefix="microrpc-worker")
-            self._loop = _native.ServerLoop(
-                self._methods, self._executor, self._overload, self._codec_mask,
-                self._max_message_size, self._send_tracebacks, self._poll, self._spin_us)
+            # Dispatch lives in the core; the epoll loop only moves bytes and reads the clock.
+            waker = _native.Waker()
+            self._core = _dispatch.ServerCore(
+                self._methods, executor=self._executor, wake=waker.wake,
+                clock=_native.MonotonicClock(), policy=self._overload,
+                accept_codecs=self._codec_mask, max_message_size=self._max_message_size,
+                send_tracebacks=self._send_tracebacks)
+            self._loop = _native.ServerLoop(self._core, waker, self._poll, self._spin_us)
             self._loop.add_listener(self._sock.fileno())
             return self._loop
 
@@ -185,19 +191,19 @@ class Server:
     # -- statistics --------------------------------------------------------------------
 
     def statistics(self) -> ServerStatistics:
-        loop = self._loop
+        loop, core = self._loop, self._core
         policy = self._overload
-        if loop is None:
+        if loop is None or core is None:
             return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                     policy.statistics() if policy is not None else None)
         return ServerStatistics(
-            calls=loop.calls, errors=loop.errors, protocol_errors=loop.protocol_errors,
-            rejects=loop.rejects, bytes_in=loop.bytes_in, bytes_out=loop.bytes_out,
-            queue_depth=loop.queue_depth(), buffered_output=loop.buffered_output(),
+            calls=core.calls, errors=core.errors, protocol_errors=core.protocol_errors,
+            rejects=core.rejects, bytes_in=loop.bytes_in, bytes_out=loop.bytes_out,
+            queue_depth=core.queue_depth(), buffered_output=core.buffered_output(),
             connections=loop.connection_count(),
-            connections_accepted=loop.connections_accepted, credit_frames=loop.credit_frames,
-            cancelled=loop.cancelled, deadline_skipped=loop.deadline_skipped,
-            service_time_ns=loop.per_request_ns,
+            connections_accepted=loop.connections_accepted, credit_frames=core.credit_frames,
+            cancelled=core.cancelled, deadline_skipped=core.deadline_skipped,
+            service_time_ns=core.per_request_ns,
             overload=policy.statistics() if policy is not None else None,
         )
 
