@@ -132,7 +132,8 @@ cdef class Request:
 cdef class CallContext:
     """What a handler registered with ``context=True`` gets as its first argument.
 
-    ``peer``: the client's address as the transport names it; ``peer_id``: the connection's
+    ``peer``: the client's address as the transport names it (``tcp://host:port``,
+    ``unix://path``, empty path for an unbound client socket); ``peer_id``: the connection's
     number, unique for the server's lifetime; ``session``: the client session the call
     belongs to (several may share a connection); ``call_id``: the call's id on that
     connection; ``deadline``: when the caller gives up, in seconds on the server's
@@ -143,6 +144,9 @@ cdef class CallContext:
     """
     cdef ServerCore _core
     cdef Request _req
+
+    def __init__(self):
+        raise TypeError("the server creates call contexts; handlers receive them")
 
     @property
     def peer(self):
@@ -199,6 +203,9 @@ cdef class DeferredReply:
     if the server stopped and already answered Unavailable after its grace period."""
     cdef ServerCore _core
     cdef Request _req
+
+    def __init__(self):
+        raise TypeError("deferred replies come from CallContext.defer()")
 
     cdef int _claim(self) except -1:
         # Check-and-set with no Python call in between: under the GIL no other thread can

@@ -504,7 +504,7 @@ cdef class ServerLoop:
                 try:
                     if s.family in (socket.AF_INET, socket.AF_INET6):
                         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    label = str(s.getpeername())
+                    label = _peer_label(s.family, s.getpeername())
                 finally:
                     s.detach()
             except OSError:
@@ -733,3 +733,16 @@ cdef class ServerLoop:
 
     def connection_count(self):
         return len(self.conns)
+
+
+def _peer_label(int family, name):
+    """A connection's name in the server's address syntax: ``tcp://host:port``, or
+    ``unix://`` and the client's path (empty for the usual unbound client socket)."""
+    import socket
+    if family == socket.AF_INET:
+        return f"tcp://{name[0]}:{name[1]}"
+    if family == socket.AF_INET6:
+        return f"tcp://[{name[0]}]:{name[1]}"
+    if isinstance(name, bytes):                   # an abstract-namespace address
+        name = name.decode("utf-8", "replace")
+    return f"unix://{name}"

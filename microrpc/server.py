@@ -10,7 +10,11 @@ from typing import Any, Callable, Iterable
 from microrpc import _core, _dispatch, _native, transport
 from microrpc.codecs import codec_id
 
-__all__ = ["Server", "ServerStatistics"]
+__all__ = ["Server", "ServerStatistics", "CallContext", "DeferredReply"]
+
+# The call context and the deferred reply are the core's own classes (compiled).
+CallContext = _dispatch.CallContext
+DeferredReply = _dispatch.DeferredReply
 
 # Safe codecs are always accepted; pickle only when named (it runs code on decode).
 _SAFE_CODECS = ("raw", "msgpack")
@@ -49,6 +53,23 @@ class Server:
 
     ``poll`` works as for :class:`microrpc.Client` ("adaptive" by default): between passes the
     I/O thread busy-polls epoll for up to ``spin_us`` while requests keep arriving that fast.
+
+    A handler registered with ``context=True`` gets a :class:`CallContext` as its first
+    argument, before the call's own arguments: ``ctx.peer`` (the client's address),
+    ``ctx.peer_id`` (its connection's number), ``ctx.session``, ``ctx.call_id``,
+    ``ctx.deadline`` (when the caller gives up, in ``time.monotonic()`` seconds, or None) and
+    ``ctx.cancelled``. Such a handler may also answer later: ``reply = ctx.defer()`` (while it
+    runs) makes the server ignore what it returns, and ``reply.result(value)`` or
+    ``reply.error(exc)``, once, from any thread, sends the answer::
+
+        @server.method(context=True)
+        def lookup(ctx, key):
+            reply = ctx.defer()
+            pending[key].append(reply)        # answered when the value arrives elsewhere
+
+    A deferred call holds no thread. It still ends exactly once: a reply to a client that
+    has disconnected is dropped, and when the server stops, calls not answered within the
+    grace period end with an error (the client sees ConnectionLost), as other calls do.
 
     Only registered methods are callable. Tracebacks are sent to clients only with
     ``send_tracebacks=True`` (they can reveal server internals).
@@ -98,21 +119,27 @@ class Server:
     def address(self) -> str:
         return str(self._bound)
 
-    def register(self, name: str, function: Callable, *, blocking: bool = False) -> Callable:
-        """Make ``function`` callable as ``name``. Returns ``function``."""
+    def register(self, name: str, function: Callable, *, blocking: bool = False,
+                 context: bool = False) -> Callable:
+        """Make ``function`` callable as ``name``. Returns ``function``.
+
+        ``blocking``: run it on the worker pool. ``context``: pass it a
+        :class:`CallContext` first (see the class docstring)."""
         if not callable(function):
             raise TypeError(f"{function!r} is not callable")
         raw = name.encode("utf-8") if isinstance(name, str) else b""
         if not 1 <= len(raw) <= 255:
             raise ValueError("a method name must be a str of 1..255 UTF-8 bytes")
-        self._methods[raw] = _dispatch.Method(function, blocking=bool(blocking))
+        self._methods[raw] = _dispatch.Method(function, blocking=bool(blocking),
+                                              context=bool(context))
         return function
 
     def method(self, function: Callable | None = None, *, name: str | None = None,
-               blocking: bool = False):
-        """Decorator: ``@server.method`` or ``@server.method(name=..., blocking=True)``."""
+               blocking: bool = False, context: bool = False):
+        """Decorator: ``@server.method`` or ``@server.method(name=..., blocking=True,
+        context=True)``."""
         def decorate(fn: Callable) -> Callable:
-            return self.register(name or fn.__name__, fn, blocking=blocking)
+            return self.register(name or fn.__name__, fn, blocking=blocking, context=context)
         return decorate(function) if function is not None else decorate
 
     # -- lifecycle ---------------------------------------------------------------------
