@@ -61,6 +61,7 @@ cdef enum:
 # reading that peer's requests until its replies drain (at least one whole reply fits).
 DEF MIN_OUT_LIMIT = 4194304
 
+# Always accepted: they carry data only. Pickle runs code on decode, so only when asked.
 _SAFE_CODECS = (1 << CODEC_RAW) | (1 << CODEC_MSGPACK)
 
 

@@ -16,7 +16,8 @@ __all__ = ["Server", "ServerStatistics", "CallContext", "DeferredReply"]
 CallContext = _dispatch.CallContext
 DeferredReply = _dispatch.DeferredReply
 
-# Safe codecs are always accepted; pickle only when named (it runs code on decode).
+# The default: the codecs that are always accepted (the server core adds them to any
+# choice); pickle only when named (it runs code on decode).
 _SAFE_CODECS = ("raw", "msgpack")
 
 
@@ -95,7 +96,7 @@ class Server:
             raise ValueError("workers must be at least 1")
         names = {codec} if isinstance(codec, str) else set(codec)
         mask = 0
-        for name in names | set(_SAFE_CODECS):
+        for name in names:               # (the core always adds the safe ones)
             mask |= 1 << codec_id(name)
         self._codec_mask = mask
         self._methods: dict[bytes, _dispatch.Method] = {}

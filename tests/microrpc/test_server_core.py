@@ -538,3 +538,22 @@ def test_statistics_counters(h):
     assert (h.core.calls, h.core.errors, h.core.queue_depth()) == (7, 1, 0)
     h.core.close_peer(a, h.clock.t)
     assert h.core.peer_count() == 1
+
+
+def test_a_driver_written_in_python_brings_its_own_peer_type(h):
+    # What a zmq ROUTER driver would do: one Peer per routing id, whole frames per message,
+    # and the reply bytes taken from peer.out for the reply message.
+    class RoutedPeer(_dispatch.Peer):
+        def __init__(self, identity):
+            self.identity = identity
+
+    h.register("echo", lambda x: x)
+    p = RoutedPeer(b"\x00k")
+    h.core.add_peer(p, "zmq+tcp://10.0.0.2:7")
+    with pytest.raises(ValueError, match="already registered"):
+        h.core.add_peer(p, "again")
+    h.call(p, 1, "echo", "hi")
+    h.step()
+    (dirty,) = h.core.take_dirty()
+    assert dirty is p and dirty.identity == b"\x00k"
+    assert h.replies(dirty) == {1: "hi"}
