@@ -16,7 +16,7 @@ from microrpc.errors import (
 )
 from microrpc.aio import AsyncClient
 from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
-from microrpc.server import Server, ServerStatistics
+from microrpc.server import CallContext, DeferredReply, Server, ServerStatistics
 
 __all__ = [
     "Client",
@@ -24,6 +24,8 @@ __all__ = [
     "ClientStatistics",
     "Server",
     "ServerStatistics",
+    "CallContext",
+    "DeferredReply",
     "DEFAULT_TIMEOUT",
     "bench",
     "RpcError",

@@ -15,14 +15,19 @@ cdef enum:
     CODEC_RAW = 0
     CODEC_MSGPACK = 1
     CODEC_PICKLE = 2
-    # Error codes of ERROR frames (docs/wire.md).
-    ERR_REMOTE = 1
-    ERR_NOT_FOUND = 2
-    ERR_DEADLINE = 3
-    ERR_TOO_LARGE = 4
-    ERR_OVERLOADED = 5
-    ERR_BAD_REQUEST = 6
-    ERR_UNAVAILABLE = 7
+    # Error codes, the first field of an ERROR frame's body (docs/wire.md has the table).
+    ERR_REMOTE = 1             # the handler raised
+    ERR_NOT_FOUND = 2          # no method of that name
+    ERR_DEADLINE = 3           # skipped: the deadline passed, or the client cancelled it
+    ERR_TOO_LARGE = 4          # the response is over max_message_size
+    ERR_OVERLOADED = 5         # rejected by overload control
+    ERR_BAD_REQUEST = 6        # codec not accepted, arguments not decodable
+    ERR_UNAVAILABLE = 7        # the server is stopping
+    # Reserved for proclets (objects that move between servers): sent by nothing yet, named
+    # now so that clients written against this table know them before they appear.
+    ERR_WRONG_TARGET = 8       # the object called is not on this server
+    ERR_RETRY_ELSEWHERE = 9    # it moved, or refused the call for now: retry at its new home
+    ERR_LOST = 10              # the object is gone for good (its runtime died)
 
 
 cdef class Frame:

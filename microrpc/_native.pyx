@@ -9,31 +9,23 @@ Two drivers over the protocol core (_core.pyx):
   poll(2); ``spin`` busy-polls the non-blocking socket for a bounded budget first (what
   Shenango/Caladan do with whole cores); ``adaptive`` spins only while replies have been
   arriving within the budget.
-* :class:`ServerLoop`, the server's single I/O thread on epoll. Each pass reads every
-  complete frame that ``recv`` returned, runs plain handlers to completion on this thread,
-  and writes the replies of a pass with one ``send`` per connection. Handlers marked
-  blocking run on a worker pool and post their replies back through an eventfd.
+* :class:`ServerLoop`, the server's single I/O thread on epoll: the driver of the server
+  core (``_dispatch.ServerCore``, where all of dispatch lives). Each pass reads every
+  complete frame that ``recv`` returned and feeds it to the core, lets the core run its
+  queue, and writes the replies of a pass with one ``send`` per connection. Workers and
+  deferred replies wake it through an eventfd (:class:`Waker`).
 
 Sockets are created and connected in Python (microrpc/transport.py: setup is not hot);
 their fds are handed over here and owned from then on.
 """
-import collections
-import pickle
-import sys
-import traceback
-
-import msgpack
-
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 # On Linux EWOULDBLOCK == EAGAIN, so only EAGAIN is tested.
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
-from microrpc._core cimport (
-    CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, FLAG_HAS_CREDIT, Frame, FrameParser, HEADER_SIZE,
-    KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE,
-    OutBuffer,
-)
+from microrpc._core cimport Frame, FrameParser, OutBuffer
+from microrpc._dispatch cimport Clock, Peer, ServerCore
 from microrpc.errors import ConnectionLost, DeadlineExceeded, MessageTooLarge, ProtocolError
 
 
@@ -96,15 +88,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_NONBLOCK
     int EFD_CLOEXEC
 
-
-# Error codes of ERROR frames (docs/wire.md; the same numbers as microrpc.codecs).
-DEF ERR_REMOTE = 1
-DEF ERR_NOT_FOUND = 2
-DEF ERR_DEADLINE = 3
-DEF ERR_TOO_LARGE = 4
-DEF ERR_OVERLOADED = 5
-DEF ERR_BAD_REQUEST = 6
-DEF ERR_UNAVAILABLE = 7
 
 DEF POLL_BLOCK = 0
 DEF POLL_SPIN = 1
@@ -419,122 +402,95 @@ cdef class Channel:
                     return frames
 
 # ---------------------------------------------------------------------------------------
-# Server side
+# Server side: the epoll driver of the server core (_dispatch.pyx)
 # ---------------------------------------------------------------------------------------
 
-cdef class _Conn:
+@cython.final
+cdef class MonotonicClock(Clock):
+    """The server core's clock: CLOCK_MONOTONIC, read in C (the same clock as now_ns)."""
+
+    cdef int64_t now(self) except? -1:
+        return now_ns()
+
+
+@cython.final
+cdef class Waker:
+    """An eventfd that wakes the I/O thread from epoll_wait: the server core calls
+    :meth:`wake` (any thread) when a worker or a deferred reply has finished a call."""
     cdef int fd
-    cdef readonly uint64_t id
+
+    def __cinit__(self):
+        self.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(errno, "eventfd failed")
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)
+
+    def fileno(self):
+        return self.fd
+
+    def wake(self):
+        cdef uint64_t one = 1
+        write(self.fd, &one, 8)
+
+    cdef void drain(self) noexcept:
+        cdef uint64_t junk
+        read(self.fd, &junk, 8)
+
+
+@cython.final
+cdef class _Conn(Peer):
+    """A server connection: the core's Peer plus the socket, its parser and epoll state."""
+    cdef int fd
     cdef FrameParser parser
-    cdef OutBuffer out
-    cdef bint dirty            # on the loop's list of connections with bytes to send
     cdef bint want_write       # EPOLLOUT armed (the kernel buffer was full)
     cdef bint paused           # EPOLLIN disarmed: the peer is not reading its replies
-    cdef bint closed
-    cdef dict sessions         # wire session id -> policy sid
-    cdef list deferred         # admitted requests held back while the peer is not reading
-    cdef readonly str peer
 
 
-cdef class _Request:
-    """A request admitted and waiting to run (run queue or worker pool)."""
-    cdef _Conn conn
-    cdef Frame frame
-    cdef int64_t arrival_ns
-    cdef int64_t deadline_ns
-    cdef object sid            # policy session id, or None without overload control
-    cdef object entry          # (function, blocking)
-    cdef bint cancelled
-    cdef int64_t start_ns      # when a handler (inline or on a worker) started it; 0 before
-
-
+@cython.final
 cdef class ServerLoop:
-    """The server's I/O thread. Everything but stop() and the worker completions is only
-    touched from the thread that runs :meth:`run`."""
+    """The server's I/O thread on epoll: accepts, reads into each connection's parser, feeds
+    the frames to the :class:`~microrpc._dispatch.ServerCore`, lets it run its queue, and
+    writes what it produced with one send per connection and pass. Everything but
+    request_stop() is only touched from the thread that runs :meth:`run`."""
+    cdef ServerCore core
+    cdef Waker waker
     cdef int epfd
-    cdef int wakefd
     cdef dict conns                # fd -> _Conn
     cdef set listen_fds
-    cdef dict methods              # name bytes -> (function, blocking)
-    cdef object executor
-    cdef object completions        # deque of (conn, request, kind, body); thread-safe appends
-    cdef object runq               # deque of _Request
-    cdef list dirty
-    cdef dict inflight             # (conn id, call id) -> _Request on the worker pool
-    cdef object policy
-    cdef bint policy_credits
-    cdef int64_t tick_ns
-    cdef int64_t next_tick
-    cdef dict sid_conn             # policy sid -> (conn, wire session)
-    cdef uint64_t next_sid
-    cdef uint64_t next_conn_id
-    cdef int accept_codecs         # bit mask of accepted codec ids
-    cdef readonly Py_ssize_t max_message_size
-    cdef Py_ssize_t out_limit
-    cdef bint send_tracebacks
     cdef int poll_mode
     cdef int64_t spin_ns
     cdef Adaptive adaptive
     cdef int64_t batch_ns
-    cdef int64_t loop_lag_ns
     cdef int64_t last_read_ns
-    cdef readonly int64_t per_request_ns    # EWMA of the server's time per completed request
-    cdef int64_t last_done_ns      # when the previous admitted request completed
-    cdef object packer
-    cdef public bint stopping
-    cdef int64_t stop_deadline
     cdef readonly bint running
-    # statistics
-    cdef readonly uint64_t calls, errors, protocol_errors, rejects, bytes_in, bytes_out
-    cdef readonly uint64_t connections_accepted, credit_frames, cancelled, deadline_skipped
+    # statistics of the transport (the core counts calls)
+    cdef readonly uint64_t bytes_in, bytes_out, connections_accepted
 
-    def __cinit__(self, dict methods, object executor, object policy, int accept_codecs,
-                  Py_ssize_t max_message_size, bint send_tracebacks, str poll="block",
+    def __cinit__(self, ServerCore core not None, Waker waker not None, str poll="block",
                   double spin_us=50.0, double batch_us=200.0):
         if poll not in POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(POLL_MODES)}, not {poll!r}")
+        self.epfd = -1
+        self.core = core
+        self.waker = waker
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
-        self.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if self.wakefd < 0:
-            close(self.epfd)
-            raise OSError(errno, "eventfd failed")
-        self._ctl(EPOLL_CTL_ADD, self.wakefd, EPOLLIN)
+        self._ctl(EPOLL_CTL_ADD, waker.fd, EPOLLIN)
         self.conns = {}
         self.listen_fds = set()
-        self.methods = methods
-        self.executor = executor
-        self.completions = collections.deque()
-        self.runq = collections.deque()
-        self.dirty = []
-        self.inflight = {}
-        self.policy = policy
-        self.policy_credits = bool(policy is not None and policy.uses_credits)
-        self.tick_ns = policy.tick_interval_ns if policy is not None else 0
-        self.next_tick = 0
-        self.sid_conn = {}
-        self.next_sid = 1
-        self.next_conn_id = 1
-        self.accept_codecs = accept_codecs
-        self.max_message_size = max_message_size
-        # Replies queued for a peer that does not read are bounded: past this, the loop
-        # stops reading that peer's requests until its replies drain.
-        self.out_limit = max(4 * 1024 * 1024, max_message_size + HEADER_SIZE)
-        self.send_tracebacks = send_tracebacks
         self.poll_mode = POLL_MODES[poll]
         self.spin_ns = <int64_t>(spin_us * 1000)
         adaptive_init(&self.adaptive, self.spin_ns)
         self.batch_ns = <int64_t>(batch_us * 1000)
-        self.packer = msgpack.Packer()
-        self.stopping = False
         self.running = False
 
     def __dealloc__(self):
         if self.epfd >= 0:
             close(self.epfd)
-        if self.wakefd >= 0:
-            close(self.wakefd)
 
     cdef int _ctl(self, int op, int fd, uint32_t events) except -1:
         cdef epoll_event ev
@@ -548,39 +504,18 @@ cdef class ServerLoop:
         self.listen_fds.add(fd)
         self._ctl(EPOLL_CTL_ADD, fd, EPOLLIN)
 
-    def wake(self):
-        """Interrupt epoll_wait (any thread)."""
-        cdef uint64_t one = 1
-        write(self.wakefd, &one, 8)
-
-    def post_completion(self, _Request req, int kind, bytes body):
-        """A worker finished ``req`` (any thread): hand the reply to the I/O thread."""
-        self.completions.append((req, kind, body))
-        self.wake()
-
-    def queue_depth(self):
-        cdef _Conn c
-        cdef Py_ssize_t held = 0
-        for c in self.conns.values():
-            held += len(c.deferred)
-        return len(self.runq) + len(self.inflight) + held
-
-    def buffered_output(self):
-        """Reply bytes produced but not yet accepted by the peers' sockets."""
-        cdef _Conn c
-        cdef Py_ssize_t total = 0
-        for c in self.conns.values():
-            total += c.out.end - c.out.start
-        return total
-
-    def connection_count(self):
-        return len(self.conns)
+    def request_stop(self, double grace):
+        """Ask the loop to stop (any thread): no new calls; calls in flight get ``grace``
+        seconds to finish, then end with an Unavailable error."""
+        self.core.request_stop(now_ns(), <int64_t>(max(grace, 0.0) * 1e9))
+        self.waker.wake()
 
     # -- connections ------------------------------------------------------------------
 
     cdef int _accept(self, int lfd) except -1:
         cdef int fd
         cdef _Conn c
+        cdef str label
         import socket
         while True:
             with nogil:
@@ -589,51 +524,37 @@ cdef class ServerLoop:
                 return 0
             c = _Conn.__new__(_Conn)
             c.fd = fd
-            c.id = self.next_conn_id
-            self.next_conn_id += 1
-            c.parser = FrameParser(self.max_message_size)
-            c.out = OutBuffer()
-            c.sessions = {}
-            c.deferred = []
+            c.parser = FrameParser(self.core.max_message_size)
             try:
                 s = socket.socket(fileno=fd)
                 try:
                     if s.family in (socket.AF_INET, socket.AF_INET6):
                         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    c.peer = str(s.getpeername())
+                    label = _peer_label(s.family, s.getpeername())
                 finally:
                     s.detach()
             except OSError:
-                c.peer = "?"
+                label = "?"
+            self.core.add_peer(c, label)
             self.conns[fd] = c
             self.connections_accepted += 1
             self._ctl(EPOLL_CTL_ADD, fd, EPOLLIN)
 
-    cdef int _close_conn(self, _Conn c) except -1:
+    cdef int _close_conn(self, _Conn c, int64_t now) except -1:
         if c.closed:
             return 0
-        c.closed = True
+        self.core.close_peer(c, now)
         self.conns.pop(c.fd, None)
         epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.fd, NULL)
         close(c.fd)
-        for r in c.deferred:
-            self._finish_silently(r)        # nobody is left to answer; return the credit
-        c.deferred = []
-        if self.policy is not None:
-            now = now_ns()
-            for sid in c.sessions.values():
-                self.sid_conn.pop(sid, None)
-                self.policy.close_session(sid, now)
-        c.sessions.clear()
         return 0
 
     cdef int _read(self, _Conn c, int64_t now) except -1:
-        """Drain the socket (up to the read budget) and handle every whole frame."""
+        """Drain the socket (up to the read budget) and feed every whole frame."""
         cdef ssize_t n
         cdef int err = 0
         cdef char* dst
         cdef Py_ssize_t total = 0
-        cdef Frame f
         while total < READ_BUDGET:
             dst = c.parser.reserve(RECV_CHUNK)
             with nogil:
@@ -647,295 +568,63 @@ cdef class ServerLoop:
                     break
                 continue
             if n == 0:
-                self._handle_frames(c, now)
-                self._close_conn(c)
+                self._feed(c, now)
+                self._close_conn(c, now)
                 return 0
             if err == EINTR:
                 continue
             if err == EAGAIN:
                 break
-            self._close_conn(c)
+            self._close_conn(c, now)
             return 0
-        self._handle_frames(c, now)
+        self._feed(c, now)
         return 0
 
-    cdef int _handle_frames(self, _Conn c, int64_t now) except -1:
+    cdef int _feed(self, _Conn c, int64_t now) except -1:
+        """Hand the parser's whole frames to the core, until the peer is over its reply limit
+        (the rest stay in the parser, bounded, until _flush resumes it)."""
+        cdef ServerCore core = self.core
         cdef Frame f
-        while not c.closed:
-            if c.out.end - c.out.start > self.out_limit:
-                # The peer is not reading its replies: leave the rest of its requests in the
-                # parser until they drain (_flush resumes), so memory stays bounded.
-                return 0
+        while not c.closed and not core.over_limit(c):
             try:
                 f = c.parser.next_frame()
             except ProtocolError:
                 # Lengths can no longer be trusted: drop this peer, keep serving the rest.
-                self.protocol_errors += 1
-                self._close_conn(c)
+                core.protocol_error(c)
+                self._close_conn(c, now)
                 return 0
             if f is None:
                 return 0
-            if f.kind == KIND_REQUEST:
-                self._admit(c, f, now)
-            elif f.kind == KIND_CANCEL:
-                self._cancel(c, f.call_id)
-            elif f.kind == KIND_PING:
-                self._pong(c, f, now)
-            else:
-                # Responses, errors and credits only travel server -> client.
-                self.protocol_errors += 1
-                self._close_conn(c)
+            if not core.feed(c, f, now):
+                self._close_conn(c, now)
                 return 0
-        return 0
-
-    cdef int _pong(self, _Conn c, Frame f, int64_t now) except -1:
-        """Answer a ping. With a credit policy the pong registers the session and carries its
-        first window: that is how a client learns, before its first call, that this server
-        hands out credits (a pong without HAS_CREDIT means it does not)."""
-        cdef int flags = 0
-        cdef uint32_t window = 0
-        if self.policy_credits:
-            window = self.policy.open_session(self._session_id(c, f.session, now), now)
-            flags = FLAG_HAS_CREDIT
-            self.credit_frames += 1
-        c.out.put_frame(KIND_PONG, flags, 0, f.call_id, f.session, 0, window, NULL, 0, NULL, 0)
-        self._mark_dirty(c)
-        return 0
-
-    cdef object _session_id(self, _Conn c, uint32_t session, int64_t now):
-        """The policy's id for (connection, wire session), registering it on first sight."""
-        sid = c.sessions.get(session)
-        if sid is None:
-            sid = self.next_sid
-            self.next_sid += 1
-            c.sessions[session] = sid
-            self.sid_conn[sid] = (c, session)
-            self.policy.open_session(sid, now)
-        return sid
-
-    cdef inline int _mark_dirty(self, _Conn c) except -1:
-        if not c.dirty:
-            c.dirty = True
-            self.dirty.append(c)
-        return 0
-
-    # -- requests ---------------------------------------------------------------------
-
-    cdef int64_t _queue_delay(self, int64_t now) noexcept:
-        """The congestion signal the policy sees: how long a request arriving now will wait
-        before it starts, plus how far the loop is behind the socket (loop_lag_ns).
-
-        The wait is the larger of two measures. The age of the oldest request not yet started
-        is Breakwater's own signal, but it lags a burst: ten requests that arrived together
-        are young, yet the last of them will wait ten service times. So the work queued ahead
-        (requests not finished, at the measured time per request) counts too; it is what lets
-        the AQM threshold bound the wait of what it admits."""
-        cdef _Request head
-        cdef int64_t d = 0, ahead
-        if self.runq:
-            head = self.runq[0]
-            d = now - head.arrival_ns
-        ahead = (len(self.runq) + len(self.inflight)) * self.per_request_ns
-        if ahead > d:
-            d = ahead
-        return d + self.loop_lag_ns
-
-    cdef inline void _count_done(self, _Request r, int64_t now) noexcept:
-        """Fold one completion into per_request_ns: the time since this request started or
-        since the previous completion, whichever is later. While the server is backlogged that
-        is the time between completions (1 / throughput, whatever the worker count or the
-        GIL allow); after an idle spell it is the request's own service time."""
-        cdef int64_t since
-        if r.start_ns == 0:
-            return                          # never ran (skipped, cancelled): costs no service
-        since = r.start_ns if r.start_ns > self.last_done_ns else self.last_done_ns
-        self.last_done_ns = now
-        if self.per_request_ns == 0:
-            self.per_request_ns = now - since
-        else:                               # weight 1/32: exponential service is noisy
-            self.per_request_ns += (now - since - self.per_request_ns) >> 5
-
-    cdef int _admit(self, _Conn c, Frame f, int64_t now) except -1:
-        cdef _Request r = _Request.__new__(_Request)
-        r.conn = c
-        r.frame = f
-        r.arrival_ns = now
-        r.deadline_ns = now + <int64_t>f.deadline_us * 1000 if f.deadline_us else 0
-        r.sid = None
-        self.calls += 1
-        if self.stopping:
-            self._reply_error(r, ERR_UNAVAILABLE, "Unavailable", "the server is stopping", None)
-            return 0
-        if self.policy is not None:
-            sid = self._session_id(c, f.session, now)
-            r.sid = sid
-            if not self.policy.on_request(sid, f.credit, now, self._queue_delay(now)):
-                self.rejects += 1
-                self._reply_reject(r, now)
-                return 0
-        self.runq.append(r)
-        return 0
-
-    cdef int _cancel(self, _Conn c, uint64_t call_id) except -1:
-        cdef _Request r = self.inflight.get((c.id, call_id))
-        if r is not None:
-            # Best effort: a worker that has not started it yet will skip it.
-            r.cancelled = True
-            self.cancelled += 1
-            return 0
-        for r in self.runq:
-            if r.conn is c and r.frame.call_id == call_id:
-                r.cancelled = True
-                self.cancelled += 1
-                break
-        return 0
-
-    cdef int _run_one(self, _Request r) except -1:
-        """Start (inline, or on the worker pool) one request from the run queue."""
-        cdef Frame f = r.frame
-        cdef int64_t now
-        if r.conn.out.end - r.conn.out.start > self.out_limit:
-            r.conn.deferred.append(r)        # run once the peer has read its replies
-            return 0
-        if r.cancelled:
-            # The client gave up and ignores the answer, but every request gets exactly one
-            # response frame: the client's credit accounting counts on it.
-            self._reply_error(r, ERR_DEADLINE, "Cancelled", "cancelled by the client", None)
-            return 0
-        entry = self.methods.get(f.name)
-        if entry is None:
-            self._reply_error(r, ERR_NOT_FOUND, "MethodNotFound",
-                              f"no method named {f.name.decode('utf-8', 'replace')!r}", None)
-            return 0
-        if not (self.accept_codecs >> f.codec) & 1:
-            self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
-                              f"this server does not accept codec {f.codec}", None)
-            return 0
-        if r.deadline_ns:
-            now = now_ns()
-            if now >= r.deadline_ns:
-                self.deadline_skipped += 1
-                self._reply_error(r, ERR_DEADLINE, "DeadlineExceeded",
-                                  "deadline passed before the call started", None)
-                return 0
-        r.entry = entry
-        if entry[1]:
-            self.inflight[(r.conn.id, f.call_id)] = r
-            self.executor.submit(_run_in_worker, self, r)
-            return 0
-        if self.policy is not None:          # only the overload signal needs the timing
-            r.start_ns = now_ns()
-        kind, body = execute(r, self.packer, self.send_tracebacks, self.max_message_size)
-        self._reply(r, kind, body)
-        return 0
-
-    cdef int _reply(self, _Request r, int kind, bytes body) except -1:
-        cdef _Conn c = r.conn
-        cdef int flags = 0
-        cdef uint32_t window = 0
-        cdef int64_t now = 0
-        if kind == KIND_ERROR:
-            self.errors += 1
-        if self.policy is not None:
-            now = now_ns()
-            self._count_done(r, now)
-        if c.closed:
-            if r.sid is not None and self.policy is not None:
-                self.policy.on_complete(r.sid, now)
-            return 0
-        if self.policy is not None and r.sid is not None:
-            window = self.policy.on_complete(r.sid, now)
-            if self.policy_credits:
-                flags = FLAG_HAS_CREDIT
-        c.out.put_frame(kind, flags, r.frame.codec if kind == KIND_RESPONSE else CODEC_MSGPACK,
-                        r.frame.call_id, r.frame.session, 0, window, NULL, 0,
-                        PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
-        self._mark_dirty(c)
-        return 0
-
-    cdef int _finish_silently(self, _Request r) except -1:
-        if self.policy is not None and r.sid is not None:
-            self.policy.on_complete(r.sid, now_ns())
-        return 0
-
-    cdef int _reply_error(self, _Request r, int code, str type_name, str message,
-                          object tb) except -1:
-        self._reply(r, KIND_ERROR, self.packer.pack([code, type_name, message, tb]))
-        return 0
-
-    cdef int _reply_reject(self, _Request r, int64_t now) except -1:
-        cdef _Conn c = r.conn
-        cdef uint32_t window = self.policy.on_reject(r.sid, now)
-        cdef bytes body = self.packer.pack(
-            [ERR_OVERLOADED, "Overloaded", "rejected by the server's overload control", None])
-        self.errors += 1
-        c.out.put_frame(KIND_ERROR, FLAG_HAS_CREDIT if self.policy_credits else 0,
-                        CODEC_MSGPACK, r.frame.call_id, r.frame.session, 0, window, NULL, 0,
-                        PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
-        self._mark_dirty(c)
-        return 0
-
-    cdef int _drain_completions(self) except -1:
-        cdef _Request r
-        while self.completions:
-            r, kind, body = self.completions.popleft()
-            self.inflight.pop((r.conn.id, r.frame.call_id), None)
-            if kind == 0:                      # cancelled before a worker started it
-                self._reply_error(r, ERR_DEADLINE, "Cancelled", "cancelled by the client", None)
-            else:
-                self._reply(r, kind, body)
-        return 0
-
-    cdef int _credit_frames(self, list grants) except -1:
-        cdef _Conn c
-        for sid, window in grants:
-            target = self.sid_conn.get(sid)
-            if target is None:
-                continue
-            c = target[0]
-            if c.closed:
-                continue
-            c.out.put_frame(KIND_CREDIT, FLAG_HAS_CREDIT, 0, 0, target[1], 0, window,
-                            NULL, 0, NULL, 0)
-            self.credit_frames += 1
-            self._mark_dirty(c)
         return 0
 
     # -- output -----------------------------------------------------------------------
 
-    cdef int _flush(self) except -1:
-        """One send per connection for everything this pass produced."""
+    cdef int _flush(self, int64_t now) except -1:
+        """One send per connection for everything the core produced since the last flush."""
         cdef _Conn c
         cdef int err
         cdef Py_ssize_t sent = 0
-        cdef list dirty = self.dirty
-        self.dirty = []
-        for c in dirty:
-            c.dirty = False
+        for c in self.core.take_dirty():
             if c.closed:
                 continue
             err = send_pending(c.fd, c.out, &sent)
             if err != 0 and err != EAGAIN:
-                self._close_conn(c)
+                self._close_conn(c, now)
                 continue
             self._update_interest(c)
-            if not c.paused and (c.deferred or c.parser.buffered()):
-                self._resume(c)
+            if not c.paused and (c.held or c.parser.buffered()):
+                # The peer read enough of its replies: run what was held back, read the rest.
+                self.core.resume(c)
+                self._feed(c, now)
         self.bytes_out += sent
         return 0
 
-    cdef int _resume(self, _Conn c) except -1:
-        """The peer read enough of its replies: run what was held back."""
-        cdef list held = c.deferred
-        c.deferred = []
-        self.runq.extend(held)
-        self._handle_frames(c, now_ns())
-        return 0
-
     cdef int _update_interest(self, _Conn c) except -1:
-        cdef Py_ssize_t pending = c.out.end - c.out.start
-        cdef bint want_write = pending > 0
-        cdef bint paused = pending > self.out_limit
+        cdef bint want_write = c.out.end > c.out.start
+        cdef bint paused = self.core.over_limit(c)
         cdef uint32_t ev
         if want_write != c.want_write or paused != c.paused:
             c.want_write = want_write
@@ -947,28 +636,28 @@ cdef class ServerLoop:
     # -- the loop ---------------------------------------------------------------------
 
     cdef int _poll(self, int timeout_ms, int64_t now) except -1:
-        """One epoll_wait and its events: accept, read and parse, writable sockets."""
+        """One epoll_wait and its events: accept, read and feed, writable sockets."""
         cdef epoll_event events[MAX_EVENTS]
         cdef int n, i, fd
         cdef uint32_t ev
-        cdef uint64_t junk
         cdef int64_t t0 = now, t1
         cdef _Conn c
         with nogil:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout_ms)
         t1 = now_ns()
         # If data was already waiting when we asked (we did not sleep), it may have waited
-        # since we last looked at the sockets: that is how far behind the loop is.
+        # since we last looked at the sockets: that is how far behind the loop is, and the
+        # core adds it to the congestion signal.
         if n > 0 and t1 - t0 < 20000 and self.last_read_ns:
-            self.loop_lag_ns = t0 - self.last_read_ns
+            self.core.loop_lag_ns = t0 - self.last_read_ns
         else:
-            self.loop_lag_ns = 0
+            self.core.loop_lag_ns = 0
         self.last_read_ns = t1
         for i in range(n):
             fd = events[i].data.fd
             ev = events[i].events
-            if fd == self.wakefd:
-                read(self.wakefd, &junk, 8)
+            if fd == self.waker.fd:
+                self.waker.drain()
                 continue
             if fd in self.listen_fds:
                 self._accept(fd)
@@ -977,7 +666,7 @@ cdef class ServerLoop:
             if c is None:
                 continue
             if ev & EPOLLOUT:
-                self._mark_dirty(c)
+                self.core._mark_dirty(c)
             if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
                 self._read(c, t1)
         return n
@@ -991,7 +680,7 @@ cdef class ServerLoop:
         cdef int n = 0
         if budget <= 0:
             return 0
-        while t < until and not self.stopping:
+        while t < until and not self.core.stopping:
             n = self._poll(0, t)
             if n > 0:
                 break
@@ -1001,24 +690,25 @@ cdef class ServerLoop:
         return n
 
     def run(self):
-        """Serve until stop(): poll, read, run, flush, tick. Returns when fully stopped."""
-        cdef int64_t now, batch_end, wait_ns
+        """Serve until stop: poll, read, run, tick, flush. Returns when fully stopped."""
+        cdef ServerCore core = self.core
+        cdef int64_t now, wait_ns, next_tick
         cdef int n, timeout_ms
-        cdef _Request r
         self.running = True
         try:
             while True:
                 now = now_ns()
-                if self.stopping:
-                    if self._stop_step(now):
+                if core.stopping:
+                    self._unlisten()
+                    if core.stop_step(now):
                         break
-                if self.runq or self.completions:
+                if core.has_work():
                     timeout_ms = 0
                 else:
                     wait_ns = 100000000   # wake at least every 100 ms to notice stop()
-                    if self.tick_ns:
-                        wait_ns = min(wait_ns, max(self.next_tick - now, 0))
-                    if self.stopping:
+                    if core.tick_ns:
+                        wait_ns = min(wait_ns, max(core.next_tick - now, 0))
+                    if core.stopping:
                         wait_ns = min(wait_ns, 1000000)
                     timeout_ms = ms_ceil(wait_ns)
                 n = 0
@@ -1029,75 +719,34 @@ cdef class ServerLoop:
                     n = self._poll(timeout_ms, now)
                     if n > 0 and self.poll_mode == POLL_ADAPTIVE:
                         adaptive_slept(&self.adaptive, now_ns() - now)
-                self._drain_completions()
-                # Run admitted requests to completion, for at most batch_ns per pass so that
-                # replies go out and new requests are read (and AQM sees them) promptly.
                 now = now_ns()
-                batch_end = now + self.batch_ns
-                while self.runq:
-                    r = self.runq.popleft()
-                    self._run_one(r)
-                    if now_ns() >= batch_end:
-                        break
-                if self.tick_ns:
-                    now = now_ns()
-                    if now >= self.next_tick:
-                        self.next_tick = now + self.tick_ns
-                        grants = self.policy.on_tick(now, self._queue_delay(now))
-                        if grants:
-                            self._credit_frames(grants)
-                if self.dirty:
-                    self._flush()
+                core.drain_completions(now)
+                core.run(now, self.batch_ns)
+                if core.tick_ns:
+                    core.tick(now_ns())
+                if core.dirty:
+                    self._flush(now_ns())
         finally:
             self._shutdown()
             self.running = False
 
-    cdef bint _stop_step(self, int64_t now) except -1:
-        """While stopping: True once every admitted call has its reply (or grace ran out)."""
-        cdef _Request r
-        if self.listen_fds:
-            for fd in list(self.listen_fds):
-                epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, NULL)
-            self.listen_fds.clear()
-        if not self.runq and not self.inflight and not self.completions:
-            return True
-        if self.stop_deadline and now >= self.stop_deadline:
-            # Grace is over: every call still queued or running ends with an error now.
-            while self.runq:
-                r = self.runq.popleft()
-                self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
-                                  "the server stopped before the call finished", None)
-            for r in list(self.inflight.values()):
-                r.cancelled = True
-                self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
-                                  "the server stopped before the call finished", None)
-            self.inflight.clear()
-            self.completions.clear()
-            return True
-        return False
-
-    def request_stop(self, double grace):
-        """Ask the loop to stop (any thread): no new calls; calls in flight get ``grace``
-        seconds to finish, then end with an Unavailable error."""
-        self.stop_deadline = now_ns() + <int64_t>(max(grace, 0.0) * 1e9)
-        if self.stop_deadline == 0:
-            self.stop_deadline = 1
-        self.stopping = True
-        self.wake()
+    cdef int _unlisten(self) except -1:
+        for fd in self.listen_fds:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, NULL)
+        self.listen_fds.clear()
+        return 0
 
     cdef int _shutdown(self) except -1:
         cdef _Conn c
         cdef int64_t until = now_ns() + 200000000
         # Best effort, bounded: push out the replies already produced before closing.
-        self._flush()
+        self._flush(now_ns())
         # (bytes_out counts what _flush sent; a last blocking flush is not counted.)
         for c in list(self.conns.values()):
             if c.out.end > c.out.start and now_ns() < until:
                 self._blocking_flush(c, until)
-            self._close_conn(c)
-        for fd in list(self.listen_fds):
-            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, NULL)
-        self.listen_fds.clear()
+            self._close_conn(c, now_ns())
+        self._unlisten()
         return 0
 
     cdef int _blocking_flush(self, _Conn c, int64_t until) except -1:
@@ -1106,69 +755,20 @@ cdef class ServerLoop:
             wait_writable(c.fd, 10)
         return 0
 
+    # -- statistics -------------------------------------------------------------------
 
-cpdef tuple execute(_Request r, object packer, bint send_tracebacks,
-                    Py_ssize_t max_message_size):
-    """Decode the arguments, call the handler, encode the outcome: (frame kind, body)."""
-    cdef Frame f = r.frame
-    cdef int codec = f.codec
-    fn = r.entry[0]
-    try:
-        if codec == CODEC_MSGPACK:
-            args = msgpack.unpackb(f.body)
-            if type(args) is not list:
-                raise TypeError("arguments must be a msgpack array")
-        elif codec == CODEC_RAW:
-            args = None
-        else:
-            args = pickle.loads(f.body)
-            if type(args) is not tuple:
-                raise TypeError("arguments must be a pickled tuple")
-    except Exception as exc:
-        return KIND_ERROR, packer.pack([ERR_BAD_REQUEST, "ProtocolError",
-                                        f"undecodable arguments: {exc}", None])
-    try:
-        if args is None:
-            result = fn(f.body)
-        else:
-            result = fn(*args)
-    except Exception as exc:
-        tb = traceback.format_exc() if send_tracebacks else None
-        return KIND_ERROR, packer.pack([ERR_REMOTE, type(exc).__name__, str(exc), tb])
-    try:
-        if codec == CODEC_MSGPACK:
-            body = packer.pack(result)
-        elif codec == CODEC_RAW:
-            if type(result) is not bytes:
-                if not isinstance(result, (bytearray, memoryview)):
-                    raise TypeError(f"a raw-codec handler must return bytes, "
-                                    f"not {type(result).__name__}")
-                result = bytes(result)
-            body = result
-        else:
-            body = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        return KIND_ERROR, packer.pack([ERR_REMOTE, type(exc).__name__,
-                                        f"result could not be encoded: {exc}", None])
-    if PyBytes_GET_SIZE(body) > max_message_size:
-        return KIND_ERROR, packer.pack([
-            ERR_TOO_LARGE, "MessageTooLarge",
-            f"response of {PyBytes_GET_SIZE(body)} bytes is over the max_message_size "
-            f"limit of {max_message_size}", None])
-    return KIND_RESPONSE, body
+    def connection_count(self):
+        return len(self.conns)
 
 
-def _run_in_worker(ServerLoop loop, _Request r):
-    """Body of a worker-pool task for a handler marked blocking."""
-    if r.cancelled:
-        loop.post_completion(r, 0, b"")
-        return
-    if r.deadline_ns and now_ns() >= r.deadline_ns:
-        loop.deadline_skipped += 1       # safe: this runs with the GIL held throughout
-        loop.post_completion(r, KIND_ERROR, msgpack.packb(
-            [ERR_DEADLINE, "DeadlineExceeded", "deadline passed before the call started", None]))
-        return
-    if loop.policy is not None:          # as in _run_one: only the overload signal uses it
-        r.start_ns = now_ns()
-    kind, body = execute(r, msgpack.Packer(), loop.send_tracebacks, loop.max_message_size)
-    loop.post_completion(r, kind, body)
+def _peer_label(int family, name):
+    """A connection's name in the server's address syntax: ``tcp://host:port``, or
+    ``unix://`` and the client's path (empty for the usual unbound client socket)."""
+    import socket
+    if family == socket.AF_INET:
+        return f"tcp://{name[0]}:{name[1]}"
+    if family == socket.AF_INET6:
+        return f"tcp://[{name[0]}]:{name[1]}"
+    if isinstance(name, bytes):                   # an abstract-namespace address
+        name = name.decode("utf-8", "replace")
+    return f"unix://{name}"

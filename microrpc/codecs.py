@@ -16,22 +16,29 @@ from typing import Any
 import msgpack
 
 from microrpc import _core
+# Error codes carried in ERROR frames: declared once, in _core.pxd (table in docs/wire.md).
+from microrpc._core import (
+    BAD_REQUEST,
+    DEADLINE_EXCEEDED,
+    LOST,
+    MESSAGE_TOO_LARGE,
+    METHOD_NOT_FOUND,
+    OVERLOADED,
+    REMOTE_ERROR,
+    RETRY_ELSEWHERE,
+    UNAVAILABLE,
+    WRONG_TARGET,
+)
 from microrpc.errors import ProtocolError
 
-__all__ = ["CODECS", "codec_id", "encode_args", "decode_result", "encode_error", "decode_error"]
+__all__ = [
+    "CODECS", "codec_id", "encode_args", "decode_result", "encode_error", "decode_error",
+    "REMOTE_ERROR", "METHOD_NOT_FOUND", "DEADLINE_EXCEEDED", "MESSAGE_TOO_LARGE", "OVERLOADED",
+    "BAD_REQUEST", "UNAVAILABLE", "WRONG_TARGET", "RETRY_ELSEWHERE", "LOST",
+]
 
 CODECS = {"raw": _core.RAW, "msgpack": _core.MSGPACK, "pickle": _core.PICKLE}
 _NAMES = {v: k for k, v in CODECS.items()}
-
-# Error codes carried in ERROR frames (docs/wire.md).
-REMOTE_ERROR = 1
-METHOD_NOT_FOUND = 2
-DEADLINE_EXCEEDED = 3
-MESSAGE_TOO_LARGE = 4
-OVERLOADED = 5
-BAD_REQUEST = 6
-UNAVAILABLE = 7
-
 
 def codec_id(name: str) -> int:
     """The wire id of a codec name; a clear error for anything else."""

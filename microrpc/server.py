@@ -7,12 +7,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from microrpc import _core, _native, transport
+from microrpc import _core, _dispatch, _native, transport
 from microrpc.codecs import codec_id
 
-__all__ = ["Server", "ServerStatistics"]
+__all__ = ["Server", "ServerStatistics", "CallContext", "DeferredReply"]
 
-# Safe codecs are always accepted; pickle only when named (it runs code on decode).
+# The call context and the deferred reply are the core's own classes (compiled).
+CallContext = _dispatch.CallContext
+DeferredReply = _dispatch.DeferredReply
+
+# The default: the codecs that are always accepted (the server core adds them to any
+# choice); pickle only when named (it runs code on decode).
 _SAFE_CODECS = ("raw", "msgpack")
 
 
@@ -31,9 +36,10 @@ class ServerStatistics:
     credit_frames: int         # standalone credit frames sent (Breakwater)
     cancelled: int             # cancel requests that found their call
     deadline_skipped: int      # calls not run because their deadline had passed
-    service_time_ns: int = 0   # measured server time per completed call (EWMA, 1/throughput
-                               # while backlogged): prices the queue in the overload signal;
-                               # measured only when the server has an overload policy
+    service_time_ns: int = 0   # measured I/O-thread time per completed inline call (EWMA,
+                               # 1/throughput while backlogged; worker-pool calls excluded):
+                               # prices the run queue in the overload signal; measured only
+                               # when the server has an overload policy
     overload: Any = None       # the overload policy's own statistics(), if any
 
 
@@ -48,6 +54,23 @@ class Server:
 
     ``poll`` works as for :class:`microrpc.Client` ("adaptive" by default): between passes the
     I/O thread busy-polls epoll for up to ``spin_us`` while requests keep arriving that fast.
+
+    A handler registered with ``context=True`` gets a :class:`CallContext` as its first
+    argument, before the call's own arguments: ``ctx.peer`` (the client's address),
+    ``ctx.peer_id`` (its connection's number), ``ctx.session``, ``ctx.call_id``,
+    ``ctx.deadline`` (when the caller gives up, in ``time.monotonic()`` seconds, or None) and
+    ``ctx.cancelled``. Such a handler may also answer later: ``reply = ctx.defer()`` (while it
+    runs) makes the server ignore what it returns, and ``reply.result(value)`` or
+    ``reply.error(exc)``, once, from any thread, sends the answer::
+
+        @server.method(context=True)
+        def lookup(ctx, key):
+            reply = ctx.defer()
+            pending[key].append(reply)        # answered when the value arrives elsewhere
+
+    A deferred call holds no thread. It still ends exactly once: a reply to a client that
+    has disconnected is dropped, and when the server stops, calls not answered within the
+    grace period end with an error (the client sees ConnectionLost), as other calls do.
 
     Only registered methods are callable. Tracebacks are sent to clients only with
     ``send_tracebacks=True`` (they can reveal server internals).
@@ -73,10 +96,10 @@ class Server:
             raise ValueError("workers must be at least 1")
         names = {codec} if isinstance(codec, str) else set(codec)
         mask = 0
-        for name in names | set(_SAFE_CODECS):
+        for name in names:               # (the core always adds the safe ones)
             mask |= 1 << codec_id(name)
         self._codec_mask = mask
-        self._methods: dict[bytes, tuple[Callable, bool]] = {}
+        self._methods: dict[bytes, _dispatch.Method] = {}
         self._overload = overload
         self._max_message_size = max_message_size
         self._poll = poll
@@ -85,6 +108,7 @@ class Server:
         self._send_tracebacks = send_tracebacks
         self._sock, self._bound = transport.listen(address)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._core: _dispatch.ServerCore | None = None
         self._loop: _native.ServerLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -96,21 +120,27 @@ class Server:
     def address(self) -> str:
         return str(self._bound)
 
-    def register(self, name: str, function: Callable, *, blocking: bool = False) -> Callable:
-        """Make ``function`` callable as ``name``. Returns ``function``."""
+    def register(self, name: str, function: Callable, *, blocking: bool = False,
+                 context: bool = False) -> Callable:
+        """Make ``function`` callable as ``name``. Returns ``function``.
+
+        ``blocking``: run it on the worker pool. ``context``: pass it a
+        :class:`CallContext` first (see the class docstring)."""
         if not callable(function):
             raise TypeError(f"{function!r} is not callable")
         raw = name.encode("utf-8") if isinstance(name, str) else b""
         if not 1 <= len(raw) <= 255:
             raise ValueError("a method name must be a str of 1..255 UTF-8 bytes")
-        self._methods[raw] = (function, bool(blocking))
+        self._methods[raw] = _dispatch.Method(function, blocking=bool(blocking),
+                                              context=bool(context))
         return function
 
     def method(self, function: Callable | None = None, *, name: str | None = None,
-               blocking: bool = False):
-        """Decorator: ``@server.method`` or ``@server.method(name=..., blocking=True)``."""
+               blocking: bool = False, context: bool = False):
+        """Decorator: ``@server.method`` or ``@server.method(name=..., blocking=True,
+        context=True)``."""
         def decorate(fn: Callable) -> Callable:
-            return self.register(name or fn.__name__, fn, blocking=blocking)
+            return self.register(name or fn.__name__, fn, blocking=blocking, context=context)
         return decorate(function) if function is not None else decorate
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -123,9 +153,14 @@ class Server:
                 raise RuntimeError("the server is already running")
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self._workers, thread_name_prefix="microrpc-worker")
-            self._loop = _native.ServerLoop(
-                self._methods, self._executor, self._overload, self._codec_mask,
-                self._max_message_size, self._send_tracebacks, self._poll, self._spin_us)
+            # Dispatch lives in the core; the epoll loop only moves bytes and reads the clock.
+            waker = _native.Waker()
+            self._core = _dispatch.ServerCore(
+                self._methods, executor=self._executor, wake=waker.wake,
+                clock=_native.MonotonicClock(), policy=self._overload,
+                accept_codecs=self._codec_mask, max_message_size=self._max_message_size,
+                send_tracebacks=self._send_tracebacks)
+            self._loop = _native.ServerLoop(self._core, waker, self._poll, self._spin_us)
             self._loop.add_listener(self._sock.fileno())
             return self._loop
 
@@ -184,19 +219,19 @@ class Server:
     # -- statistics --------------------------------------------------------------------
 
     def statistics(self) -> ServerStatistics:
-        loop = self._loop
+        loop, core = self._loop, self._core
         policy = self._overload
-        if loop is None:
+        if loop is None or core is None:
             return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                     policy.statistics() if policy is not None else None)
         return ServerStatistics(
-            calls=loop.calls, errors=loop.errors, protocol_errors=loop.protocol_errors,
-            rejects=loop.rejects, bytes_in=loop.bytes_in, bytes_out=loop.bytes_out,
-            queue_depth=loop.queue_depth(), buffered_output=loop.buffered_output(),
+            calls=core.calls, errors=core.errors, protocol_errors=core.protocol_errors,
+            rejects=core.rejects, bytes_in=loop.bytes_in, bytes_out=loop.bytes_out,
+            queue_depth=core.queue_depth(), buffered_output=core.buffered_output(),
             connections=loop.connection_count(),
-            connections_accepted=loop.connections_accepted, credit_frames=loop.credit_frames,
-            cancelled=loop.cancelled, deadline_skipped=loop.deadline_skipped,
-            service_time_ns=loop.per_request_ns,
+            connections_accepted=loop.connections_accepted, credit_frames=core.credit_frames,
+            cancelled=core.cancelled, deadline_skipped=core.deadline_skipped,
+            service_time_ns=core.per_request_ns,
             overload=policy.statistics() if policy is not None else None,
         )
 

@@ -151,3 +151,21 @@ def test_out_buffer_batches_frames():
     data = out.take()
     assert len(out) == 0
     assert [f.call_id for f in parse_chunks([data])] == list(range(100))
+
+
+def test_error_codes_are_declared_once_and_documented():
+    """codecs re-exports the core's numbers, and docs/wire.md's table shows the same ones."""
+    import re
+    from pathlib import Path
+
+    from microrpc import codecs
+
+    names = ["REMOTE_ERROR", "METHOD_NOT_FOUND", "DEADLINE_EXCEEDED", "MESSAGE_TOO_LARGE",
+             "OVERLOADED", "BAD_REQUEST", "UNAVAILABLE", "WRONG_TARGET", "RETRY_ELSEWHERE",
+             "LOST"]
+    core = {n: getattr(_core, n) for n in names}
+    assert {n: getattr(codecs, n) for n in names} == core
+    assert sorted(core.values()) == list(range(1, len(names) + 1))    # no gap, no repeat
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "wire.md").read_text()
+    table = {m[2]: int(m[1]) for m in re.finditer(r"^\| (\d+) \| ([A-Z_]+) \|", doc, re.M)}
+    assert table == core

@@ -183,3 +183,24 @@ def test_the_delay_signal_prices_the_queue_ahead(make_server):
     # However the 8 requests were split across reads, the later ones saw several 2 ms
     # requests ahead of them.
     assert max(burst) >= 4 * 2_000_000, burst
+
+
+def test_a_long_call_on_the_worker_pool_does_not_reject_other_sessions(make_server, until):
+    # A call that blocks a worker is not waiting for the I/O thread, so it must not count
+    # as queueing delay of the calls that thread runs. Before the fix, the first long call
+    # set the measured time per request to its whole duration, and every call admitted
+    # while the second one ran was priced at that: rejected by the AQM.
+    # A 20 ms AQM threshold, far above what a stall of this shared machine adds, and far
+    # below the 200 ms that the bug priced the queue at.
+    server = make_server(overload=breakwater.Breakwater(target_delay_ns=10_000_000))
+    with microrpc.Client(server.address, timeout=10) as slow, \
+            microrpc.Client(server.address, timeout=10) as other:
+        assert slow.call("wait", 0.2) is False                # 200 ms on a worker, timed out
+        blocked = slow.call_async("wait", 30.0)
+        until(lambda: server.statistics().queue_depth == 1, what="long call running")
+        for i in range(50):
+            assert other.call("echo", i) == i
+        server.release.set()
+        assert blocked.result(timeout=10) is True
+    stats = server.statistics()
+    assert stats.rejects == 0, stats.overload

@@ -1,0 +1,857 @@
+# cython: language_level=3
+"""The server core: everything a microrpc server does with a frame, and no I/O.
+
+:class:`ServerCore` owns dispatch once, for every transport: peers and their sessions,
+admission through the overload policy and the congestion signal it is fed, the run queue
+and its batching, deadlines, cancel, the hand-off to a worker pool, deferred replies,
+replies and error bodies, graceful stop and the statistics. It never touches a socket,
+starts a thread or reads the system clock: events come with their time (``now``, ns on the
+driver's monotonic clock), and the one place that needs time *during* a pass (between
+handlers, to end a batch and to time handlers for the overload signal) asks the
+:class:`Clock` the driver gave it. Tests give it a fake one.
+
+A driver (``_native.ServerLoop`` on epoll; a zmq ROUTER loop) does the rest::
+
+    core.add_peer(peer, label)          # a connection came in (peer: a Peer subclass)
+    core.feed(peer, frame, now)         # each frame it received; False: close the peer
+    core.protocol_error(peer)           # its parser failed: count it, then close the peer
+    core.drain_completions(now)         # after a wake: replies from workers, deferred ones
+    core.run(now, budget_ns)            # start queued requests for about budget_ns
+    core.tick(now)                      # the overload policy's control loop; next due time
+    for peer in core.take_dirty():      # peers with new bytes in peer.out: send them
+        ...; if not core.over_limit(peer): core.resume(peer)
+    core.close_peer(peer, now)          # the connection went away
+    core.request_stop(now, grace_ns)    # then core.stop_step(now) each pass until True
+
+and stops reading a peer while ``core.over_limit(peer)``: its replies are not being read,
+and buffering its requests as well would let one peer grow the server without bound.
+Worker threads and deferred replies hand their results back through a thread-safe queue and
+call the ``wake`` callable the driver gave; the driver then calls ``drain_completions``.
+
+Every admitted request ends in exactly one way: one RESPONSE or ERROR frame, or, when its
+peer is gone, silently (its credit still goes back to the policy). ``Request.done`` marks
+it; anything that arrives for a done request (a worker finishing after the stop's grace, a
+deferred reply to a closed peer) is dropped.
+"""
+import collections
+import pickle
+import traceback
+
+import msgpack
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from breakwater._server cimport Breakwater
+from microrpc._core cimport (
+    CODEC_MSGPACK, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_NOT_FOUND, ERR_OVERLOADED,
+    ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, HEADER_SIZE, KIND_CANCEL,
+    KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE, Frame,
+    OutBuffer,
+)
+from microrpc._core import DEFAULT_MAX_MESSAGE_SIZE
+
+# Outcomes of a request besides a frame kind (Request.kind).
+cdef enum:
+    OUT_CANCELLED = -1     # a worker found it cancelled before starting it
+    OUT_SKIPPED = -2       # a worker found its deadline passed before starting it
+
+# Replies queued for a peer that does not read are bounded: past this, the driver stops
+# reading that peer's requests until its replies drain (at least one whole reply fits).
+DEF MIN_OUT_LIMIT = 4194304
+
+# Always accepted: they carry data only. Pickle runs code on decode, so only when asked.
+_SAFE_CODECS = (1 << CODEC_RAW) | (1 << CODEC_MSGPACK)
+
+
+cdef class Clock:
+    """A monotonic time source in ns. Subclass it (in Cython, override ``now``) or wrap a
+    callable with :func:`clock_from`."""
+
+    cdef int64_t now(self) except? -1:
+        raise NotImplementedError("Clock.now")
+
+    def __call__(self):
+        return self.now()
+
+
+@cython.final
+cdef class _CallableClock(Clock):
+    cdef object fn
+
+    cdef int64_t now(self) except? -1:
+        return self.fn()
+
+
+def clock_from(source):
+    """``source`` as a Clock: a Clock is used as is, a callable returning ns is wrapped."""
+    if isinstance(source, Clock):
+        return source
+    if not callable(source):
+        raise TypeError(f"a clock must be a Clock or a callable returning ns, not {source!r}")
+    cdef _CallableClock c = _CallableClock.__new__(_CallableClock)
+    c.fn = source
+    return c
+
+
+@cython.final
+cdef class Method:
+    """A registered handler and how to call it."""
+
+    def __init__(self, function, *, bint blocking=False, bint context=False):
+        if not callable(function):
+            raise TypeError(f"{function!r} is not callable")
+        self.function = function
+        self.blocking = blocking
+        self.context = context
+
+    def __repr__(self):
+        return (f"Method({self.function!r}, blocking={self.blocking}, "
+                f"context={self.context})")
+
+
+cdef class Peer:
+    """A client connection as the core sees it (see the module docstring)."""
+
+    def __cinit__(self):
+        self.out = OutBuffer()
+        self.sessions = {}
+        self.held = []
+        self.label = ""
+
+    def __repr__(self):
+        return f"<Peer {self.id} {self.label}{' closed' if self.closed else ''}>"
+
+
+@cython.final
+cdef class Request:
+    pass
+
+
+@cython.final
+cdef class CallContext:
+    """What a handler registered with ``context=True`` gets as its first argument.
+
+    ``peer``: the client's address as the transport names it (``tcp://host:port``,
+    ``unix://path``, empty path for an unbound client socket); ``peer_id``: the connection's
+    number, unique for the server's lifetime; ``session``: the client session the call
+    belongs to (several may share a connection); ``call_id``: the call's id on that
+    connection; ``deadline``: when the caller gives up, in seconds on the server's
+    monotonic clock (``time.monotonic()``), or None; ``cancelled``: the client cancelled the
+    call (or the server is stopping) and will ignore the reply.
+
+    :meth:`defer` lets the handler return without replying and reply later, from any thread.
+    """
+    cdef ServerCore _core
+    cdef Request _req
+
+    def __init__(self):
+        raise TypeError("the server creates call contexts; handlers receive them")
+
+    @property
+    def peer(self):
+        return self._req.peer.label
+
+    @property
+    def peer_id(self):
+        return self._req.peer.id
+
+    @property
+    def session(self):
+        return self._req.frame.session
+
+    @property
+    def call_id(self):
+        return self._req.frame.call_id
+
+    @property
+    def deadline(self):
+        return self._req.deadline_ns / 1e9 if self._req.deadline_ns else None
+
+    @property
+    def cancelled(self):
+        return self._req.cancelled
+
+    def defer(self):
+        """Take the reply out of the handler's hands: what the handler returns is ignored and
+        the call stays open until the returned :class:`DeferredReply` is given a result or an
+        error (once, from any thread). If the handler raises before that, the error is the
+        reply. Only while the handler runs; calling it again returns the same object."""
+        cdef Request r = self._req
+        if r.reply is not None:
+            return r.reply
+        if not r.running:
+            raise RuntimeError("defer() must be called while the handler runs")
+        cdef DeferredReply d = DeferredReply.__new__(DeferredReply)
+        d._core = self._core
+        d._req = r
+        r.reply = d
+        r.deferred = True
+        return d
+
+    def __repr__(self):
+        r = self._req
+        return (f"<CallContext peer={r.peer.label!r} session={r.frame.session} "
+                f"call_id={r.frame.call_id}>")
+
+
+@cython.final
+cdef class DeferredReply:
+    """The reply of a deferred call. Give it exactly one of :meth:`result` or :meth:`error`,
+    from any thread; a second answer raises RuntimeError. The reply travels to the server's
+    I/O thread as a worker's does. It is dropped if the client's connection has closed, or
+    if the server stopped and already answered Unavailable after its grace period."""
+    cdef ServerCore _core
+    cdef Request _req
+
+    def __init__(self):
+        raise TypeError("deferred replies come from CallContext.defer()")
+
+    cdef int _claim(self) except -1:
+        # Check-and-set with no Python call in between: under the GIL no other thread can
+        # run between the two, so exactly one answer wins.
+        if self._req.answered:
+            raise RuntimeError("this call was already answered")
+        self._req.answered = True
+        return 0
+
+    def result(self, value=None):
+        """Reply with ``value``, encoded in the codec of the request."""
+        self._claim()
+        cdef Request r = self._req
+        r.body = _encode_result(r, value, msgpack.Packer(), self._core.max_message_size)
+        self._core._post(r)
+
+    def error(self, exc):
+        """Reply with the exception ``exc`` as a remote error (the client raises RemoteError
+        with its type name and message)."""
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"error() takes an exception, not {type(exc).__name__}")
+        self._claim()
+        cdef Request r = self._req
+        r.kind = KIND_ERROR
+        tb = None
+        if self._core.send_tracebacks and exc.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        r.body = msgpack.packb([ERR_REMOTE, type(exc).__name__, str(exc), tb])
+        self._core._post(r)
+
+    @property
+    def done(self):
+        """True once an answer was given (it may not have been sent yet)."""
+        return self._req.answered
+
+
+cdef inline int _check_peer(Peer p) except -1:
+    # The driver's entry points are cpdef (C calls from a compiled driver), and a cpdef
+    # argument may be None: refuse it rather than dereference it.
+    if p is None:
+        raise TypeError("a Peer is needed, not None")
+    return 0
+
+
+cdef inline int _reply_codec(Request r, int kind) noexcept:
+    # A response is in the request's codec; error bodies are always msgpack.
+    return r.frame.codec if kind == KIND_RESPONSE else CODEC_MSGPACK
+
+
+cdef bytes _error_body(object packer, int code, str type_name, str message, object tb):
+    return packer.pack([code, type_name, message, tb])
+
+
+cdef bytes _encode_result(Request r, object result, object packer,
+                          Py_ssize_t max_message_size):
+    """The reply body for a handler's result, in the request's codec; sets r.kind."""
+    cdef int codec = r.frame.codec
+    cdef bytes body
+    try:
+        if codec == CODEC_MSGPACK:
+            body = packer.pack(result)
+        elif codec == CODEC_RAW:
+            if type(result) is not bytes:
+                if not isinstance(result, (bytearray, memoryview)):
+                    raise TypeError(f"a raw-codec handler must return bytes, "
+                                    f"not {type(result).__name__}")
+                result = bytes(result)
+            body = result
+        else:
+            body = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        r.kind = KIND_ERROR
+        return _error_body(packer, ERR_REMOTE, type(exc).__name__,
+                           f"result could not be encoded: {exc}", None)
+    if PyBytes_GET_SIZE(body) > max_message_size:
+        r.kind = KIND_ERROR
+        return _error_body(packer, ERR_TOO_LARGE, "MessageTooLarge",
+                           f"response of {PyBytes_GET_SIZE(body)} bytes is over the "
+                           f"max_message_size limit of {max_message_size}", None)
+    r.kind = KIND_RESPONSE
+    return body
+
+
+def _run_in_worker(ServerCore core, Request r):
+    """Body of a worker-pool task. The outcome goes back through core._post."""
+    if r.cancelled:
+        r.kind = OUT_CANCELLED
+    elif r.deadline_ns and core.clock.now() >= r.deadline_ns:
+        r.kind = OUT_SKIPPED
+    else:
+        # r.start_ns stays 0: a worker's time is not the I/O thread's (see _count_done).
+        body = core._execute(r, msgpack.Packer())
+        if body is None:
+            return                         # deferred: the DeferredReply posts it
+        r.body = body
+    core._post(r)
+
+
+@cython.final
+cdef class ServerCore:
+    """Dispatch for one server, without I/O (see the module docstring for the driver's side).
+
+    ``methods`` maps method names (bytes) to :class:`Method` and is read at each call, so
+    methods registered later are served. ``executor`` runs blocking handlers (``submit``);
+    ``wake`` is called, from any thread, when a worker or a deferred reply has a result for
+    :meth:`drain_completions`. ``clock`` is a :class:`Clock` or a callable returning ns.
+    ``policy`` is an overload policy (breakwater) or None. ``accept_codecs`` is a bit mask of
+    codec ids (raw and msgpack are always accepted).
+    """
+
+    def __init__(self, dict methods not None, *, executor, wake, clock, policy=None,
+                 int accept_codecs=_SAFE_CODECS,
+                 Py_ssize_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+                 bint send_tracebacks=False):
+        if max_message_size <= 0:
+            raise ValueError("max_message_size must be positive")
+        if not callable(wake):
+            raise TypeError("wake must be callable")
+        self.methods = methods
+        self.executor = executor
+        self.wake = wake
+        self.clock = clock_from(clock)
+        self.policy = policy
+        self.bw = policy if isinstance(policy, Breakwater) else None
+        self.policy_credits = bool(policy is not None and policy.uses_credits)
+        self.tick_ns = policy.tick_interval_ns if policy is not None else 0
+        self.next_tick = 0
+        self.completions = collections.deque()
+        self.runq = collections.deque()
+        self.dirty = []
+        self.inflight = {}
+        self.peers = {}
+        self.sid_peer = {}
+        self.next_sid = 1
+        self.next_peer_id = 1
+        self.accept_codecs = accept_codecs | _SAFE_CODECS
+        self.max_message_size = max_message_size
+        self.out_limit = max(MIN_OUT_LIMIT, max_message_size + HEADER_SIZE)
+        self.send_tracebacks = send_tracebacks
+        self.packer = msgpack.Packer()
+        self.stopping = False
+
+    # -- peers --------------------------------------------------------------------------
+
+    cpdef add_peer(self, Peer p, str label):
+        """Register a new connection. ``p`` is fresh (a Peer or a driver's subclass)."""
+        _check_peer(p)
+        if p.id:
+            raise ValueError(f"{p!r} is already registered")
+        p.id = self.next_peer_id
+        self.next_peer_id += 1
+        p.label = label
+        self.peers[p.id] = p
+
+    cpdef close_peer(self, Peer p, int64_t now):
+        """The connection is gone. Requests that were waiting for it end silently (their
+        credit goes back to the policy); a worker still running one finishes and its reply
+        is dropped. Idempotent."""
+        cdef Request r
+        _check_peer(p)
+        if p.closed:
+            return
+        p.closed = True
+        self.peers.pop(p.id, None)
+        for r in p.held:
+            self._finish_silently(r, now)
+        p.held = []
+        # A deferred reply may never come now (its handler may be waiting on this very
+        # client): end those calls here rather than keep them open forever.
+        for key, r in list(self.inflight.items()):
+            if r.peer is p and r.deferred:
+                del self.inflight[key]
+                self._finish_silently(r, now)
+        if self.policy is not None:
+            for sid in p.sessions.values():
+                self.sid_peer.pop(sid, None)
+                self.policy.close_session(sid, now)
+        p.sessions.clear()
+
+    cpdef protocol_error(self, Peer p):
+        """The driver could not parse the peer's bytes (it closes the peer next)."""
+        self.protocol_errors += 1
+
+    cpdef bint over_limit(self, Peer p) except -1:
+        """True while the peer's unsent replies are over the limit: stop reading it."""
+        _check_peer(p)
+        return p.out.end - p.out.start > self.out_limit
+
+    cpdef list take_dirty(self):
+        """The peers whose ``out`` got bytes since the last call (each once)."""
+        cdef Peer p
+        cdef list dirty = self.dirty
+        if not dirty:
+            return dirty
+        self.dirty = []
+        for p in dirty:
+            p.dirty = False
+        return dirty
+
+    cdef int _mark_dirty(self, Peer p) except -1:
+        if not p.dirty:
+            p.dirty = True
+            self.dirty.append(p)
+        return 0
+
+    cpdef resume(self, Peer p):
+        """The peer read its replies (no longer over the limit): requests held back for it
+        go back to the run queue. The driver then feeds what its parser kept."""
+        _check_peer(p)
+        if p.held:
+            self.runq.extend(p.held)
+            p.held = []
+
+    # -- frames in ----------------------------------------------------------------------
+
+    cpdef bint feed(self, Peer p, Frame f, int64_t now) except -1:
+        """One frame received from ``p`` at ``now``. False: a frame no client may send (it
+        is counted as a protocol error); the driver must close the peer."""
+        _check_peer(p)
+        if f is None:
+            raise TypeError("feed() needs a Frame, not None")
+        cdef int kind = f.kind
+        if kind == KIND_REQUEST:
+            self._admit(p, f, now)
+        elif kind == KIND_CANCEL:
+            self._cancel(p, f.call_id)
+        elif kind == KIND_PING:
+            self._pong(p, f, now)
+        else:
+            # Responses, errors and credits only travel server -> client.
+            self.protocol_errors += 1
+            return False
+        return True
+
+    cdef int _admit(self, Peer p, Frame f, int64_t now) except -1:
+        cdef Request r = Request.__new__(Request)
+        r.peer = p
+        r.frame = f
+        r.arrival_ns = now
+        r.deadline_ns = now + <int64_t>f.deadline_us * 1000 if f.deadline_us else 0
+        self.calls += 1
+        if self.stopping:
+            self._reply_error(r, ERR_UNAVAILABLE, "Unavailable", "the server is stopping", now)
+            return 0
+        if self.policy is not None:
+            sid = self._session_id(p, f.session, now)
+            r.sid = sid
+            if not self._policy_request(sid, f.credit, now, self.queue_delay(now)):
+                self.rejects += 1
+                self._reply_reject(r, now)
+                return 0
+        self.runq.append(r)
+        return 0
+
+    cdef int _cancel(self, Peer p, uint64_t call_id) except -1:
+        # Best effort: a request not started yet is skipped (and still answered, below); a
+        # running handler finishes; a deferred handler can see ctx.cancelled.
+        cdef Request r = self.inflight.get((p.id, call_id))
+        if r is None:
+            for q in self.runq:
+                if (<Request>q).peer is p and (<Request>q).frame.call_id == call_id:
+                    r = q
+                    break
+        if r is None:
+            for q in p.held:
+                if (<Request>q).frame.call_id == call_id:
+                    r = q
+                    break
+        if r is not None and not r.cancelled:
+            r.cancelled = True
+            self.cancelled += 1
+        return 0
+
+    cdef int _pong(self, Peer p, Frame f, int64_t now) except -1:
+        """Answer a ping. With a credit policy the pong registers the session and carries its
+        first window: that is how a client learns, before its first call, that this server
+        hands out credits (a pong without HAS_CREDIT means it does not)."""
+        cdef int flags = 0
+        cdef uint32_t window = 0
+        if self.policy_credits:
+            window = self._policy_open(self._session_id(p, f.session, now), now)
+            flags = FLAG_HAS_CREDIT
+            self.credit_frames += 1
+        p.out.put_frame(KIND_PONG, flags, 0, f.call_id, f.session, 0, window, NULL, 0, NULL, 0)
+        self._mark_dirty(p)
+        return 0
+
+    cdef object _session_id(self, Peer p, uint32_t session, int64_t now):
+        """The policy's id for (peer, wire session), registering it on first sight."""
+        sid = p.sessions.get(session)
+        if sid is None:
+            sid = self.next_sid
+            self.next_sid += 1
+            p.sessions[session] = sid
+            self.sid_peer[sid] = (p, session)
+            self._policy_open(sid, now)
+        return sid
+
+    # -- the overload policy: C calls for Breakwater, Python calls for any other -----------
+
+    cdef int _policy_open(self, object sid, int64_t now) except -1:
+        if self.bw is not None:
+            return <int>self.bw.open_session(sid, now)
+        return self.policy.open_session(sid, now)
+
+    cdef bint _policy_request(self, object sid, uint32_t demand, int64_t now,
+                              int64_t delay) except -1:
+        if self.bw is not None:
+            return self.bw.on_request(sid, demand, now, delay)
+        return bool(self.policy.on_request(sid, demand, now, delay))
+
+    cdef int64_t _policy_complete(self, object sid, int64_t now) except -1:
+        if self.bw is not None:
+            return self.bw.on_complete(sid, now)
+        return self.policy.on_complete(sid, now)
+
+    cdef int64_t _policy_reject(self, object sid, int64_t now) except -1:
+        if self.bw is not None:
+            return self.bw.on_reject(sid, now)
+        return self.policy.on_reject(sid, now)
+
+    cpdef int64_t queue_delay(self, int64_t now) except -1:
+        """The congestion signal the policy sees: how long a request arriving now will wait
+        before it starts, plus how far the driver is behind its sockets (loop_lag_ns).
+
+        The wait is the larger of two measures. The age of the oldest request not yet started
+        is Breakwater's own signal, but it lags a burst: ten requests that arrived together
+        are young, yet the last of them will wait ten service times. So the work queued ahead
+        (requests in the run queue, at the measured time per request) counts too; it is what
+        lets the AQM threshold bound the wait of what it admits.
+
+        Only this thread's queue counts. A call running on the worker pool, or waiting for a
+        deferred reply, delays nobody in the run queue; counting it made one long blocking
+        call reject every short call of other sessions while it ran."""
+        cdef Request head
+        cdef int64_t d = 0, ahead
+        if self.runq:
+            head = self.runq[0]
+            d = now - head.arrival_ns
+        ahead = len(self.runq) * self.per_request_ns
+        if ahead > d:
+            d = ahead
+        return d + self.loop_lag_ns
+
+    cdef int _count_done(self, Request r, int64_t now) except -1:
+        """Fold one completion of a handler run on this thread into per_request_ns: the time
+        since it started or since the previous such completion, whichever is later. While the
+        run queue is backlogged that is the time between completions (1 / throughput of this
+        thread, GIL contention included); after an idle spell it is the request's own service
+        time. Worker-pool and deferred calls are not folded in: they do not hold up the run
+        queue, and a long one would price every queued request at its duration."""
+        cdef int64_t since
+        if r.start_ns == 0:
+            return 0
+        since = r.start_ns if r.start_ns > self.last_done_ns else self.last_done_ns
+        self.last_done_ns = now
+        if self.per_request_ns == 0:
+            self.per_request_ns = now - since
+        else:                               # weight 1/32: exponential service is noisy
+            self.per_request_ns += (now - since - self.per_request_ns) >> 5
+        return 0
+
+    cpdef int64_t tick(self, int64_t now) except -1:
+        """Run the policy's control loop if it is due; send the credits it grants. Returns
+        when it is next due (0: the policy has no control loop)."""
+        if self.tick_ns == 0:
+            return 0
+        if now >= self.next_tick:
+            self.next_tick = now + self.tick_ns
+            if self.bw is not None:
+                grants = self.bw.on_tick(now, self.queue_delay(now))
+            else:
+                grants = self.policy.on_tick(now, self.queue_delay(now))
+            if grants:
+                self._credit_frames(grants)
+        return self.next_tick
+
+    cdef int _credit_frames(self, list grants) except -1:
+        cdef Peer p
+        for sid, window in grants:
+            target = self.sid_peer.get(sid)
+            if target is None:
+                continue
+            p = target[0]
+            if p.closed:
+                continue
+            p.out.put_frame(KIND_CREDIT, FLAG_HAS_CREDIT, 0, 0, target[1], 0, window,
+                            NULL, 0, NULL, 0)
+            self.credit_frames += 1
+            self._mark_dirty(p)
+        return 0
+
+    # -- running requests ---------------------------------------------------------------
+
+    cpdef bint has_work(self) noexcept:
+        """Requests to start or completions to drain: the driver should not sleep."""
+        return bool(self.runq) or bool(self.completions)
+
+    cpdef int run(self, int64_t now, int64_t budget_ns) except -1:
+        """Start requests from the run queue until it is empty or ``budget_ns`` has passed
+        since ``now`` (at least one is started), so that replies go out and new requests are
+        read (and the policy sees them) promptly. Returns how many were taken."""
+        cdef int64_t end = now + budget_ns
+        cdef int n = 0
+        cdef Request r
+        while self.runq:
+            r = self.runq.popleft()
+            self._run_one(r, now)
+            n += 1
+            now = self.clock.now()
+            if now >= end:
+                break
+        return n
+
+    cdef int _run_one(self, Request r, int64_t now) except -1:
+        """Start one request (inline, or on the worker pool); ``now``: its start time."""
+        cdef Peer p = r.peer
+        cdef Frame f = r.frame
+        cdef bytes body
+        if p.closed:
+            self._finish_silently(r, now)     # nobody to answer: do not run it
+            return 0
+        if p.out.end - p.out.start > self.out_limit:
+            p.held.append(r)                  # run once the peer has read its replies
+            return 0
+        if r.cancelled:
+            # The client gave up and ignores the answer, but every request gets exactly one
+            # response frame: the client's credit accounting counts on it.
+            self._reply_error(r, ERR_DEADLINE, "Cancelled", "cancelled by the client", now)
+            return 0
+        m = self.methods.get(f.name)
+        if m is None:
+            self._reply_error(r, ERR_NOT_FOUND, "MethodNotFound",
+                              f"no method named {f.name.decode('utf-8', 'replace')!r}", now)
+            return 0
+        if not (self.accept_codecs >> f.codec) & 1:
+            self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
+                              f"this server does not accept codec {f.codec}", now)
+            return 0
+        if r.deadline_ns and now >= r.deadline_ns:
+            self.deadline_skipped += 1
+            self._reply_error(r, ERR_DEADLINE, "DeadlineExceeded",
+                              "deadline passed before the call started", now)
+            return 0
+        r.method = <Method>m
+        if r.method.blocking:
+            self.inflight[(p.id, f.call_id)] = r
+            self.executor.submit(_run_in_worker, self, r)
+            return 0
+        if self.policy is not None:          # only the overload signal needs the timing
+            r.start_ns = now
+        body = self._execute(r, self.packer)
+        if body is None:                     # deferred
+            r.start_ns = 0                   # the reply's wait is not this thread's work
+            self.inflight[(p.id, f.call_id)] = r
+            return 0
+        self._reply(r, r.kind, body, self.clock.now() if self.policy is not None else 0)
+        return 0
+
+    cdef bytes _execute(self, Request r, object packer):
+        """Decode the arguments, call the handler, encode the outcome. Returns the reply
+        body and sets r.kind; None if the handler deferred its reply (then r.kind and r.body
+        belong to the DeferredReply, which may be writing them on another thread now).
+        Runs on any thread."""
+        cdef Frame f = r.frame
+        cdef int codec = f.codec
+        cdef Method m = r.method
+        cdef CallContext ctx
+        fn = m.function
+        try:
+            if codec == CODEC_MSGPACK:
+                args = msgpack.unpackb(f.body)
+                if type(args) is not list:
+                    raise TypeError("arguments must be a msgpack array")
+            elif codec == CODEC_RAW:
+                args = None
+            else:
+                args = pickle.loads(f.body)
+                if type(args) is not tuple:
+                    raise TypeError("arguments must be a pickled tuple")
+        except Exception as exc:
+            r.kind = KIND_ERROR
+            return _error_body(packer, ERR_BAD_REQUEST, "ProtocolError",
+                               f"undecodable arguments: {exc}", None)
+        try:
+            if not m.context:
+                if args is None:
+                    result = fn(f.body)
+                else:
+                    result = fn(*args)
+            else:
+                ctx = CallContext.__new__(CallContext)
+                ctx._core = self
+                ctx._req = r
+                r.running = True
+                try:
+                    if args is None:
+                        result = fn(ctx, f.body)
+                    else:
+                        result = fn(ctx, *args)
+                finally:
+                    r.running = False
+                if r.deferred:
+                    return None
+        except Exception as exc:
+            if r.deferred:
+                if r.answered:
+                    return None              # answered from another thread: that stands
+                r.answered = True            # (same check-and-set as DeferredReply._claim)
+            r.kind = KIND_ERROR
+            tb = traceback.format_exc() if self.send_tracebacks else None
+            return _error_body(packer, ERR_REMOTE, type(exc).__name__, str(exc), tb)
+        return _encode_result(r, result, packer, self.max_message_size)
+
+    # -- replies ------------------------------------------------------------------------
+
+    cdef int _post(self, Request r) except -1:
+        """Any thread: ``r`` has its outcome in r.kind / r.body; hand it to the driver's
+        thread. deque.append is atomic, so no lock is needed."""
+        self.completions.append(r)
+        self.wake()
+        return 0
+
+    cpdef int drain_completions(self, int64_t now) except -1:
+        """Reply to what workers and deferred replies finished. Returns how many."""
+        cdef Request r
+        cdef int n = 0
+        cdef object key
+        while self.completions:
+            r = self.completions.popleft()
+            n += 1
+            if r.done:
+                continue                     # ended meanwhile (stop, closed peer)
+            key = (r.peer.id, r.frame.call_id)
+            if self.inflight.get(key) is r:
+                del self.inflight[key]
+            if r.kind == OUT_CANCELLED:
+                self._reply_error(r, ERR_DEADLINE, "Cancelled", "cancelled by the client", now)
+            elif r.kind == OUT_SKIPPED:
+                self.deadline_skipped += 1
+                self._reply_error(r, ERR_DEADLINE, "DeadlineExceeded",
+                                  "deadline passed before the call started", now)
+            else:
+                self._reply(r, r.kind, r.body, now)
+        return n
+
+    cdef int _reply(self, Request r, int kind, bytes body, int64_t now) except -1:
+        """The one reply of ``r`` (dropped if its peer is gone; the credit still returns)."""
+        cdef Peer p = r.peer
+        cdef int flags = 0
+        cdef uint32_t window = 0
+        if r.done:
+            return 0
+        r.done = True
+        if kind == KIND_ERROR:
+            self.errors += 1
+        if self.policy is not None:
+            self._count_done(r, now)
+            if r.sid is not None:
+                window = <uint32_t>self._policy_complete(r.sid, now)
+                if self.policy_credits:
+                    flags = FLAG_HAS_CREDIT
+        if p.closed:
+            return 0
+        p.out.put_frame(kind, flags, _reply_codec(r, kind), r.frame.call_id, r.frame.session, 0,
+                        window, NULL, 0, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+        self._mark_dirty(p)
+        return 0
+
+    cdef int _reply_error(self, Request r, int code, str type_name, str message,
+                          int64_t now) except -1:
+        self._reply(r, KIND_ERROR, _error_body(self.packer, code, type_name, message, None), now)
+        return 0
+
+    cdef int _reply_reject(self, Request r, int64_t now) except -1:
+        cdef Peer p = r.peer
+        cdef uint32_t window = <uint32_t>self._policy_reject(r.sid, now)
+        cdef bytes body = _error_body(self.packer, ERR_OVERLOADED, "Overloaded",
+                                      "rejected by the server's overload control", None)
+        r.done = True
+        self.errors += 1
+        p.out.put_frame(KIND_ERROR, FLAG_HAS_CREDIT if self.policy_credits else 0,
+                        CODEC_MSGPACK, r.frame.call_id, r.frame.session, 0, window, NULL, 0,
+                        PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+        self._mark_dirty(p)
+        return 0
+
+    cdef int _finish_silently(self, Request r, int64_t now) except -1:
+        """End ``r`` without a reply (its peer is gone); the policy gets its credit back."""
+        if r.done:
+            return 0
+        r.done = True
+        if self.policy is not None and r.sid is not None:
+            self._policy_complete(r.sid, now)
+        return 0
+
+    # -- stopping -----------------------------------------------------------------------
+
+    cpdef request_stop(self, int64_t now, int64_t grace_ns):
+        """Stop: new requests are answered Unavailable at once; those admitted get until
+        ``now + grace_ns`` to finish (see stop_step). May be called from any thread (two
+        plain stores); the driver should wake its thread afterwards."""
+        if grace_ns < 0:
+            grace_ns = 0
+        self.stop_deadline = now + grace_ns
+        self.stopping = True
+
+    cpdef bint stop_step(self, int64_t now) except -1:
+        """While stopping, once per pass: True when every admitted request has its reply.
+        When the grace period is over, every request still queued, on a worker or deferred
+        gets an Unavailable error now (a late result is dropped), and this returns True."""
+        cdef Request r
+        if not self.runq and not self.inflight and not self.completions:
+            return True
+        if now < self.stop_deadline:
+            return False
+        while self.runq:
+            r = self.runq.popleft()
+            self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
+                              "the server stopped before the call finished", now)
+        for r in list(self.inflight.values()):
+            r.cancelled = True               # a worker that has not started it skips it
+            self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
+                              "the server stopped before the call finished", now)
+        self.inflight.clear()
+        self.completions.clear()
+        return True
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def queue_depth(self):
+        """Requests admitted and not finished: queued, on a worker, deferred, held back."""
+        cdef Peer p
+        cdef Py_ssize_t held = 0
+        for p in self.peers.values():
+            held += len(p.held)
+        return len(self.runq) + len(self.inflight) + held
+
+    def buffered_output(self):
+        """Reply bytes produced and not yet taken by the driver."""
+        cdef Peer p
+        cdef Py_ssize_t total = 0
+        for p in self.peers.values():
+            total += p.out.end - p.out.start
+        return total
+
+    def peer_count(self):
+        return len(self.peers)
