@@ -389,12 +389,13 @@ class RogueServer:
     """Answers PING with PONG and every REQUEST with ``reply(frame)``; counts connections
     accepted and connections the client closed."""
 
-    def __init__(self, transport, reply):
+    def __init__(self, transport, reply, pong=True):
         address = ("tcp://127.0.0.1:0" if transport == "tcp"
                    else f"unix://{_tmp_socket_path()}")
         self.listener, self.bound = transport_mod.listen(address, backlog=8)
         self.address = str(self.bound)
         self.reply = reply
+        self.pong = pong
         self.accepted = 0
         self.hangups = 0
         self.requests = 0
@@ -429,7 +430,7 @@ class RogueServer:
                         continue
                     key.data.feed(data)
                     for f in key.data.frames():
-                        if f.kind == _core.PING:
+                        if f.kind == _core.PING and self.pong:
                             conn.sendall(_core.encode_frame(_core.PONG, f.call_id))
                         elif f.kind == _core.REQUEST:
                             self.requests += 1
@@ -461,8 +462,8 @@ def _tmp_socket_path():
 def rogue(transport):
     servers = []
 
-    def make(reply):
-        s = RogueServer(transport, reply)
+    def make(reply, pong=True):
+        s = RogueServer(transport, reply, pong)
         servers.append(s)
         return s
 
@@ -489,6 +490,33 @@ def test_a_reply_outside_the_clients_codec_is_a_protocol_error(driver, rogue, un
     finally:
         sys.__dict__.pop("_microrpc_pwned", None)
     assert_counts(c, calls=2, ok=0, errors=2)
+
+
+def test_connecting_where_nobody_answers_is_connection_lost(driver, transport, rogue):
+    # Nobody listens: a socket bound to the address without listen() refuses at once.
+    holder, address = _bound_not_listening(transport)
+    try:
+        with pytest.raises(microrpc.ConnectionLost):
+            driver.connect(address, timeout=2, connect_timeout=2)
+    finally:
+        holder.close()
+    # Someone accepts but never answers the handshake PING: connect_timeout ends it.
+    silent = rogue(_rogue_request, pong=False)
+    with pytest.raises(microrpc.ConnectionLost):
+        driver.connect(silent.address, timeout=2, connect_timeout=0.2)
+    assert silent.accepted == 1
+
+
+def _bound_not_listening(transport):
+    import socket
+    if transport == "tcp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        return sock, f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = _tmp_socket_path()
+    sock.bind(path)
+    return sock, f"unix://{path}"
 
 
 # -- done-callbacks and concurrent.futures (the thread client) -----------------------------
@@ -670,9 +698,21 @@ def _blocked_in_poll(thread):
 
 @pytest.mark.xfail(strict=True, reason="cancel() does not wake a thread blocked reading in "
                    "result(): it sleeps on until its own timeout or the call's deadline")
-def test_cancel_wakes_a_thread_blocked_in_result(server, until):
+def test_cancel_wakes_a_thread_blocked_in_result(make_server, until):
+    server = make_server(start=False)
+    running = threading.Event()
+
+    def hold():
+        running.set()
+        return server.release.wait(5)
+
+    server.register("hold", hold, blocking=True)
+    server.start()
     with microrpc.Client(server.address, timeout=10, poll="block") as c:
-        fut = c.call_async("wait", 5.0)
+        fut = c.call_async("hold")
+        # Once the handler runs, the server only marks it cancelled and sends nothing
+        # until it returns: nothing but cancel() itself can wake the reader.
+        until(running.is_set, what="the handler running")
         outcome = []
 
         def waiter():
@@ -693,10 +733,9 @@ def test_cancel_wakes_a_thread_blocked_in_result(server, until):
         assert isinstance(outcome[0], concurrent.futures.CancelledError)
 
 
-@pytest.mark.xfail(strict=True, reason="a blocking call made inside a done-callback that the "
-                   "reader runs is never sent (the reader defers callback requests to the "
-                   "batch's end): DeadlineExceeded")
 def test_a_blocking_call_inside_a_done_callback_completes(server):
+    # Regression (f5f813c): the reader deferred every request made while it ran callbacks
+    # to the batch's end, so a callback that waited on its own call timed out.
     with microrpc.Client(server.address, timeout=5) as c:
         outcome = []
         fired = threading.Event()
@@ -715,9 +754,8 @@ def test_a_blocking_call_inside_a_done_callback_completes(server):
         assert outcome == [2]
 
 
-@pytest.mark.xfail(strict=True, reason="CallFuture.cancel() on an already cancelled future "
-                   "returns False; concurrent.futures.Future.cancel() returns True")
 def test_cancel_twice_is_true_like_concurrent_futures(server):
+    # Regression (4b6f22f): the second cancel() returned False.
     with microrpc.Client(server.address, timeout=5) as c:
         fut = c.call_async("wait", 5.0)
         assert fut.cancel() is True
