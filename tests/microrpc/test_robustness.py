@@ -109,28 +109,43 @@ def test_a_client_that_never_reads_cannot_grow_server_memory(make_server):
     hog.close()
 
 
-def test_flooding_client_does_not_starve_others(server):
-    flood = raw_socket(server.address)
-    flood.setblocking(False)
-    burst = request(1) * 2000
-    stop = threading.Event()
-
-    def pump():
-        while not stop.is_set():
-            try:
-                flood.send(burst)
-            except BlockingIOError:
-                stop.wait(0.001)
-            except OSError:
-                return
-
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
+# The flooder is another process, as a hostile client is: in this one, a pump thread would
+# contend for the GIL with the server's I/O thread and the client, and the test would measure
+# the interpreter's thread switching (seconds, now and then) instead of the server.
+_FLOOD = """
+import socket, sys, time
+address, burst = sys.argv[1], bytes.fromhex(sys.argv[2]) * 2000
+if address.startswith("unix://"):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(address[len("unix://"):])
+else:
+    host, port = address[len("tcp://"):].rsplit(":", 1)
+    s = socket.create_connection((host, int(port)))
+s.setblocking(False)
+sys.stdout.write("flooding\\n"); sys.stdout.flush()
+end = time.monotonic() + 30
+while time.monotonic() < end:
     try:
+        s.send(burst)
+    except BlockingIOError:
+        time.sleep(0.001)
+    except OSError:
+        break
+"""
+
+
+def test_flooding_client_does_not_starve_others(server):
+    import subprocess
+    import sys
+
+    flood = subprocess.Popen([sys.executable, "-c", _FLOOD, server.address, request(1).hex()],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout.readline().strip() == "flooding"
         with microrpc.Client(server.address, timeout=5) as c:
             for i in range(50):
                 assert c.call("add", i, i) == 2 * i
+        assert server.statistics().calls > 2000      # the flood was on meanwhile
     finally:
-        stop.set()
-        t.join(5)
-        flood.close()
+        flood.kill()
+        flood.wait(5)
