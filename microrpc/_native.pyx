@@ -200,10 +200,11 @@ cdef object _oserror(str what, int err):
 
 cdef class Channel:
     """The client end of one connection (owns the fd). Not thread-safe by itself: the Python
-    client serialises senders with one lock and lets one reader at a time call recv_frames."""
+    client serialises writers with its lock and lets one reader at a time call recv_frames.
+    The interface every channel implements is written down in microrpc/channel.py."""
     cdef int fd
+    cdef int wakefd                # eventfd: interrupt() ends a blocked recv_frames early
     cdef FrameParser parser
-    cdef OutBuffer out
     cdef int poll_mode
     cdef int64_t spin_ns
     cdef Adaptive adaptive         # adaptive mode's spin budget
@@ -216,8 +217,10 @@ cdef class Channel:
         if poll not in POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(POLL_MODES)}, not {poll!r}")
         self.fd = fd
+        self.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.wakefd < 0:
+            raise OSError(errno, "eventfd failed")
         self.parser = FrameParser(max_message_size)
-        self.out = OutBuffer()
         self.poll_mode = POLL_MODES[poll]
         self.spin_ns = <int64_t>(spin_us * 1000)
         adaptive_init(&self.adaptive, self.spin_ns)
@@ -226,6 +229,8 @@ cdef class Channel:
     def __dealloc__(self):
         if not self.closed and self.fd >= 0:
             close(self.fd)
+        if self.wakefd >= 0:
+            close(self.wakefd)
 
     def fileno(self):
         return self.fd
@@ -237,56 +242,12 @@ cdef class Channel:
             close(self.fd)
             self.fd = -1
 
-    cdef int _send_all(self, int64_t deadline) except -1:
-        """Send everything in ``out``, waiting in poll(2) when the socket is full."""
-        cdef Py_ssize_t sent = 0
-        cdef int err
-        cdef int64_t left
-        while True:
-            err = send_pending(self.fd, self.out, &sent)
-            self.bytes_sent += sent
-            sent = 0
-            if err == 0:
-                return 0
-            if err != EAGAIN:
-                self.close()
-                raise _oserror("send failed", err)
-            left = deadline - now_ns() if deadline else 1000000000
-            if left <= 0:
-                # Part of a frame may be on the wire: the stream is no longer usable.
-                self.close()
-                raise DeadlineExceeded("timed out sending the request (peer not reading)")
-            wait_writable(self.fd, ms_ceil(left))
-
-    def put_frame(self, int kind, uint64_t call_id, bytes name, bytes body, int codec=0,
-                  uint32_t session=0, uint32_t deadline_us=0, uint32_t credit=0):
-        """Queue one frame for the next flush (nothing is sent yet)."""
-        if self.closed:
-            raise ConnectionLost("connection is closed")
-        if PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(body) > self.parser.max_message_size:
-            raise MessageTooLarge(
-                f"request of {PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(body)} bytes is over "
-                f"the max_message_size limit of {self.parser.max_message_size}")
-        self.out.put_frame(kind, 0, codec, call_id, session, deadline_us, credit,
-                           PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
-                           PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
-
-    def flush(self, int64_t deadline_ns=0, bint wait=True):
-        """Send the queued frames. With ``wait`` (the default) return once all are in the
-        kernel; without, send what fits and return whether everything went."""
-        if self.closed:
-            raise ConnectionLost("connection is closed")
-        if wait:
-            self._send_all(deadline_ns)
-            return True
-        return self._send_nowait()
-
-    def send_frame(self, int kind, uint64_t call_id, bytes name, bytes body, int codec=0,
-                   uint32_t session=0, uint32_t deadline_us=0, uint32_t credit=0,
-                   int64_t deadline_ns=0):
-        """Queue one frame and send everything queued (returns when it is all in the kernel)."""
-        self.put_frame(kind, call_id, name, body, codec, session, deadline_us, credit)
-        self._send_all(deadline_ns)
+    def interrupt(self):
+        """Make a recv_frames blocked in another thread return now (with what it has, maybe
+        nothing): a caller that cancelled a call must not sleep until its deadline."""
+        cdef uint64_t one = 1
+        if self.wakefd >= 0:
+            write(self.wakefd, &one, 8)
 
     def send_from(self, OutBuffer out):
         """Send what ``out`` holds without blocking (the bytes sent leave ``out``); True
@@ -314,24 +275,18 @@ cdef class Channel:
         if not self.closed:
             shutdown(self.fd, SHUT_RDWR)
 
-    cdef bint _send_nowait(self) except -1:
-        cdef Py_ssize_t sent = 0
-        cdef int err = send_pending(self.fd, self.out, &sent)
-        self.bytes_sent += sent
-        if err == 0 or err == EAGAIN:
-            return err == 0
-        self.close()
-        raise _oserror("send failed", err)
-
     cdef int _recv_some(self, bint wait, int64_t deadline) except -1:
-        """One recv(2) into the parser. Returns bytes read, 0 if none are ready yet."""
+        """One recv(2) into the parser. Returns bytes read, 0 if none are ready yet, -2 if
+        interrupt() ended the wait."""
         cdef ssize_t n
         cdef int err = 0
         cdef char* dst = self.parser.reserve(RECV_CHUNK)
         cdef int64_t spin_until, t, budget
-        cdef pollfd pfd
+        cdef pollfd pfd[2]
         cdef int rc
         cdef int64_t left
+        cdef uint64_t junk
+        cdef bint interrupted = False
         with nogil:
             n = recv(self.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
             err = errno
@@ -356,13 +311,20 @@ cdef class Channel:
                     if self.poll_mode == POLL_ADAPTIVE:
                         adaptive_spun(&self.adaptive, n > 0)
                 if n < 0 and (err == EAGAIN or err == EINTR):
-                    pfd.fd = self.fd
-                    pfd.events = POLLIN
+                    pfd[0].fd = self.fd
+                    pfd[0].events = POLLIN
+                    pfd[0].revents = 0
+                    pfd[1].fd = self.wakefd
+                    pfd[1].events = POLLIN
+                    pfd[1].revents = 0
                     t = now_ns()
                     left = deadline - t if deadline else 0
                     if deadline == 0 or left > 0:
-                        rc = poll(&pfd, 1, ms_ceil(left) if deadline else -1)
-                        if rc > 0:
+                        rc = poll(pfd, 2, ms_ceil(left) if deadline else -1)
+                        if rc > 0 and pfd[1].revents:
+                            read(self.wakefd, &junk, 8)
+                            interrupted = True
+                        if rc > 0 and pfd[0].revents:
                             n = recv(self.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
                             err = errno
                             if self.poll_mode == POLL_ADAPTIVE:
@@ -375,7 +337,7 @@ cdef class Channel:
             self.close()
             raise ConnectionLost("connection closed by the server")
         if err == EAGAIN or err == EINTR:
-            return 0
+            return -2 if interrupted else 0     # (-1 is the exception sentinel)
         self.close()
         raise _oserror("recv failed", err)
 
@@ -383,23 +345,30 @@ cdef class Channel:
         """Frames that are whole now, reading from the socket if none are buffered.
 
         Waits (per the poll mode) until at least one frame is whole, or until the monotonic
-        ``deadline_ns`` (0: no deadline), in which case it returns an empty list. With
-        ``wait=False`` it only takes what the socket already holds.
+        ``deadline_ns`` (0: no deadline) or an :meth:`interrupt`, in which case it returns
+        what it has (maybe nothing). With ``wait=False`` it only takes what the socket
+        already holds. A ProtocolError or ConnectionLost leaves the channel closed.
         """
         cdef list frames = []
         cdef Frame f
+        cdef int n
         if self.closed:
             raise ConnectionLost("connection is closed")
         while True:
-            f = self.parser.next_frame()
-            while f is not None:
-                frames.append(f)
+            try:
                 f = self.parser.next_frame()
+                while f is not None:
+                    frames.append(f)
+                    f = self.parser.next_frame()
+            except ProtocolError:
+                self.close()                  # the stream cannot be trusted past this point
+                raise
             if frames:
                 return frames
-            if self._recv_some(wait, deadline_ns) == 0:
-                if not wait or (deadline_ns and now_ns() >= deadline_ns):
-                    return frames
+            n = self._recv_some(wait, deadline_ns)
+            if n <= 0:
+                if n < 0 or not wait or (deadline_ns and now_ns() >= deadline_ns):
+                    return frames             # interrupted, not waiting, or out of time
 
 # ---------------------------------------------------------------------------------------
 # Server side: the epoll driver of the server core (_dispatch.pyx)

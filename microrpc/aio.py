@@ -54,6 +54,7 @@ class AsyncClient:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
         self._closed = False
+        self._fd = -1                  # the fd the loop watches for us
         self._old_sent = self._old_received = 0
 
     # -- connection --------------------------------------------------------------------
@@ -95,7 +96,10 @@ class AsyncClient:
         core.begin(_now())
         self._chan = chan
         self._hello = loop.create_future()
-        loop.add_reader(chan.fileno(), self._on_readable, chan)
+        # Remembered: a channel that fails closes its fd before _fail runs, and the loop
+        # must forget the number before the next socket is given the same one.
+        self._fd = chan.fileno()
+        loop.add_reader(self._fd, self._on_readable, chan)
         self._flush(chan)
         try:
             await asyncio.wait_for(asyncio.shield(self._hello), self._connect_timeout)
@@ -114,7 +118,7 @@ class AsyncClient:
         self._chan = None
         self._old_sent += chan.bytes_sent
         self._old_received += chan.bytes_received
-        fd = chan.fileno()
+        fd, self._fd = self._fd, -1
         if fd >= 0 and self._loop is not None:
             self._loop.remove_reader(fd)
             if self._writing:
@@ -167,7 +171,7 @@ class AsyncClient:
             return
         if not done:
             self._writing = True
-            self._loop.add_writer(chan.fileno(), self._on_writable, chan)
+            self._loop.add_writer(self._fd, self._on_writable, chan)
 
     def _on_writable(self, chan: Any) -> None:
         try:
@@ -177,7 +181,7 @@ class AsyncClient:
             return
         if done and self._writing:
             self._writing = False
-            self._loop.remove_writer(chan.fileno())
+            self._loop.remove_writer(self._fd)
 
     def _flush_soon(self, chan: Any) -> None:
         if not self._flush_armed:
@@ -211,7 +215,11 @@ class AsyncClient:
         core = self._core
         call = Call()
         call.watched = True
-        core.prepare(call, method, args, timeout, _now())
+        try:
+            core.prepare(call, method, args, timeout, _now())
+        except RpcError as exc:        # too large: it counts as a call that failed
+            core.abort(call, exc)
+            raise
         chan = self._chan
         if chan is None or not core.ready:
             try:

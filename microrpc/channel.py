@@ -22,6 +22,9 @@ The interface (``microrpc._native.Channel`` implements it for ``tcp://`` and ``u
 ``fileno() -> int``
     A descriptor that polls readable when ``recv_frames(wait=False)`` may return frames
     (what an event loop watches).
+``interrupt()``
+    Make a ``recv_frames`` blocked in another thread return now, with what it has (a call
+    it waited for was cancelled). The connection stays open.
 ``shutdown()``
     Wake a thread blocked in ``recv_frames`` (it then sees the connection end) without
     freeing the descriptor under it. ``close()`` frees it; both are idempotent.

@@ -64,6 +64,7 @@ class ClientStatistics:
     bytes_received: int
     credits: Any = None   # breakwater.ClientStatistics when the server hands out credits
     late_replies: int = 0  # replies that came after their call had timed out or was cancelled
+    cancelled: int = 0    # calls cancelled by their caller (ok + errors + cancelled = calls)
 
 
 def check_client_options(address: str, timeout: float | None, session: int) -> None:
@@ -81,7 +82,8 @@ def core_statistics(core: ClientCore, bytes_sent: int, bytes_received: int) -> C
         calls=core.started, ok=core.ok, errors=core.failed, timeouts=core.timeouts,
         in_flight=core.in_flight, reconnects=max(core.handshakes - 1, 0),
         bytes_sent=bytes_sent, bytes_received=bytes_received,
-        credits=core.credit_statistics(), late_replies=core.stray_replies)
+        credits=core.credit_statistics(), late_replies=core.stray_replies,
+        cancelled=core.cancelled)
 
 
 def outcome_of(frame: _core.Frame) -> Any:
@@ -230,6 +232,7 @@ class Client:
         self._spin_us = spin_us
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
+        self._send_timeout_ns = int((timeout or DEFAULT_TIMEOUT) * 1e9)
         self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout)
         # Reentrant: concurrent.futures.wait() takes each future's _condition in turn, and
         # every future of this client shares this one.
@@ -321,6 +324,9 @@ class Client:
         core = self._core
         if self._writing or (batch and self._dispatcher == threading.get_ident()):
             return ()
+        if not deadline_ns:
+            # A server that stops reading must not hold this thread forever.
+            deadline_ns = _now() + self._send_timeout_ns
         self._writing = True
         try:
             while not chan.send_from(core.out):
@@ -406,8 +412,7 @@ class Client:
                 due = core.next_deadline()
                 wait_until = until if not due or (until and until < due) else due
                 if due and now >= due:
-                    ended = core.expire(now)
-                    self._tell_locked(ended)
+                    ended = self._expire_locked(now)
                 elif self._reading:
                     # Another thread reads: sleep until its next batch (or our own limit).
                     self._waiters += 1
@@ -425,6 +430,16 @@ class Client:
                 self._run_callbacks(ended)
             if chan is not None:
                 self._read(chan, wait_until)
+
+    def _expire_locked(self, now: int) -> Any:
+        """End the calls that are due (lock held) and tell the server at once: a CANCEL
+        that waited in the buffer would let the server start the work anyway."""
+        ended = self._core.expire(now)
+        chan = self._chan
+        if chan is not None and len(self._core.out) and self._core.ready:
+            ended = _join(ended, self._flush_locked(chan))
+        self._tell_locked(ended)
+        return ended
 
     def _become_reader_locked(self) -> tuple[Any, Any]:
         """Take the reader role (lock held, nobody reading, connected) and send what is
@@ -562,8 +577,7 @@ class Client:
                 now = _now()
                 due = core.next_deadline()
                 if due and now >= due:
-                    ended = core.expire(now)
-                    self._tell_locked(ended)
+                    ended = self._expire_locked(now)
                 elif self._reading or not self._watched or self._chan is None or not core.ready:
                     self._service_waits = True
                     try:
@@ -585,6 +599,9 @@ class Client:
             ended = [fut]
             if chan is not None and len(self._core.out) and self._core.ready:
                 ended += self._flush_locked(chan)
+            if self._reading and chan is not None:
+                chan.interrupt()        # a thread may sleep on the socket in fut.result()
+            self._cond.notify_all()
             self._tell_locked(ended)
         self._run_callbacks(ended)
         return True

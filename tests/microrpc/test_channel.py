@@ -452,8 +452,6 @@ def test_garbage_after_a_good_frame_still_delivers_nothing_bad(raw_peer, open_ch
                 assert (f.kind, f.call_id) == (_core.RESPONSE, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="Channel.recv_frames leaves the channel open after a "
-                   "ProtocolError; channel.py says 'after either the channel is closed'")
 def test_the_channel_is_closed_after_a_protocol_error(raw_peer, open_chan):
     def script(conn):
         conn.sendall(b"\x00" * 64)

@@ -284,13 +284,9 @@ def test_message_too_large_on_either_side(driver, make_server):
     assert s.ok == 1 and s.ok + s.errors == s.calls and s.in_flight == 0
 
 
-def test_a_request_refused_before_sending_is_counted(driver, server, request):
+def test_a_request_refused_before_sending_is_counted(driver, server):
     """A request over max_message_size is a call that ended in MessageTooLarge (the core's
     ``abort`` exists so that it "too has exactly one outcome"), counted like any other."""
-    if driver.loop_thread is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "AsyncClient.call runs core.prepare outside its try/abort: a request refused as "
-            "too large is raised but never counted in statistics() (Client counts it)")))
     c = driver.connect(server.address, timeout=5, max_message_size=1000)
     with pytest.raises(microrpc.MessageTooLarge):
         c.call("echo", b"x" * 2000)
@@ -696,8 +692,6 @@ def _blocked_in_poll(thread):
     return "poll" in wchan or "select" in wchan
 
 
-@pytest.mark.xfail(strict=True, reason="cancel() does not wake a thread blocked reading in "
-                   "result(): it sleeps on until its own timeout or the call's deadline")
 def test_cancel_wakes_a_thread_blocked_in_result(make_server, until):
     server = make_server(start=False)
     running = threading.Event()
