@@ -44,13 +44,16 @@ T = TypeVar("T", bound=Hashable)
 # The reference client queue holds 16 requests (CRPC_QLEN); at the ~20 requests/s a
 # simulated client offers in the overload benchmark, 16 is never the binding limit: max_wait is.
 DEFAULT_MAX_QUEUE = 16
-# How long a request may wait for credit. The reference uses 1x its mean service time
-# (10 us). A Python server hands out speculative credits once per control tick (200 us), so
-# a wait shorter than a tick plus a round trip would expire nearly every queued request
-# before any credit could arrive; 500 us covers two ticks and a loopback round trip. The
-# simulation in tests/breakwater found goodput and p99 insensitive to it between 100 and
-# 500 us (the server queue, not the client wait, makes the tail), so it errs long.
-DEFAULT_MAX_WAIT_NS = 500_000
+# How long a request may wait for credit: the reference's 1x mean service time (there 10 us,
+# here ~100 us). The wait adds to every queued request's latency, and a client with many
+# calls in flight (a few public clients sharing a server, not 1,000 one-call sessions) gets
+# its credits back with its responses, so its queue drains within a service time or not at
+# all. Measured with Breakwater at 2x mu, exp 100 us service, SLO 1.8 ms (/tmp script,
+# session 4; see docs/breakwater.md): 4 AsyncClients (uvloop) gave p99 2.30 ms and reject
+# p99 1.64 ms at 500 us, p99 1.37 ms and reject p99 0.80 ms at 100 us, goodput 0.87-0.92 mu
+# both; the 1,000-session engine was unchanged (p99 1.67 / 1.65 ms at 2x, 1.87 / 1.75 ms
+# at 4x). A drained one-call session still gets speculative credit at the next tick.
+DEFAULT_MAX_WAIT_NS = 100_000
 
 
 class Submit(IntEnum):

@@ -62,6 +62,23 @@ cdef extern from "<poll.h>" nogil:
     short POLLIN
     short POLLOUT
 
+# poll(2) takes milliseconds, so a client waiting 500 us for a credit to expire slept a whole
+# millisecond; ppoll(2) takes a timespec (pyconfig.h defines _GNU_SOURCE, which declares it).
+cdef extern from *:
+    """
+    #include <poll.h>
+    #include <time.h>
+    static int microrpc_poll_ns(struct pollfd *fds, unsigned long n, long long ns) {
+        struct timespec ts;
+        if (ns < 0)
+            return ppoll(fds, n, NULL, NULL);
+        ts.tv_sec = (time_t)(ns / 1000000000LL);
+        ts.tv_nsec = (long)(ns % 1000000000LL);
+        return ppoll(fds, n, &ts, NULL);
+    }
+    """
+    int poll_ns "microrpc_poll_ns" (pollfd* fds, unsigned long n, long long ns) nogil
+
 cdef extern from "<sys/epoll.h>" nogil:
     union epoll_data_t:
         void* ptr
@@ -181,12 +198,12 @@ cdef int send_pending(int fd, OutBuffer out, Py_ssize_t* sent) noexcept:
     return err
 
 
-cdef int wait_writable(int fd, int timeout_ms) noexcept:
+cdef int wait_writable(int fd, int64_t timeout_ns) noexcept:
     cdef pollfd pfd
     pfd.fd = fd
     pfd.events = POLLOUT
     with nogil:
-        return poll(&pfd, 1, timeout_ms)
+        return poll_ns(&pfd, 1, timeout_ns)
 
 
 cdef object _oserror(str what, int err):
@@ -267,7 +284,7 @@ cdef class Channel:
         """Sleep until the socket has room (or the monotonic deadline; 0: up to 1 s)."""
         cdef int64_t left = deadline_ns - now_ns() if deadline_ns else 1000000000
         if not self.closed and left > 0:
-            wait_writable(self.fd, ms_ceil(left))
+            wait_writable(self.fd, left)
 
     def shutdown(self):
         """Wake a thread blocked reading this channel (it then sees the connection end)
@@ -320,7 +337,7 @@ cdef class Channel:
                     t = now_ns()
                     left = deadline - t if deadline else 0
                     if deadline == 0 or left > 0:
-                        rc = poll(pfd, 2, ms_ceil(left) if deadline else -1)
+                        rc = poll_ns(pfd, 2, left if deadline else -1)
                         if rc > 0 and pfd[1].revents:
                             read(self.wakefd, &junk, 8)
                             interrupted = True
@@ -721,7 +738,7 @@ cdef class ServerLoop:
     cdef int _blocking_flush(self, _Conn c, int64_t until) except -1:
         cdef Py_ssize_t sent = 0
         while now_ns() < until and send_pending(c.fd, c.out, &sent) == EAGAIN:
-            wait_writable(c.fd, 10)
+            wait_writable(c.fd, 10000000)
         return 0
 
     # -- statistics -------------------------------------------------------------------

@@ -127,7 +127,7 @@ def main() -> None:
               help="The run is INVALID when the p99 send lag exceeds this x SLO.")
 @click.option("--client-queue", type=click.IntRange(0), default=16, show_default=True,
               help="Requests a client may hold while waiting for credit.")
-@click.option("--client-max-wait", type=Duration("us"), default="500us", show_default=True,
+@click.option("--client-max-wait", type=Duration("us"), default="100us", show_default=True,
               help="How long a request may wait for credit before it fails client-side.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--driver", type=click.Choice(["engine", "client", "asyncio", "uvloop"]),
