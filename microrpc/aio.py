@@ -244,7 +244,10 @@ class AsyncClient:
                     self._flush_soon(chan)
                 raise
         if call.error is not None:
-            raise call.error
+            try:
+                raise call.error
+            finally:
+                del call, fut          # the traceback keeps this frame: no cycle through it
         return call.value
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -157,7 +157,12 @@ class CallFuture(Call, concurrent.futures.Future):
         state = self.state
         if state == _DONE:
             if self.error is not None:
-                raise self.error
+                try:
+                    raise self.error
+                finally:
+                    # As concurrent.futures does: the traceback keeps this frame, whose
+                    # ``self`` holds the error; without this every failure is a cycle.
+                    self = None
             return self.value
         if state == _CANCELLED:
             raise concurrent.futures.CancelledError()
@@ -375,7 +380,10 @@ class Client:
         if call.state < _DONE:
             self._drive(call, None)
         if call.error is not None:
-            raise call.error
+            try:
+                raise call.error
+            finally:
+                del call               # the traceback keeps this frame: no cycle through it
         return call.value
 
     def call_async(self, method: str, *args: Any,

@@ -340,7 +340,7 @@ class Engine(ProcessShare):
         if measured:
             t.offered += 1
             lag = now - intended
-            t.send_lag.record_value(lag if lag > 1000 else 1000)
+            t.lag_ns.append(lag if lag > 1000 else 1000)
             t.series["offered"][t.bucket(intended - self.m0)] += 1
         else:
             t.warmup_offered += 1

@@ -82,10 +82,13 @@ class Tally:
         # Requests of the warm-up: accounted for separately (and checked), never reported.
         self.warmup_offered = 0
         self.warmup_done = 0
-        self.latency = new_histogram()          # ok responses
-        self.reject_server = new_histogram()    # time until a server reject reached us
-        self.reject_client = new_histogram()    # time until a client-side reject
-        self.send_lag = new_histogram()         # actual submit time - intended send time
+        # latency: ok responses; reject_server / reject_client: time until a reject reached
+        # us; send_lag: actual submit time - intended send time. HdrHistogram's
+        # record_value is Python (~1 us), too slow for a generator's loop: values are
+        # appended to arrays here and recorded when a histogram is first read (fold()).
+        self._hists = {k: new_histogram() for k in self.HISTS}
+        self._pending = {k: array("q") for k in self.HISTS}
+        self.lag_ns = self._pending["send_lag"]           # the generators append to it
         # Per time bucket since the measured start: offered by intended send time, the
         # outcomes by the time they became known.
         self.series = {k: [0] * n_buckets for k in self.SERIES}
@@ -99,6 +102,25 @@ class Tally:
         self.elapsed_ns = 0
         self.cpu_ns = 0              # CPU time the generator loop got while it ran
 
+    def fold(self) -> None:
+        """Record the values appended since the last fold into the histograms."""
+        for k, values in self._pending.items():
+            if values:
+                h = self._hists[k]
+                for v in values:
+                    h.record_value(_clamp(v))
+                del values[:]
+
+    def _hist(self, name: str) -> HdrHistogram:
+        if self._pending[name]:
+            self.fold()
+        return self._hists[name]
+
+    latency = property(lambda self: self._hist("latency"))
+    reject_server = property(lambda self: self._hist("reject_server"))
+    reject_client = property(lambda self: self._hist("reject_client"))
+    send_lag = property(lambda self: self._hist("send_lag"))
+
     def bucket(self, since_start_ns: int) -> int:
         """The bucket index of a time (clamped to the last bucket)."""
         i = since_start_ns // self.bucket_ns
@@ -107,7 +129,7 @@ class Tally:
 
     def record_ok(self, latency_ns: int, since_start_ns: int) -> None:
         self.counts["ok"] += 1
-        self.latency.record_value(_clamp(latency_ns))
+        self._pending["latency"].append(latency_ns)
         b = self.bucket(since_start_ns)
         self.series["ok"][b] += 1
         self.bucket_latency[b].append(latency_ns)
@@ -119,10 +141,9 @@ class Tally:
         """A measured request that did not succeed."""
         self.counts[outcome] += 1
         self.series[outcome][self.bucket(since_start_ns)] += 1
-        if outcome == "rejected_server":
-            self.reject_server.record_value(_clamp(latency_ns))
-        elif outcome == "rejected_client":
-            self.reject_client.record_value(_clamp(latency_ns))
+        if outcome == "rejected_server" or outcome == "rejected_client":
+            self._pending["reject_server" if outcome == "rejected_server"
+                          else "reject_client"].append(latency_ns)
 
     def record_error_type(self, name: str) -> None:
         self.error_types[name] = self.error_types.get(name, 0) + 1
@@ -144,11 +165,12 @@ class Tally:
 
     # -- between processes ---------------------------------------------------------------
 
+    _NOT_WIRED = ("_hists", "_pending", "lag_ns", "bucket_latency")
+
     def to_wire(self) -> dict:
-        d = {k: v for k, v in vars(self).items()
-             if k not in self.HISTS and k != "bucket_latency"}
-        for k in self.HISTS:
-            d[k] = getattr(self, k).encode()
+        self.fold()
+        d = {k: v for k, v in vars(self).items() if k not in self._NOT_WIRED}
+        d["histograms"] = {k: h.encode() for k, h in self._hists.items()}
         d["bucket_latency"] = [a.tobytes() for a in self.bucket_latency]
         return d
 
@@ -156,11 +178,14 @@ class Tally:
     def from_wire(cls, d: dict) -> "Tally":
         t = cls.__new__(cls)
         for k, v in d.items():
-            if k in cls.HISTS:
-                v = HdrHistogram.decode(v)
+            if k == "histograms":
+                t._hists = {name: HdrHistogram.decode(enc) for name, enc in v.items()}
             elif k == "bucket_latency":
-                v = [array("q", b) for b in v]
-            setattr(t, k, v)
+                t.bucket_latency = [array("q", b) for b in v]
+            else:
+                setattr(t, k, v)
+        t._pending = {k: array("q") for k in cls.HISTS}
+        t.lag_ns = t._pending["send_lag"]
         return t
 
     @classmethod
