@@ -48,11 +48,12 @@ DEFAULT_MAX_QUEUE = 16
 # here ~100 us). The wait adds to every queued request's latency, and a client with many
 # calls in flight (a few public clients sharing a server, not 1,000 one-call sessions) gets
 # its credits back with its responses, so its queue drains within a service time or not at
-# all. Measured with Breakwater at 2x mu, exp 100 us service, SLO 1.8 ms (/tmp script,
-# session 4; see docs/breakwater.md): 4 AsyncClients (uvloop) gave p99 2.30 ms and reject
-# p99 1.64 ms at 500 us, p99 1.37 ms and reject p99 0.80 ms at 100 us, goodput 0.87-0.92 mu
-# both; the 1,000-session engine was unchanged (p99 1.67 / 1.65 ms at 2x, 1.87 / 1.75 ms
-# at 4x). A drained one-call session still gets speculative credit at the next tick.
+# all. Measured (session 4) with Breakwater at 2x mu, exp 100 us service, SLO 1.8 ms:
+# `microrpc bench ADDR --driver uvloop --clients 4 --rate 19000 --client-max-wait 500us`
+# gave p99 2.30 ms and reject p99 1.64 ms, `--client-max-wait 100us` p99 1.37 ms and 0.80
+# ms, goodput 0.87-0.92 mu both; the 1,000-session engine (`--driver engine`) was unchanged
+# (p99 1.67 / 1.65 ms at 2x, 1.87 / 1.75 ms at 4x). A drained one-call session still gets
+# speculative credit at the next tick.
 DEFAULT_MAX_WAIT_NS = 100_000
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import breakwater
 from microrpc import _clientcore, _core, _native, channel, codecs, transport
 from microrpc._clientcore import Call, ClientCore
 from microrpc.client import DEFAULT_TIMEOUT, ClientStatistics, check_client_options, core_statistics
@@ -39,12 +40,15 @@ class AsyncClient:
         max_message_size: int = _core.DEFAULT_MAX_MESSAGE_SIZE,
         connect_timeout: float | None = 5.0,
         session: int = 0,
+        credit_queue: int = breakwater.DEFAULT_MAX_QUEUE,
+        credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
     ):
-        check_client_options(address, timeout, session)
+        check_client_options(address, timeout, session, credit_queue, credit_wait)
         self.address = address
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
-        self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout)
+        self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout,
+                                credit_queue, int(credit_wait * 1e9))
         self._chan: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future | None = None

@@ -34,6 +34,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import breakwater
 from microrpc import _clientcore, _core, _native, channel, codecs, transport
 from microrpc._clientcore import Call, ClientCore
 from microrpc.errors import ConnectionLost, MethodNotFound, ProtocolError, RpcError
@@ -67,13 +68,18 @@ class ClientStatistics:
     cancelled: int = 0    # calls cancelled by their caller (ok + errors + cancelled = calls)
 
 
-def check_client_options(address: str, timeout: float | None, session: int) -> None:
+def check_client_options(address: str, timeout: float | None, session: int,
+                         credit_queue: int, credit_wait: float) -> None:
     """Argument checks shared by Client and AsyncClient: fail at construction, clearly."""
     transport.parse_address(address)
     if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be positive or None")
     if not 0 <= session <= 0xFFFFFFFF:
         raise ValueError("session must fit in 32 bits")
+    if not isinstance(credit_queue, int) or not 0 <= credit_queue <= 1 << 20:
+        raise ValueError("credit_queue must be an int in 0..2**20")
+    if not 0 <= credit_wait <= 60:
+        raise ValueError("credit_wait must be in 0..60 seconds")
 
 
 def core_statistics(core: ClientCore, bytes_sent: int, bytes_received: int) -> ClientStatistics:
@@ -214,7 +220,9 @@ class Client:
     (None: no limit). ``poll``: "adaptive" (default: busy-poll the socket for up to
     ``spin_us`` while that catches replies, sleep at once after a miss, retry after a
     backoff), "spin" (always busy-poll ``spin_us`` first: for client and server on
-    different cores) or "block" (always sleep in the kernel).
+    different cores) or "block" (always sleep in the kernel). ``credit_queue`` and
+    ``credit_wait`` (seconds): against a server that hands out credits, how many calls may
+    wait for one and for how long before they fail with ``Overloaded(side="client")``.
     """
 
     def __init__(
@@ -228,8 +236,10 @@ class Client:
         max_message_size: int = _core.DEFAULT_MAX_MESSAGE_SIZE,
         connect_timeout: float | None = 5.0,
         session: int = 0,
+        credit_queue: int = breakwater.DEFAULT_MAX_QUEUE,
+        credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
     ):
-        check_client_options(address, timeout, session)
+        check_client_options(address, timeout, session, credit_queue, credit_wait)
         channel.check_poll(poll)
         self.address = address
         self._timeout = timeout
@@ -238,7 +248,8 @@ class Client:
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
         self._send_timeout_ns = int((timeout or DEFAULT_TIMEOUT) * 1e9)
-        self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout)
+        self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout,
+                                credit_queue, int(credit_wait * 1e9))
         # Reentrant: concurrent.futures.wait() takes each future's _condition in turn, and
         # every future of this client shares this one.
         self._lock = threading.RLock()

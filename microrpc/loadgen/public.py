@@ -124,9 +124,11 @@ class ClientDriver(_Base):
 
         # Reader threads block in the kernel rather than spin: they share the generator's
         # core with the scheduling thread.
-        self.clients = [Client(self.spec.address, codec=self.spec.codec,
-                               timeout=self.spec.timeout, poll="block",
-                               session=self.session_base + i)
+        spec = self.spec
+        self.clients = [Client(spec.address, codec=spec.codec, timeout=spec.timeout,
+                               poll="block", session=self.session_base + i,
+                               credit_queue=spec.client_queue,
+                               credit_wait=spec.client_max_wait)
                         for i in range(self.n_clients)]
 
     def run(self, start_ns: int) -> Tally:
@@ -195,7 +197,9 @@ class AsyncDriver(_Base):
 
         spec = self.spec
         clients = [AsyncClient(spec.address, codec=spec.codec, timeout=spec.timeout,
-                               session=self.session_base + i) for i in range(self.n_clients)]
+                               session=self.session_base + i, credit_queue=spec.client_queue,
+                               credit_wait=spec.client_max_wait)
+                   for i in range(self.n_clients)]
         for c in clients:
             await c.connect()
         self.start_ns = start_ns

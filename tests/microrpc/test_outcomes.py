@@ -204,6 +204,21 @@ def test_bad_addresses_and_options():
         microrpc.Server("tcp://127.0.0.1:0", poll="fast")
     with pytest.raises(microrpc.ConnectionLost, match="cannot connect"):
         microrpc.Client("tcp://127.0.0.1:1")
+    for cls in (microrpc.Client, microrpc.AsyncClient):
+        with pytest.raises(ValueError, match="credit_queue"):
+            cls("tcp://127.0.0.1:1", credit_queue=-1)
+        with pytest.raises(ValueError, match="credit_wait"):
+            cls("tcp://127.0.0.1:1", credit_wait=-0.001)
+
+
+def test_credit_options_reach_the_credit_queue(make_server):
+    import breakwater
+
+    server = make_server(overload=breakwater.Breakwater())
+    with microrpc.Client(server.address, timeout=5, credit_queue=3, credit_wait=0.002) as c:
+        assert c.call("add", 1, 2) == 3
+        credits = c._core.credits
+        assert (credits.max_queue, credits.max_wait_ns) == (3, 2_000_000)
 
 
 def test_statistics_count_calls_and_bytes(server):
