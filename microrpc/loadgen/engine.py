@@ -263,6 +263,34 @@ class ProcessShare:
         horizon = int(spec.measured_s * 1e9) + self.drain_ns + int(spec.timeout * 1e9)
         self.tally = Tally(int(spec.slo * 1e9), bucket_ns, horizon // bucket_ns + 2)
 
+    def count_offer(self, intended: int, now: int) -> bool:
+        """Count one arrival of the schedule (and how late it was sent); True if it falls
+        in the measured window."""
+        t = self.tally
+        if intended < self.m0:
+            t.warmup_offered += 1
+            return False
+        t.offered += 1
+        lag = now - intended
+        t.lag_ns.append(lag if lag > 1000 else 1000)
+        t.series["offered"][t.bucket(intended - self.m0)] += 1
+        return True
+
+    def count_outcome(self, intended: int, measured: bool, error: BaseException | None,
+                      now: int) -> None:
+        """Count the one outcome of a request: its error (None: ok) decides which."""
+        t = self.tally
+        if not measured:
+            t.warmup_done += 1
+            return
+        outcome, error_type = outcome_name(error)
+        if outcome == "ok":
+            t.record_ok(now - intended, now - self.m0)
+        else:
+            t.record(outcome, now - intended, now - self.m0)
+            if error_type is not None:
+                t.record_error_type(error_type)
+
 
 class Engine(ProcessShare):
     """One generator process: its share of the clients, connections and rate.
@@ -329,21 +357,12 @@ class Engine(ProcessShare):
         now = self.clock()
         if client is None:
             client = self.clients[int(self.rng.random() * len(self.clients))]
-        measured = intended >= self.m0
         req = _Req()
         req.watched = True
         req.client = client
         req.intended = intended
-        req.measured = measured
+        req.measured = self.count_offer(intended, now)
         self.pending += 1
-        t = self.tally
-        if measured:
-            t.offered += 1
-            lag = now - intended
-            t.lag_ns.append(lag if lag > 1000 else 1000)
-            t.series["offered"][t.bucket(intended - self.m0)] += 1
-        else:
-            t.warmup_offered += 1
         conn = client.conn
         core = client.core
         try:
@@ -367,18 +386,7 @@ class Engine(ProcessShare):
 
     def _finish(self, req: _Req, now: int) -> None:
         self.pending -= 1
-        t = self.tally
-        outcome, error_type = outcome_name(req.error)
-        if req.measured:
-            since = now - self.m0
-            if outcome == "ok":
-                t.record_ok(now - req.intended, since)
-            else:
-                t.record(outcome, now - req.intended, since)
-                if error_type is not None:
-                    t.record_error_type(error_type)
-        else:
-            t.warmup_done += 1
+        self.count_outcome(req.intended, req.measured, req.error, now)
         if self.closed and now < self.end_ns and not req.client.conn.dead:
             self.reissue.append(req.client)
 

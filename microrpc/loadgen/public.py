@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from microrpc.errors import ConnectionLost
-from microrpc.loadgen.engine import LoadSpec, PoissonSchedule, ProcessShare, outcome_name
+from microrpc.errors import ConnectionLost, DeadlineExceeded
+from microrpc.loadgen.engine import LoadSpec, PoissonSchedule, ProcessShare
 from microrpc.loadgen.result import Tally
 from microrpc.loadgen.synthetic import ServiceTime, encode_service
 
@@ -35,6 +35,8 @@ _PROGRESS_NS = 200_000_000
 # arrival is further away than this; closer, yield without sleeping. A sleep overshoots by
 # ~60-100 us on these machines, 1 ms under asyncio (its selector timeout is in ms).
 _SLEEP_BEFORE_NS = 2_000_000
+# The outcome of a call the drain's end cut off: a timeout, as the engine counts it.
+_UNANSWERED = DeadlineExceeded("no reply before the drain ended")
 
 
 def _argument(spec: LoadSpec, service: ServiceTime | None, rng: Any) -> Any:
@@ -62,35 +64,17 @@ class _Base(ProcessShare):
     def offer(self, intended: int) -> bool:
         """Count one arrival; True if it is measured."""
         now = self.clock()
-        measured = intended >= self.m0
-        t = self.tally
         with self.lock:
             self.pending += 1
-            if measured:
-                t.offered += 1
-                lag = now - intended
-                t.lag_ns.append(lag if lag > 1000 else 1000)
-                t.series["offered"][t.bucket(intended - self.m0)] += 1
-            else:
-                t.warmup_offered += 1
-        return measured
+            return self.count_offer(intended, now)
 
     def outcome(self, intended: int, measured: bool, error: BaseException | None) -> None:
         now = self.clock()
-        outcome, error_type = outcome_name(error)
         if self.closing and isinstance(error, ConnectionLost):
-            outcome, error_type = "timeout", None      # still unanswered when the drain ended
-        t = self.tally
+            error = _UNANSWERED                  # still unanswered when the drain ended
         with self.lock:
             self.pending -= 1
-            if not measured:
-                t.warmup_done += 1
-            elif outcome == "ok":
-                t.record_ok(now - intended, now - self.m0)
-            else:
-                t.record(outcome, now - intended, now - self.m0)
-                if error_type is not None:
-                    t.record_error_type(error_type)
+            self.count_outcome(intended, measured, error, now)
 
     def snapshot(self, now: int) -> dict:
         t = self.tally
