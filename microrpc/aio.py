@@ -17,7 +17,9 @@ from typing import Any
 import breakwater
 from microrpc import _clientcore, _core, _native, channel, codecs, transport
 from microrpc._clientcore import Call, ClientCore
-from microrpc.client import DEFAULT_TIMEOUT, ClientStatistics, check_client_options, core_statistics
+from microrpc.client import (
+    DEFAULT_TIMEOUT, ClientStatistics, _join, check_client_options, core_statistics,
+)
 from microrpc.errors import ConnectionLost, RpcError
 
 __all__ = ["AsyncClient"]
@@ -144,7 +146,10 @@ class AsyncClient:
         if not frames:
             return
         core = self._core
-        ended = core.receive(frames, _now())
+        now = _now()
+        ended = core.receive(frames, now)
+        if self._timer_at and now >= self._timer_at:
+            ended = _join(ended, self._expire_due(now))
         if core.state == _BROKEN:
             self._wake(ended)
             self._fail(chan, core.error)
@@ -159,10 +164,16 @@ class AsyncClient:
 
     @staticmethod
     def _wake(ended: Any) -> None:
+        """Complete the futures of calls that ended: with the call's own outcome, so that
+        a future from call_async needs nothing more, and ``call`` just awaits it."""
         for call in ended:
             fut = call.owner
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                error = call.error
+                if error is None:
+                    fut.set_result(call.value)
+                else:
+                    fut.set_exception(error)
 
     def _flush(self, chan: Any) -> None:
         self._flush_armed = False
@@ -203,56 +214,94 @@ class AsyncClient:
                                          self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
+        self._wake(self._expire_due(_now()))
+
+    def _expire_due(self, now: int) -> Any:
+        """End what is due (the timer fired, or a reply or call came first: uvloop's timers
+        tick in milliseconds, a credit wait is 100 us) and re-arm for what is next."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = 0
         core = self._core
-        ended = core.expire(_now())
+        ended = core.expire(now)
         chan = self._chan
         if chan is not None and len(core.out):
             self._flush_soon(chan)         # CANCEL frames for the calls that expired
-        self._wake(ended)
         self._arm_timer()
+        return ended
 
     # -- calls -------------------------------------------------------------------------
 
-    async def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
-        """``await`` the result of ``method(*args)`` on the server, or an RpcError."""
+    def _start(self, method: str, args: tuple, timeout: Any) -> tuple[Call, asyncio.Future]:
+        """Prepare and submit one call on the open connection; its future is completed with
+        its outcome (already, if the credit queue refused it)."""
         core = self._core
         call = Call()
         call.watched = True
+        now = _now()
         try:
-            core.prepare(call, method, args, timeout, _now())
+            core.prepare(call, method, args, timeout, now)
         except RpcError as exc:        # too large: it counts as a call that failed
             core.abort(call, exc)
             raise
-        chan = self._chan
-        if chan is None or not core.ready:
-            try:
-                chan = await self._channel()
-            except RpcError as exc:
-                core.abort(call, exc)
-                raise
         fut = self._loop.create_future()
         call.owner = fut
-        core.submit(call, _now())
-        if call.state < _DONE:
+        if self._timer_at and now >= self._timer_at:
+            self._wake(self._expire_due(now))
+        core.submit(call, now)
+        if call.state >= _DONE:
+            self._wake((call,))
+        else:
             if len(core.out):
-                self._flush_soon(chan)
+                self._flush_soon(self._chan)
             if call.deadline and (self._timer is None or call.deadline < self._timer_at):
                 self._arm_timer()
             elif call.state == _clientcore.QUEUED:
                 self._arm_timer()
+        return call, fut
+
+    def call_async(self, method: str, *args: Any,
+                   timeout: float | None = _UNSET) -> asyncio.Future:
+        """Start ``method(*args)`` now and return an ``asyncio.Future`` of its outcome: the
+        result, or the RpcError set on it. Costs no task. The client must be connected
+        (``await client.connect()``, or ``async with``). Cancelling the future cancels the
+        call at the server (best effort)."""
+        chan = self._chan
+        if chan is None or not self._core.ready:
+            if self._closed:
+                raise ConnectionLost("the client is closed")
+            # (Re)connecting needs the loop: wrap the awaitable form in a task.
+            return asyncio.ensure_future(self.call(method, *args, timeout=timeout))
+        call, fut = self._start(method, args, timeout)
+        if call.state < _DONE:
+            fut.add_done_callback(lambda f, call=call: self._forget(f, call))
+        return fut
+
+    def _forget(self, fut: asyncio.Future, call: Call) -> None:
+        if fut.cancelled() and self._core.cancel(call):
+            chan = self._chan
+            if chan is not None and len(self._core.out):
+                self._flush_soon(chan)
+
+    async def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
+        """``await`` the result of ``method(*args)`` on the server, or an RpcError."""
+        core = self._core
+        if self._chan is None or not core.ready:
             try:
-                await fut
-            except asyncio.CancelledError:
-                if core.cancel(call) and self._chan is chan and len(core.out):
-                    self._flush_soon(chan)
+                await self._channel()
+            except RpcError as exc:
+                core.abort(Call(), exc)        # a call that could not start: counted once
                 raise
-        if call.error is not None:
-            try:
-                raise call.error
-            finally:
-                del call, fut          # the traceback keeps this frame: no cycle through it
-        return call.value
+        call, fut = self._start(method, args, timeout)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if core.cancel(call) and self._chan is not None and len(core.out):
+                self._flush_soon(self._chan)
+            raise
+        finally:
+            del call, fut              # a raised error's traceback keeps this frame: no cycle
 
     # -- lifecycle ---------------------------------------------------------------------
 

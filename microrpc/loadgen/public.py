@@ -1,6 +1,7 @@
 """Load through the public clients: the schedule of :mod:`microrpc.loadgen.engine`, sent with
 ``Client.call_async`` (``driver="client"``) or ``AsyncClient.call`` (``driver="asyncio"``,
-``driver="uvloop"``) instead of the engine's own multiplexed sessions.
+``driver="uvloop"``: ``AsyncClient.call_async`` and a done-callback) instead of the
+engine's own multiplexed sessions.
 
 These drivers measure what an application built on microrpc sees: every request is one
 public call, its outcome is what that call returns, and its latency runs from the
@@ -10,7 +11,8 @@ connection and Breakwater session, all in this one process.
 
 ``client``: the scheduling thread issues ``call_async`` at each intended time and never
 waits for replies; each client's own reader thread reads them and runs the done-callbacks,
-which record the outcomes. ``asyncio``/``uvloop``: one event loop, a task per request.
+which record the outcomes. ``asyncio``/``uvloop``: one event loop; the reader callback
+completes the futures and the loop runs their done-callbacks.
 Both spin (without holding the GIL for long) when the next arrival is near: like the
 engine, a generator process is meant to own a core.
 """
@@ -165,7 +167,8 @@ class ClientDriver(_Base):
 
 
 class AsyncDriver(_Base):
-    """``AsyncClient.call`` on one event loop (asyncio's, or uvloop's), a task per request."""
+    """``AsyncClient.call_async`` and a done-callback on one event loop (asyncio's, or
+    uvloop's): no task per request."""
 
     def connect(self) -> None:
         pass                         # the clients connect on the loop, in run()
@@ -191,16 +194,6 @@ class AsyncDriver(_Base):
         schedule = PoissonSchedule(self.segments, start_ns, self.schedule_seed)
         clock, rng, method, service = self.clock, self.rng, spec.method, self.service
         outcome = self.outcome
-        tasks: set = set()
-
-        async def one(client: Any, intended: int, measured: bool, arg: Any) -> None:
-            try:
-                await client.call(method, arg)
-            except Exception as exc:        # every RpcError is an outcome
-                outcome(intended, measured, exc)
-            else:
-                outcome(intended, measured, None)
-
         gc_was_enabled = gc.isenabled()
         gc.disable()
         cpu0 = time.process_time_ns()
@@ -219,10 +212,9 @@ class AsyncDriver(_Base):
                     continue
                 measured = self.offer(t)
                 client = clients[int(rng.random() * len(clients))]
-                task = asyncio.ensure_future(one(client, t, measured,
-                                                 _argument(spec, service, rng)))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                fut = client.call_async(method, _argument(spec, service, rng))
+                fut.add_done_callback(
+                    lambda f, t=t, m=measured: outcome(t, m, f.exception()))
                 t = schedule.next()
                 if self.progress is not None and now - last_progress >= _PROGRESS_NS:
                     last_progress = now
@@ -233,9 +225,8 @@ class AsyncDriver(_Base):
             self.closing = True
         finally:
             for c in clients:
-                await c.close()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await c.close()            # what is still unanswered ends now (a timeout)
+            await asyncio.sleep(0)         # the done-callbacks that close() scheduled
             if gc_was_enabled:
                 gc.enable()
         return self.finish_tally([c.statistics() for c in clients],
