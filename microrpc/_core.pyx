@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""microrpc's protocol core: frames, an incremental parser, and the table of pending calls.
+"""microrpc's wire format: frames, an incremental parser, and an output buffer.
 
 Sans-I/O: nothing here touches a socket, a thread or a clock. Transports feed received bytes
 to a :class:`FrameParser` and take :class:`Frame` objects out; they put outgoing frames into
@@ -383,41 +383,3 @@ def encode_frame(int kind, uint64_t call_id, bytes name=b"", bytes body=b"", *, 
     out.append(kind, call_id, name, body, flags=flags, codec=codec, session=session,
                deadline_us=deadline_us, credit=credit)
     return out.take()
-
-
-cdef class CallTable:
-    """Calls in flight on one connection: call id -> whatever the caller waits on.
-
-    Ids are allocated here, increasing from 1 and wrapping at 2**64 (never reaching a live id
-    in practice: that would take 2**64 calls), so a late reply to a finished call finds nothing.
-    """
-    cdef dict _calls
-    cdef uint64_t _next
-
-    def __cinit__(self):
-        self._calls = {}
-        self._next = 1
-
-    cpdef uint64_t add(self, object waiter):
-        cdef uint64_t cid = self._next
-        self._next += 1
-        if self._next == 0:
-            self._next = 1
-        self._calls[cid] = waiter
-        return cid
-
-    cpdef object pop(self, uint64_t call_id):
-        """The waiter of ``call_id`` (removed), or None for an unknown or finished call."""
-        return self._calls.pop(call_id, None)
-
-    def drain(self):
-        """Remove and return every waiter (the connection failed)."""
-        cdef list waiters = list(self._calls.values())
-        self._calls.clear()
-        return waiters
-
-    def __len__(self):
-        return len(self._calls)
-
-    def __contains__(self, call_id):
-        return call_id in self._calls

@@ -39,7 +39,7 @@ from microrpc import _clientcore, _core, _native, channel, codecs, transport
 from microrpc._clientcore import Call, ClientCore
 from microrpc.errors import ConnectionLost, MethodNotFound, ProtocolError, RpcError
 
-__all__ = ["Client", "ClientStatistics", "DEFAULT_TIMEOUT", "outcome_of"]
+__all__ = ["Client", "ClientStatistics", "DEFAULT_TIMEOUT", "CallFuture"]
 
 #: Seconds a call waits when no timeout is given. Finite, so a lost reply cannot hang a
 #: caller forever; pass ``timeout=None`` to wait without limit.
@@ -90,14 +90,6 @@ def core_statistics(core: ClientCore, bytes_sent: int, bytes_received: int) -> C
         bytes_sent=bytes_sent, bytes_received=bytes_received,
         credits=core.credit_statistics(), late_replies=core.stray_replies,
         cancelled=core.cancelled)
-
-
-def outcome_of(frame: _core.Frame) -> Any:
-    """The result a RESPONSE frame carries (in its own codec), or raise the error an ERROR
-    frame carries. For tools that read frames themselves; clients use the core."""
-    if frame.kind == _core.RESPONSE:
-        return codecs.decode_result(frame.codec, frame.body)
-    raise _clientcore.error_from_body(frame.body)
 
 
 class CallFuture(Call, concurrent.futures.Future):

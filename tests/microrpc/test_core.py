@@ -134,16 +134,6 @@ def test_parser_buffer_grows_for_large_frames_and_compacts():
     assert frames[0].body == b"z" * 300_000
 
 
-def test_call_table_ids_and_drain():
-    table = _core.CallTable()
-    a, b = object(), object()
-    ia, ib = table.add(a), table.add(b)
-    assert ia != ib and len(table) == 2 and ia in table
-    assert table.pop(ia) is a
-    assert table.pop(ia) is None         # a late reply finds nothing
-    assert table.drain() == [b] and len(table) == 0
-
-
 def test_out_buffer_batches_frames():
     out = _core.OutBuffer(16)            # starts tiny: must grow
     for i in range(100):
