@@ -351,7 +351,7 @@ def main() -> int:
               fmt(s["goodput_mu"]), fmt(s["p99_slo"])] for p, s in step_summary.items()],
             plain))
     console.print(make_table(
-        "targets (issue #4)", ["target", "", "value", "limit", "met"],
+        "targets: Breakwater (engine and public clients) against the bars they must meet", ["target", "", "value", "limit", "met"],
         [[t["target"], t["detail"], "-" if t["value"] is None else f"{t['value']:.3f}",
           f"{t['op']} {t['limit']:g}", "met" if t["met"] else "NOT MET"] for t in targets],
         plain))
