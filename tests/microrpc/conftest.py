@@ -76,3 +76,62 @@ def poll_until(predicate, timeout=5.0, what="condition"):
 @pytest.fixture
 def until():
     return poll_until
+
+
+class RejectingPolicy:
+    """A minimal overload policy that hands out no credits and admits only every
+    ``admit_every``-th request (0: none); ``seen`` counts the requests it judged."""
+    uses_credits = False
+    tick_interval_ns = 0
+
+    def __init__(self, admit_every=0):
+        self.admit_every = admit_every
+        self.seen = 0
+
+    def open_session(self, sid, now):
+        return 0
+
+    def close_session(self, sid, now):
+        pass
+
+    def on_request(self, sid, demand, now, delay):
+        self.seen += 1
+        return bool(self.admit_every) and (self.seen - 1) % self.admit_every == 0
+
+    def on_reject(self, sid, now):
+        return 0
+
+    def on_complete(self, sid, now):
+        return 0
+
+    def on_tick(self, now, delay):
+        return []
+
+    def statistics(self):
+        return {"seen": self.seen}
+
+
+@pytest.fixture
+def rejecting_policy():
+    """RejectingPolicy(admit_every=0): a policy for servers that must say Overloaded."""
+    return RejectingPolicy
+
+
+def blocked_in_poll(thread):
+    """True once ``thread`` sleeps in poll/epoll/select in the kernel (Linux /proc). Where
+    that cannot be read, True as soon as the thread runs: the test then checks less."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
+            wchan = f.read()
+    except OSError:
+        return thread.is_alive()
+    if wchan in ("", "0"):
+        return thread.is_alive()
+    return "poll" in wchan or "select" in wchan
+
+
+@pytest.fixture
+def in_kernel_wait():
+    """in_kernel_wait(thread) -> True once the thread sleeps in poll/select (no sleeps in
+    tests: poll this with ``until``)."""
+    return blocked_in_poll

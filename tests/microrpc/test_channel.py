@@ -148,19 +148,6 @@ def read_all(conn) -> int:
     return n
 
 
-def blocked_in_poll(thread: threading.Thread) -> bool:
-    """True once ``thread`` sleeps in poll/epoll/select in the kernel (Linux /proc). Where
-    that cannot be read, True as soon as the thread runs: the test then checks less."""
-    try:
-        with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
-            wchan = f.read()
-    except OSError:
-        return thread.is_alive()
-    if wchan in ("", "0"):
-        return thread.is_alive()
-    return "poll" in wchan or "select" in wchan
-
-
 # -- opening ------------------------------------------------------------------------------
 
 
@@ -330,7 +317,8 @@ def test_a_frame_split_into_single_bytes_arrives_whole(raw_peer, open_chan):
 
 
 @pytest.mark.parametrize("poll", channel.POLL_MODES)
-def test_shutdown_from_another_thread_wakes_a_blocked_reader(server, open_chan, until, poll):
+def test_shutdown_from_another_thread_wakes_a_blocked_reader(server, open_chan, until, poll,
+                                                         in_kernel_wait):
     chan = open_chan(server.address, poll=poll)
     outcome = []
 
@@ -342,7 +330,7 @@ def test_shutdown_from_another_thread_wakes_a_blocked_reader(server, open_chan, 
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    until(lambda: blocked_in_poll(t), what="the reader sleeping in the kernel")
+    until(lambda: in_kernel_wait(t), what="the reader sleeping in the kernel")
     t0 = now()
     chan.shutdown()
     t.join(5)

@@ -186,37 +186,6 @@ def assert_counts(conn, *, calls, ok, errors, timeouts=0):
     assert s.ok + s.errors == s.calls
 
 
-class RejectAll:
-    """An overload policy that refuses every request and hands out no credits."""
-    uses_credits = False
-    tick_interval_ns = 0
-
-    def __init__(self):
-        self.seen = 0
-
-    def open_session(self, sid, now):
-        return 0
-
-    def close_session(self, sid, now):
-        pass
-
-    def on_request(self, sid, demand, now, delay):
-        self.seen += 1
-        return False
-
-    def on_reject(self, sid, now):
-        return 0
-
-    def on_complete(self, sid, now):
-        return 0
-
-    def on_tick(self, now, delay):
-        return []
-
-    def statistics(self):
-        return {"seen": self.seen}
-
-
 # -- outcomes, every driver x every transport ----------------------------------------------
 
 
@@ -293,8 +262,9 @@ def test_a_request_refused_before_sending_is_counted(driver, server):
     assert_counts(c, calls=1, ok=0, errors=1)
 
 
-def test_overloaded_from_a_server_that_rejects_everything(driver, make_server):
-    policy = RejectAll()
+def test_overloaded_from_a_server_that_rejects_everything(driver, make_server,
+                                                         rejecting_policy):
+    policy = rejecting_policy()
     server = make_server(overload=policy)
     c = driver.connect(server.address, timeout=5)
     for _ in range(2):
@@ -679,20 +649,7 @@ def test_wait_across_clients_and_executor_futures(make_server):
         assert_counts(SyncConn(b), calls=1, ok=1, errors=0)
 
 
-def _blocked_in_poll(thread):
-    """True once ``thread`` sleeps in poll/select in the kernel (Linux /proc); where that
-    cannot be read, as soon as it runs."""
-    try:
-        with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
-            wchan = f.read()
-    except OSError:
-        return thread.is_alive()
-    if wchan in ("", "0"):
-        return thread.is_alive()
-    return "poll" in wchan or "select" in wchan
-
-
-def test_cancel_wakes_a_thread_blocked_in_result(make_server, until):
+def test_cancel_wakes_a_thread_blocked_in_result(make_server, until, in_kernel_wait):
     server = make_server(start=False)
     running = threading.Event()
 
@@ -717,7 +674,7 @@ def test_cancel_wakes_a_thread_blocked_in_result(make_server, until):
 
         t = threading.Thread(target=waiter, daemon=True)
         t.start()
-        until(lambda: _blocked_in_poll(t), what="the waiter reading the socket")
+        until(lambda: in_kernel_wait(t), what="the waiter reading the socket")
         assert fut.cancel() is True
         t.join(0.75)
         woke = not t.is_alive()

@@ -144,38 +144,8 @@ def test_stop_with_grace_lets_calls_finish(make_server, until):
     c.close()
 
 
-def test_overloaded_from_a_rejecting_policy(make_server):
-    class RejectOdd:
-        """A minimal policy: rejects every second request, issues no credits."""
-        uses_credits = False
-        tick_interval_ns = 0
-
-        def __init__(self):
-            self.n = 0
-
-        def open_session(self, sid, now):
-            return 0
-
-        def close_session(self, sid, now):
-            pass
-
-        def on_request(self, sid, demand, now, delay):
-            self.n += 1
-            return self.n % 2 == 1
-
-        def on_reject(self, sid, now):
-            return 0
-
-        def on_complete(self, sid, now):
-            return 0
-
-        def on_tick(self, now, delay):
-            return []
-
-        def statistics(self):
-            return {"seen": self.n}
-
-    server = make_server(overload=RejectOdd())
+def test_overloaded_from_a_rejecting_policy(make_server, rejecting_policy):
+    server = make_server(overload=rejecting_policy(admit_every=2))
     with microrpc.Client(server.address, timeout=5) as c:
         assert c.call("add", 1, 1) == 2
         with pytest.raises(microrpc.Overloaded) as info:
