@@ -48,6 +48,7 @@ _UNSET: Any = _clientcore.USE_DEFAULT
 # A reader with nothing due wakes this often (ns) to notice close() and new deadlines.
 _IDLE_WAKE_NS = 100_000_000
 _DONE = _clientcore.DONE
+_QUEUED = _clientcore.QUEUED
 _BROKEN = _clientcore.BROKEN
 _CANCELLED = _clientcore.CANCELLED
 _now = _native.monotonic_ns
@@ -248,6 +249,7 @@ class Client:
         self._cond = threading.Condition(self._lock)
         self._chan: Any = None
         self._reading = False       # a thread holds the reader role
+        self._read_until = 0        # ... and sleeps on the socket until then (0: a reply)
         self._writing = False       # a thread is sending the core's output
         self._dispatcher = 0        # thread id running done-callbacks (0: none)
         self._waiters = 0           # threads sleeping on _cond until the reader's next batch
@@ -362,7 +364,12 @@ class Client:
         ended = ()
         with self._lock:
             chan = self._channel_locked()
-            core.submit(call, _now())
+            if core.submit(call, _now()) == _QUEUED and self._reading:
+                # It waits for credit, and must fail when its wait ends: a reader sleeping
+                # past that time is woken to re-arm for it.
+                until = self._read_until
+                if not until or core.next_deadline() < until:
+                    chan.interrupt()
             if len(core.out):
                 ended = self._flush_locked(chan, call.deadline, True)
                 if ended:
@@ -434,7 +441,7 @@ class Client:
                 elif self._chan is None or not core.ready:
                     return                      # its connection failed: the call says how
                 else:
-                    chan, ended = self._become_reader_locked()
+                    chan, ended = self._become_reader_locked(wait_until)
             finally:
                 lock.release()
             if ended:
@@ -452,12 +459,13 @@ class Client:
         self._tell_locked(ended)
         return ended
 
-    def _become_reader_locked(self) -> tuple[Any, Any]:
-        """Take the reader role (lock held, nobody reading, connected) and send what is
-        buffered first: nobody may sleep on the socket with requests unsent. Returns the
-        channel and the calls a failed send ended."""
+    def _become_reader_locked(self, wait_until: int) -> tuple[Any, Any]:
+        """Take the reader role (lock held, nobody reading, connected) until ``wait_until``
+        (0: a reply) and send what is buffered first: nobody may sleep on the socket with
+        requests unsent. Returns the channel and the calls a failed send ended."""
         chan = self._chan
         self._reading = True
+        self._read_until = wait_until
         ended = ()
         if len(self._core.out):
             ended = self._flush_locked(chan)
@@ -596,11 +604,12 @@ class Client:
                     finally:
                         self._service_waits = False
                 else:
-                    chan, ended = self._become_reader_locked()
+                    wait_until = min(due, now + _IDLE_WAKE_NS) if due else now + _IDLE_WAKE_NS
+                    chan, ended = self._become_reader_locked(wait_until)
             if ended:
                 self._run_callbacks(ended)
             if chan is not None:
-                self._read(chan, min(due, now + _IDLE_WAKE_NS) if due else now + _IDLE_WAKE_NS)
+                self._read(chan, wait_until)
 
     def _cancel(self, fut: CallFuture) -> bool:
         with self._lock:
