@@ -1,6 +1,7 @@
 """The public surface: declared once in microrpc.__all__ (and microrpc.bench's), stubs beside
 compiled modules, and an ``import microrpc`` that does not load the load generator's tools."""
 import importlib
+import importlib.machinery
 import json
 import subprocess
 import sys
@@ -58,7 +59,11 @@ def test_bench_all_is_its_whole_public_surface():
 def test_every_compiled_module_has_a_stub_and_the_package_is_typed():
     pkg = Path(microrpc.__file__).parent
     assert (pkg / "py.typed").exists()
-    for name in ("_core", "_native"):
+    compiled = sorted({p.name.split(".")[0] for p in pkg.iterdir()
+                       if p.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))})
+    # Every compiled module, found on disk, so that a new one without a stub fails here.
+    assert {"_core", "_native", "_clientcore", "_dispatch"} <= set(compiled), compiled
+    for name in compiled:
         mod = importlib.import_module(f"microrpc.{name}")
         assert not mod.__file__.endswith(".py"), f"{name} is not compiled"
         assert (pkg / f"{name}.pyi").exists(), name
