@@ -78,6 +78,15 @@ class _Base(ProcessShare):
             self.pending -= 1
             self.count_outcome(intended, measured, error, now)
 
+    def send(self, clients: list, intended: int) -> None:
+        """Offer one arrival through a client picked at random: ``call_async`` and a
+        done-callback that records its outcome (the same for both kinds of client)."""
+        measured = self.offer(intended)
+        client = clients[int(self.rng.random() * len(clients))]
+        fut = client.call_async(self.spec.method, _argument(self.spec, self.service, self.rng))
+        outcome = self.outcome
+        fut.add_done_callback(lambda f: outcome(intended, measured, f.exception()))
+
     def snapshot(self, now: int) -> dict:
         t = self.tally
         with self.lock:
@@ -121,8 +130,7 @@ class ClientDriver(_Base):
         self.start_ns = start_ns
         self.m0 = start_ns + self.warmup_ns
         schedule = PoissonSchedule(self.segments, start_ns, self.schedule_seed)
-        clock, clients, rng, method = self.clock, self.clients, self.rng, self.spec.method
-        spec, service, offer, outcome = self.spec, self.service, self.offer, self.outcome
+        clock, clients, send = self.clock, self.clients, self.send
         # A thread spinning between arrivals would hold the GIL for a whole switch
         # interval (5 ms) while the readers wait to run callbacks: hand it over sooner.
         interval = sys.getswitchinterval()
@@ -143,11 +151,7 @@ class ClientDriver(_Base):
                     else:
                         time.sleep(0)          # let the readers run; no timer overshoot
                     continue
-                measured = offer(t)
-                client = clients[int(rng.random() * len(clients))]
-                fut = client.call_async(method, _argument(spec, service, rng))
-                fut.add_done_callback(
-                    lambda f, t=t, m=measured: outcome(t, m, f.exception()))
+                send(clients, t)
                 t = schedule.next()
                 if self.progress is not None and now - last_progress >= _PROGRESS_NS:
                     last_progress = now
@@ -192,8 +196,7 @@ class AsyncDriver(_Base):
         self.start_ns = start_ns
         self.m0 = start_ns + self.warmup_ns
         schedule = PoissonSchedule(self.segments, start_ns, self.schedule_seed)
-        clock, rng, method, service = self.clock, self.rng, spec.method, self.service
-        outcome = self.outcome
+        clock, send = self.clock, self.send
         gc_was_enabled = gc.isenabled()
         gc.disable()
         cpu0 = time.process_time_ns()
@@ -210,11 +213,7 @@ class AsyncDriver(_Base):
                     else:
                         await asyncio.sleep(0)     # one turn of the loop: replies, sends
                     continue
-                measured = self.offer(t)
-                client = clients[int(rng.random() * len(clients))]
-                fut = client.call_async(method, _argument(spec, service, rng))
-                fut.add_done_callback(
-                    lambda f, t=t, m=measured: outcome(t, m, f.exception()))
+                send(clients, t)
                 t = schedule.next()
                 if self.progress is not None and now - last_progress >= _PROGRESS_NS:
                     last_progress = now
