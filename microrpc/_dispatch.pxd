@@ -143,6 +143,7 @@ cdef class ServerCore:
     cdef int _reply_reject(self, Request r, int64_t now) except -1
     cdef int _finish_silently(self, Request r, int64_t now) except -1
     cdef int _count_done(self, Request r, int64_t now) except -1
+    cdef int64_t _peer_delay(self, Peer p, int64_t now) except -1
     cdef int _credit_frames(self, list grants) except -1
     cdef int _policy_open(self, object sid, int64_t now) except -1
     cdef bint _policy_request(self, object sid, uint32_t demand, int64_t now,

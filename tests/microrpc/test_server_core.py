@@ -763,3 +763,23 @@ def test_the_bounds_are_checked_and_reported():
     h = Harness(max_queued=10, max_sessions_per_connection=5)
     assert (h.core.max_queued, h.core.max_sessions_per_connection) == (10, 5)
     assert h.core.max_queued_per_connection == _dispatch.DEFAULT_MAX_QUEUED_PER_CONNECTION
+
+
+def test_admission_sees_the_wait_under_round_robin_not_the_whole_queue():
+    policy = CountingPolicy()
+    h = Harness(policy=policy)
+    log = []
+    h.register("t", ticking(h, log))
+    flood, honest = h.peer("flood"), h.peer("honest")
+    h.call(flood, 0, "t", 0)
+    h.step(1 * MS)                                   # measures 1 ms per inline request
+    assert h.core.per_request_ns == 1 * MS
+    for i in range(1, 101):
+        h.call(flood, i, "t", i)
+    h.call(honest, 1, "t", "h")
+    # The honest request waits for one flood request (and its own turn); the flood's next
+    # request waits for its 100 queued ones.
+    assert policy.delays[-1] <= 2 * MS
+    h.call(flood, 101, "t", 101)
+    assert policy.delays[-1] >= 100 * MS
+    assert h.core.queue_delay(h.clock.t) >= 101 * MS  # the control loop sees all the work
