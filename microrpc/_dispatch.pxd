@@ -32,12 +32,15 @@ cdef class Peer:
     cdef bint dirty                # on the core's list of peers with new output
     cdef dict sessions             # wire session id -> policy session id
     # Requests read and admitted but not started, in arrival order. They run round-robin
-    # with other peers' (ServerCore.ready) and are held while `out` is over its limit.
+    # with other peers' (the core's line of ready peers) and are held while `out` is over
+    # its limit.
     cdef object queue              # deque of Request
-    cdef dict queued               # call id -> Request in `queue`: CANCEL in O(1)
+    cdef dict queued               # call id -> Request in `queue` (CANCEL in O(1)); None
+                                   # until the peer's first CANCEL: most never send one
     cdef readonly Py_ssize_t nqueued
     cdef Py_ssize_t queued_bytes   # name + body bytes of the requests in `queue`
-    cdef bint ready                # on ServerCore.ready (implies nqueued > 0)
+    cdef bint ready                # in the core's line (implies nqueued > 0)
+    cdef Peer rprev, rnext         # neighbours in that line (a list threaded through peers)
     cdef bint waiting              # over a queue bound: the driver stopped reading it
     cdef bint in_global_wait       # on ServerCore.global_waiting
 
@@ -74,7 +77,10 @@ cdef class ServerCore:
     cdef readonly int64_t tick_ns
     cdef readonly int64_t next_tick
     cdef object completions        # deque of Requests finished off this thread
-    cdef object ready              # deque of Peers with requests to start, served in turn
+    # The line of peers with requests to start, served one request each in turn: a doubly
+    # linked list through Peer.rprev/rnext (no Python call per request, O(1) removal).
+    cdef Peer head, tail
+    cdef Py_ssize_t nready
     cdef Py_ssize_t nqueued        # requests read and not started, every peer
     cdef Py_ssize_t nrunnable      # of those, the ones of peers on `ready`
     cdef list global_waiting       # peers paused because nqueued reached max_queued
@@ -129,6 +135,8 @@ cdef class ServerCore:
     cdef int _enqueue(self, Peer p, Request r) except -1
     cdef Request _dequeue(self, Peer p)
     cdef int _make_ready(self, Peer p) except -1
+    cdef void _line_add(self, Peer p) noexcept
+    cdef void _line_drop(self, Peer p) noexcept
     cdef int _wake_waiting(self, Peer p) except -1
     cdef int _cancel(self, Peer p, uint64_t call_id) except -1
     cdef int _pong(self, Peer p, Frame f, int64_t now) except -1

@@ -37,7 +37,7 @@ drained to half the bound, so the driver looks at it and reads again: TCP backpr
 not an error. The driver bounds the rest: the bytes its parser buffers per peer, and how
 many frames of one peer it feeds per pass.
 
-Requests run round-robin across peers (``ready``: one request of each peer with work in
+Requests run round-robin across peers (a line of the peers with work: one request of each in
 turn), so a peer with a thousand queued requests delays another peer's request by about
 one handler, not a thousand. A peer's queue is indexed by call id, so CANCEL is O(1).
 Worker threads and deferred replies hand their results back through a thread-safe queue and
@@ -148,7 +148,6 @@ cdef class Peer:
         self.out = OutBuffer()
         self.sessions = {}
         self.queue = collections.deque()
-        self.queued = {}
         self.label = ""
 
     def __repr__(self):
@@ -381,7 +380,6 @@ cdef class ServerCore:
         self.tick_ns = policy.tick_interval_ns if policy is not None else 0
         self.next_tick = 0
         self.completions = collections.deque()
-        self.ready = collections.deque()
         self.global_waiting = []
         self.dirty = []
         self.inflight = {}
@@ -428,14 +426,13 @@ cdef class ServerCore:
         # Its queued requests are dropped, not run (issue #10: a server went on running a
         # flood for 8-13 s after the flooder left).
         if p.ready:
-            self.ready.remove(p)
             self.nrunnable -= p.nqueued
-            p.ready = False
+            self._line_drop(p)
         self.nqueued -= p.nqueued
         for r in p.queue:
             self._finish_silently(r, now)
         p.queue.clear()
-        p.queued.clear()
+        p.queued = None
         p.nqueued = 0
         p.queued_bytes = 0
         p.waiting = False
@@ -508,15 +505,40 @@ cdef class ServerCore:
         are over the limit: then it waits for resume()."""
         if p.out.end - p.out.start > self.out_limit:
             return 0
-        p.ready = True
-        self.ready.append(p)
+        self._line_add(p)
         self.nrunnable += p.nqueued
         return 0
+
+    cdef void _line_add(self, Peer p) noexcept:
+        p.ready = True
+        p.rnext = None
+        p.rprev = self.tail
+        if self.tail is None:
+            self.head = p
+        else:
+            self.tail.rnext = p
+        self.tail = p
+        self.nready += 1
+
+    cdef void _line_drop(self, Peer p) noexcept:
+        if p.rprev is None:
+            self.head = p.rnext
+        else:
+            p.rprev.rnext = p.rnext
+        if p.rnext is None:
+            self.tail = p.rprev
+        else:
+            p.rnext.rprev = p.rprev
+        p.rprev = None
+        p.rnext = None
+        p.ready = False
+        self.nready -= 1
 
     cdef int _enqueue(self, Peer p, Request r) except -1:
         cdef Frame f = r.frame
         p.queue.append(r)
-        p.queued[f.call_id] = r
+        if p.queued is not None:
+            p.queued[f.call_id] = r
         p.nqueued += 1
         p.queued_bytes += PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
         self.nqueued += 1
@@ -534,7 +556,7 @@ cdef class ServerCore:
         """Take the oldest queued request of ``p`` (ready, so it has one)."""
         cdef Request r = p.queue.popleft()
         cdef Frame f = r.frame
-        if p.queued.get(f.call_id) is r:
+        if p.queued is not None and p.queued.get(f.call_id) is r:
             del p.queued[f.call_id]
         p.nqueued -= 1
         p.queued_bytes -= PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
@@ -616,7 +638,11 @@ cdef class ServerCore:
         # running handler finishes; a deferred handler can see ctx.cancelled.
         # O(1) whatever is queued (issue #10: a scan of the run queue per CANCEL let ~1 MB
         # of CANCELs for unknown ids stall the server for seconds).
-        cdef Request r = p.queued.get(call_id)
+        cdef Request r = None
+        if p.nqueued:
+            if p.queued is None:             # the first CANCEL of this peer: index its queue
+                p.queued = {(<Request>q).frame.call_id: q for q in p.queue}
+            r = p.queued.get(call_id)
         if r is None:
             r = self.inflight.get((p.id, call_id))
         if r is not None and not r.cancelled:
@@ -700,8 +726,8 @@ cdef class ServerCore:
         difference."""
         cdef Request head
         cdef int64_t d = 0, ahead
-        if self.ready:
-            head = (<Peer>self.ready[0]).queue[0]
+        if self.head is not None:
+            head = self.head.queue[0]
             d = now - head.arrival_ns
         ahead = self.nrunnable * self.per_request_ns
         if ahead > d:
@@ -718,7 +744,7 @@ cdef class ServerCore:
         peer it is queue_delay(). The head is this peer's oldest request."""
         cdef Request head
         cdef int64_t d = 0, ahead
-        cdef Py_ssize_t lines = len(self.ready) + (0 if p.ready else 1)
+        cdef Py_ssize_t lines = self.nready + (0 if p.ready else 1)
         cdef Py_ssize_t n = (p.nqueued + 1) * lines
         if p.nqueued:
             head = p.queue[0]
@@ -782,7 +808,7 @@ cdef class ServerCore:
 
     cpdef bint has_work(self) noexcept:
         """Requests to start or completions to drain: the driver should not sleep."""
-        return bool(self.ready) or bool(self.completions)
+        return self.head is not None or bool(self.completions)
 
     cpdef int run(self, int64_t now, int64_t budget_ns) except -1:
         """Start queued requests, one per peer in turn, until none is left or ``budget_ns``
@@ -793,17 +819,18 @@ cdef class ServerCore:
         cdef int n = 0
         cdef Request r
         cdef Peer p
-        while self.ready:
-            p = self.ready.popleft()
+        while self.head is not None:
+            p = self.head
             if p.out.end - p.out.start > self.out_limit:
-                p.ready = False              # run once the peer has read its replies
-                self.nrunnable -= p.nqueued
+                self.nrunnable -= p.nqueued  # run once the peer has read its replies
+                self._line_drop(p)
                 continue
             r = self._dequeue(p)
-            if p.nqueued:
-                self.ready.append(p)
-            else:
-                p.ready = False
+            if not p.nqueued:
+                self._line_drop(p)
+            elif p is not self.tail:         # its next request goes to the back
+                self._line_drop(p)
+                self._line_add(p)
             self._run_one(r, now)
             n += 1
             now = self.clock.now()
@@ -1013,15 +1040,12 @@ cdef class ServerCore:
         if now < self.stop_deadline:
             return False
         for p in list(self.peers.values()):
+            if p.ready:
+                self._line_drop(p)
             while p.nqueued:
-                if not p.ready:
-                    p.ready = True           # (_dequeue counts it out of nrunnable)
-                    self.nrunnable += p.nqueued
                 r = self._dequeue(p)
                 self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
                                   "the server stopped before the call finished", now)
-            p.ready = False
-        self.ready.clear()
         self.nrunnable = 0
         for r in list(self.inflight.values()):
             r.cancelled = True               # a worker that has not started it skips it

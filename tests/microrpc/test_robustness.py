@@ -262,7 +262,11 @@ def test_a_session_flood_leaves_an_honest_client_served(make_server):
     """Issue #10, item 4: 100,000 sessions on one connection inflated the pool to ~200,000
     credits and made an honest client fail 15 % of its calls with Overloaded."""
     import breakwater
-    bw = breakwater.Breakwater()
+    # The AQM is set out of reach: what is tested here is the credit pool and the session
+    # cap. With it on, a descheduling of this process on a shared machine (several ms of
+    # loop lag) rejects the honest client's calls whatever the hog does; the fake-clock
+    # test in test_server_core.py covers admission under a session flood.
+    bw = breakwater.Breakwater(aqm_threshold_ns=10**12)
     server = make_server(overload=bw)
     hog = raw_socket(server.address)
     stop = threading.Event()
