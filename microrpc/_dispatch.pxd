@@ -138,6 +138,7 @@ cdef class ServerCore:
     cdef void _line_add(self, Peer p) noexcept
     cdef void _line_drop(self, Peer p) noexcept
     cdef int _wake_waiting(self, Peer p) except -1
+    cdef bint _may_resume(self, Peer p) noexcept
     cdef int _cancel(self, Peer p, uint64_t call_id) except -1
     cdef int _pong(self, Peer p, Frame f, int64_t now) except -1
     cdef object _session_id(self, Peer p, uint32_t session, int64_t now)

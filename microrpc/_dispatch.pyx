@@ -460,6 +460,12 @@ cdef class ServerCore:
         _check_peer(p)
         if p.out.end - p.out.start > self.out_limit:
             return True
+        if p.waiting:
+            # Paused at a bound: not until half of it has drained, or the driver would
+            # re-arm and drop its read interest (two epoll_ctl calls) for every request.
+            if not self._may_resume(p):
+                return True
+            p.waiting = False
         if (p.nqueued < self.max_queued_per_connection
                 and p.queued_bytes < self.max_queued_bytes_per_connection
                 and self.nqueued < self.max_queued):
@@ -576,13 +582,15 @@ cdef class ServerCore:
         """Put a paused peer on the dirty list once its queue and the global one have
         drained to half their bounds (half: a peer at a bound is not woken and paused again
         for every request taken)."""
-        if (p.waiting and not p.closed
-                and p.nqueued <= self.max_queued_per_connection // 2
-                and p.queued_bytes <= self.max_queued_bytes_per_connection // 2
-                and self.nqueued <= self.max_queued // 2):
+        if p.waiting and not p.closed and self._may_resume(p):
             p.waiting = False
             self._mark_dirty(p)
         return 0
+
+    cdef bint _may_resume(self, Peer p) noexcept:
+        return (p.nqueued <= self.max_queued_per_connection // 2
+                and p.queued_bytes <= self.max_queued_bytes_per_connection // 2
+                and self.nqueued <= self.max_queued // 2)
 
     # -- frames in ----------------------------------------------------------------------
 

@@ -584,11 +584,16 @@ def test_a_peer_at_its_queue_bound_is_not_read_until_half_of_it_has_run():
     assert h.core.over_limit(p)                       # asked again: still one pause
     assert h.core.paused_reads == 1 and h.core.queued_peak_per_connection == 4
     h.core.take_dirty()
-    h.core.run(h.clock.t, 1 * MS)                     # 3 left: over half the bound
-    assert h.core.over_limit(p) is False              # under the bound again...
-    h.core.run(h.clock.t, 1 * MS)                     # ...and at half, the core wakes it
+    h.core.run(h.clock.t, 1 * MS)                     # 3 left: under the bound, but
+    assert h.core.over_limit(p)                       # not read until half has drained
+    h.core.take_dirty()
+    h.core.run(h.clock.t, 1 * MS)                     # at half, the core wakes it
     assert p in h.core.take_dirty()
+    assert not h.core.over_limit(p)
     assert log == [0, 1] and p.nqueued == 2
+    for i in range(4, 6):
+        h.call(p, i, "t", i)
+    assert h.core.over_limit(p) and h.core.paused_reads == 2
 
 
 def test_the_global_bound_pauses_every_peer_and_wakes_them_at_half():
