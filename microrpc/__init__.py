@@ -16,6 +16,7 @@ from microrpc.errors import (
 )
 from microrpc.aio import AsyncClient
 from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
+from microrpc.codecs import DecodeLimits
 from microrpc.server import CallContext, DeferredReply, Server, ServerStatistics
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "CallContext",
     "DeferredReply",
     "DEFAULT_TIMEOUT",
+    "DecodeLimits",
     "bench",
     "RpcError",
     "RemoteError",

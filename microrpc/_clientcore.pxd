@@ -3,6 +3,7 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from microrpc._core cimport Frame, OutBuffer
+from microrpc._decode cimport DecodeLimits
 
 cdef enum:
     # The life of one call. QUEUED and SENT are pending; DONE and CANCELLED are final, and a
@@ -57,6 +58,7 @@ cdef class ClientCore:
     cdef uint64_t seq
     cdef dict names                    # method str -> wire name
     cdef object packer
+    cdef readonly DecodeLimits decode_limits   # on every msgpack reply body
     cdef list ended                    # watched calls that ended since take_ended()
     cdef readonly uint64_t started, ok, failed, timeouts, cancelled, stray_replies
     cdef readonly uint64_t handshakes

@@ -31,8 +31,10 @@ from microrpc._core cimport (
     KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE,
     OutBuffer,
 )
+from microrpc._decode cimport DecodeLimits
 
 from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Submit
+from microrpc._decode import DEFAULT_DECODE_LIMITS
 from microrpc.errors import (
     ConnectionLost, DeadlineExceeded, MessageTooLarge, MethodNotFound, Overloaded,
     ProtocolError, RemoteError,
@@ -66,7 +68,7 @@ def error_from_body(bytes body):
     """The RpcError an ERROR frame's msgpack body ``[code, type, message, traceback]``
     stands for (a malformed body is itself a ProtocolError)."""
     try:
-        code, type_name, message, tb = msgpack.unpackb(body)
+        code, type_name, message, tb = DEFAULT_DECODE_LIMITS.unpack(body)
         if not (type(code) is int and type(type_name) is str and type(message) is str
                 and (tb is None or type(tb) is str)):
             raise ValueError("wrong field types")
@@ -122,13 +124,17 @@ cdef class ClientCore:
 
     def __cinit__(self, int codec, uint32_t session=0, Py_ssize_t max_message_size=16777216,
                   object timeout=None, int credit_queue=DEFAULT_MAX_QUEUE,
-                  int64_t credit_wait_ns=DEFAULT_MAX_WAIT_NS):
+                  int64_t credit_wait_ns=DEFAULT_MAX_WAIT_NS, DecodeLimits decode_limits=None):
         if codec < CODEC_RAW or codec > CODEC_PICKLE:
             raise ValueError(f"unknown codec {codec}")
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         self.codec = codec
         self.session = session
+        # A hostile server must not make us decode a bomb: replies over these limits fail
+        # their call with ProtocolError (see _decode.pyx).
+        self.decode_limits = (decode_limits if decode_limits is not None
+                              else DEFAULT_DECODE_LIMITS)
         # How many calls may wait for credit, and for how long (breakwater.ClientCredits).
         self.credit_queue = credit_queue
         self.credit_wait_ns = credit_wait_ns
@@ -434,7 +440,7 @@ cdef class ClientCore:
                 self._finish(call, f.body, None)
             else:
                 try:
-                    value = (msgpack.unpackb(f.body) if self.codec == CODEC_MSGPACK
+                    value = (self.decode_limits.unpack(f.body) if self.codec == CODEC_MSGPACK
                              else pickle.loads(f.body))
                 except Exception as exc:     # bytes from the network: any failure
                     self._finish(call, None, ProtocolError(f"undecodable response body: {exc}"))

@@ -6,6 +6,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from breakwater._server cimport Breakwater
 from microrpc._core cimport Frame, OutBuffer
+from microrpc._decode cimport DecodeLimits
 
 
 cdef class Clock:
@@ -30,7 +31,18 @@ cdef class Peer:
     cdef readonly bint closed
     cdef bint dirty                # on the core's list of peers with new output
     cdef dict sessions             # wire session id -> policy session id
-    cdef list held                 # admitted requests held back while out is over the limit
+    # Requests read and admitted but not started, in arrival order. They run round-robin
+    # with other peers' (the core's line of ready peers) and are held while `out` is over
+    # its limit.
+    cdef object queue              # deque of Request
+    cdef dict queued               # call id -> Request in `queue` (CANCEL in O(1)); None
+                                   # until the peer's first CANCEL: most never send one
+    cdef readonly Py_ssize_t nqueued
+    cdef Py_ssize_t queued_bytes   # name + body bytes of the requests in `queue`
+    cdef bint ready                # in the core's line (implies nqueued > 0)
+    cdef Peer rprev, rnext         # neighbours in that line (a list threaded through peers)
+    cdef bint waiting              # over a queue bound: the driver stopped reading it
+    cdef bint in_global_wait       # on ServerCore.global_waiting
 
 
 @cython.final
@@ -65,7 +77,13 @@ cdef class ServerCore:
     cdef readonly int64_t tick_ns
     cdef readonly int64_t next_tick
     cdef object completions        # deque of Requests finished off this thread
-    cdef object runq               # deque of admitted Requests not started
+    # The line of peers with requests to start, served one request each in turn: a doubly
+    # linked list through Peer.rprev/rnext (no Python call per request, O(1) removal).
+    cdef Peer head, tail
+    cdef Py_ssize_t nready
+    cdef Py_ssize_t nqueued        # requests read and not started, every peer
+    cdef Py_ssize_t nrunnable      # of those, the ones of peers on `ready`
+    cdef list global_waiting       # peers paused because nqueued reached max_queued
     cdef list dirty
     cdef dict inflight             # (peer id, call id) -> Request on a worker or deferred
     cdef dict peers                # peer id -> Peer, open ones
@@ -74,7 +92,12 @@ cdef class ServerCore:
     cdef uint64_t next_peer_id
     cdef int accept_codecs         # bit mask of accepted codec ids
     cdef readonly Py_ssize_t max_message_size
-    cdef readonly Py_ssize_t out_limit
+    cdef readonly Py_ssize_t out_limit               # max_output_per_connection
+    cdef readonly Py_ssize_t max_queued
+    cdef readonly Py_ssize_t max_queued_per_connection
+    cdef readonly Py_ssize_t max_queued_bytes_per_connection
+    cdef readonly Py_ssize_t max_sessions_per_connection
+    cdef readonly DecodeLimits decode_limits
     cdef bint send_tracebacks
     cdef object packer             # msgpack.Packer for this thread's replies
     cdef public int64_t loop_lag_ns         # the driver's measure of how far behind it reads
@@ -85,6 +108,11 @@ cdef class ServerCore:
     # statistics
     cdef readonly uint64_t calls, errors, protocol_errors, rejects, credit_frames
     cdef readonly uint64_t cancelled, deadline_skipped
+    cdef readonly uint64_t paused_reads        # times a peer was paused at a queue bound
+    cdef readonly uint64_t session_rejects     # requests refused: too many sessions
+    cdef readonly uint64_t undecodable         # requests whose arguments were refused
+    cdef readonly Py_ssize_t queued_peak, queued_peak_per_connection
+    cdef readonly Py_ssize_t output_peak_per_connection
 
     # -- the driver's interface
     cpdef add_peer(self, Peer p, str label)
@@ -104,6 +132,13 @@ cdef class ServerCore:
 
     # -- inside
     cdef int _admit(self, Peer p, Frame f, int64_t now) except -1
+    cdef int _enqueue(self, Peer p, Request r) except -1
+    cdef Request _dequeue(self, Peer p)
+    cdef int _make_ready(self, Peer p) except -1
+    cdef void _line_add(self, Peer p) noexcept
+    cdef void _line_drop(self, Peer p) noexcept
+    cdef int _wake_waiting(self, Peer p) except -1
+    cdef bint _may_resume(self, Peer p) noexcept
     cdef int _cancel(self, Peer p, uint64_t call_id) except -1
     cdef int _pong(self, Peer p, Frame f, int64_t now) except -1
     cdef object _session_id(self, Peer p, uint32_t session, int64_t now)
@@ -117,6 +152,7 @@ cdef class ServerCore:
     cdef int _reply_reject(self, Request r, int64_t now) except -1
     cdef int _finish_silently(self, Request r, int64_t now) except -1
     cdef int _count_done(self, Request r, int64_t now) except -1
+    cdef int64_t _peer_delay(self, Peer p, int64_t now) except -1
     cdef int _credit_frames(self, list grants) except -1
     cdef int _policy_open(self, object sid, int64_t now) except -1
     cdef bint _policy_request(self, object sid, uint32_t demand, int64_t now,

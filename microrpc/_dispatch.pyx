@@ -13,7 +13,8 @@ handlers, to end a batch and to time handlers for the overload signal) asks the
 A driver (``_native.ServerLoop`` on epoll; a zmq ROUTER loop) does the rest::
 
     core.add_peer(peer, label)          # a connection came in (peer: a Peer subclass)
-    core.feed(peer, frame, now)         # each frame it received; False: close the peer
+    core.feed(peer, frame, now)         # each frame it received, while not over_limit(peer);
+                                        # False: close the peer
     core.protocol_error(peer)           # its parser failed: count it, then close the peer
     core.drain_completions(now)         # after a wake: replies from workers, deferred ones
     core.run(now, budget_ns)            # start queued requests for about budget_ns
@@ -23,8 +24,22 @@ A driver (``_native.ServerLoop`` on epoll; a zmq ROUTER loop) does the rest::
     core.close_peer(peer, now)          # the connection went away
     core.request_stop(now, grace_ns)    # then core.stop_step(now) each pass until True
 
-and stops reading a peer while ``core.over_limit(peer)``: its replies are not being read,
-and buffering its requests as well would let one peer grow the server without bound.
+and stops reading a peer while ``core.over_limit(peer)``. That is the server's memory
+bound (issue #10: one connection that sent faster than its requests ran, and never read
+its replies, grew a server from 25 MB to 3.5 GB). Everything a peer can make the server
+hold is bounded: its replies not yet sent (``max_output_per_connection``), its requests
+read and not started (``max_queued_per_connection``, and their bytes,
+``max_queued_bytes_per_connection``), everyone's requests not started (``max_queued``),
+its sessions (``max_sessions_per_connection``, refused with BAD_REQUEST past it) and the
+objects one msgpack body may decode to (``decode_limits``). At a queue bound the core marks
+the peer waiting and puts it on the dirty list again once its queue (or the global one) has
+drained to half the bound, so the driver looks at it and reads again: TCP backpressure,
+not an error. The driver bounds the rest: the bytes its parser buffers per peer, and how
+many frames of one peer it feeds per pass.
+
+Requests run round-robin across peers (a line of the peers with work: one request of each in
+turn), so a peer with a thousand queued requests delays another peer's request by about
+one handler, not a thousand. A peer's queue is indexed by call id, so CANCEL is O(1).
 Worker threads and deferred replies hand their results back through a thread-safe queue and
 call the ``wake`` callable the driver gave; the driver then calls ``drain_completions``.
 
@@ -51,15 +66,30 @@ from microrpc._core cimport (
     OutBuffer,
 )
 from microrpc._core import DEFAULT_MAX_MESSAGE_SIZE
+from microrpc._decode cimport DecodeLimits
+from microrpc._decode import DEFAULT_DECODE_LIMITS
 
 # Outcomes of a request besides a frame kind (Request.kind).
 cdef enum:
     OUT_CANCELLED = -1     # a worker found it cancelled before starting it
     OUT_SKIPPED = -2       # a worker found its deadline passed before starting it
 
-# Replies queued for a peer that does not read are bounded: past this, the driver stops
-# reading that peer's requests until its replies drain (at least one whole reply fits).
-DEF MIN_OUT_LIMIT = 4194304
+# The default bounds (Server options; the Server docstring and docs/wire.md say what a
+# client sees at each). Replies queued for a peer that does not read them: 4 MiB, about
+# 30,000 small replies or one 4 MiB one; past it the peer's requests wait.
+DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
+# Requests read and not started, per connection: 16 times the 64 a pipelining client keeps
+# in flight (bench/rpc_bench.py), so no honest client meets it; at ~1 KB a request, 1 MB.
+DEFAULT_MAX_QUEUED_PER_CONNECTION = 1024
+# Their bytes: one frame of the default max_message_size. (A frame is always taken when
+# the connection is under the bound, so a bound below one frame cannot wedge a peer.)
+DEFAULT_MAX_QUEUED_BYTES = 16 * 1024 * 1024
+# Every connection's: 64 connections at their bound. Hitting it pauses every reader.
+DEFAULT_MAX_QUEUED = 65536
+# Breakwater sessions per connection (microrpc's clients use one). Each costs a policy
+# record and, once it sent a request, a share of the credit pool (issue #10: 100,000
+# sessions on one connection inflated the pool to ~200,000 credits).
+DEFAULT_MAX_SESSIONS = 1024
 
 # Always accepted: they carry data only. Pickle runs code on decode, so only when asked.
 _SAFE_CODECS = (1 << CODEC_RAW) | (1 << CODEC_MSGPACK)
@@ -117,7 +147,7 @@ cdef class Peer:
     def __cinit__(self):
         self.out = OutBuffer()
         self.sessions = {}
-        self.held = []
+        self.queue = collections.deque()
         self.label = ""
 
     def __repr__(self):
@@ -314,15 +344,30 @@ cdef class ServerCore:
     ``wake`` is called, from any thread, when a worker or a deferred reply has a result for
     :meth:`drain_completions`. ``clock`` is a :class:`Clock` or a callable returning ns.
     ``policy`` is an overload policy (breakwater) or None. ``accept_codecs`` is a bit mask of
-    codec ids (raw and msgpack are always accepted).
+    codec ids (raw and msgpack are always accepted). The bounds are those of
+    :class:`microrpc.Server` (its docstring has what each means and why its default).
     """
 
     def __init__(self, dict methods not None, *, executor, wake, clock, policy=None,
                  int accept_codecs=_SAFE_CODECS,
                  Py_ssize_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
-                 bint send_tracebacks=False):
+                 bint send_tracebacks=False,
+                 Py_ssize_t max_queued=DEFAULT_MAX_QUEUED,
+                 Py_ssize_t max_queued_per_connection=DEFAULT_MAX_QUEUED_PER_CONNECTION,
+                 Py_ssize_t max_queued_bytes_per_connection=DEFAULT_MAX_QUEUED_BYTES,
+                 Py_ssize_t max_output_per_connection=DEFAULT_MAX_OUTPUT,
+                 Py_ssize_t max_sessions_per_connection=DEFAULT_MAX_SESSIONS,
+                 DecodeLimits decode_limits=None):
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
+        for name, value in (("max_queued", max_queued),
+                            ("max_queued_per_connection", max_queued_per_connection),
+                            ("max_queued_bytes_per_connection",
+                             max_queued_bytes_per_connection),
+                            ("max_output_per_connection", max_output_per_connection),
+                            ("max_sessions_per_connection", max_sessions_per_connection)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if not callable(wake):
             raise TypeError("wake must be callable")
         self.methods = methods
@@ -335,7 +380,7 @@ cdef class ServerCore:
         self.tick_ns = policy.tick_interval_ns if policy is not None else 0
         self.next_tick = 0
         self.completions = collections.deque()
-        self.runq = collections.deque()
+        self.global_waiting = []
         self.dirty = []
         self.inflight = {}
         self.peers = {}
@@ -344,7 +389,14 @@ cdef class ServerCore:
         self.next_peer_id = 1
         self.accept_codecs = accept_codecs | _SAFE_CODECS
         self.max_message_size = max_message_size
-        self.out_limit = max(MIN_OUT_LIMIT, max_message_size + HEADER_SIZE)
+        # At least one whole reply must fit, or a peer could never be served again.
+        self.out_limit = max(max_output_per_connection, max_message_size + HEADER_SIZE)
+        self.max_queued = max_queued
+        self.max_queued_per_connection = max_queued_per_connection
+        self.max_queued_bytes_per_connection = max_queued_bytes_per_connection
+        self.max_sessions_per_connection = max_sessions_per_connection
+        self.decode_limits = (decode_limits if decode_limits is not None
+                              else DEFAULT_DECODE_LIMITS)
         self.send_tracebacks = send_tracebacks
         self.packer = msgpack.Packer()
         self.stopping = False
@@ -371,9 +423,19 @@ cdef class ServerCore:
             return
         p.closed = True
         self.peers.pop(p.id, None)
-        for r in p.held:
+        # Its queued requests are dropped, not run (issue #10: a server went on running a
+        # flood for 8-13 s after the flooder left).
+        if p.ready:
+            self.nrunnable -= p.nqueued
+            self._line_drop(p)
+        self.nqueued -= p.nqueued
+        for r in p.queue:
             self._finish_silently(r, now)
-        p.held = []
+        p.queue.clear()
+        p.queued = None
+        p.nqueued = 0
+        p.queued_bytes = 0
+        p.waiting = False
         # A deferred reply may never come now (its handler may be waiting on this very
         # client): end those calls here rather than keep them open forever.
         for key, r in list(self.inflight.items()):
@@ -391,9 +453,30 @@ cdef class ServerCore:
         self.protocol_errors += 1
 
     cpdef bint over_limit(self, Peer p) except -1:
-        """True while the peer's unsent replies are over the limit: stop reading it."""
+        """True while the driver must not read (or feed) the peer: its unsent replies are
+        over max_output_per_connection (it reads again once it has read its replies), or
+        a queue is at its bound (the core puts the peer on the dirty list when the queue
+        has drained to half of it; see the module docstring)."""
         _check_peer(p)
-        return p.out.end - p.out.start > self.out_limit
+        if p.out.end - p.out.start > self.out_limit:
+            return True
+        if p.waiting:
+            # Paused at a bound: not until half of it has drained, or the driver would
+            # re-arm and drop its read interest (two epoll_ctl calls) for every request.
+            if not self._may_resume(p):
+                return True
+            p.waiting = False
+        if (p.nqueued < self.max_queued_per_connection
+                and p.queued_bytes < self.max_queued_bytes_per_connection
+                and self.nqueued < self.max_queued):
+            return False
+        if not p.waiting:
+            p.waiting = True
+            self.paused_reads += 1
+        if self.nqueued >= self.max_queued and not p.in_global_wait:
+            p.in_global_wait = True          # its own queue may be empty: wake it from here
+            self.global_waiting.append(p)
+        return True
 
     cpdef list take_dirty(self):
         """The peers whose ``out`` got bytes since the last call (each once)."""
@@ -407,18 +490,107 @@ cdef class ServerCore:
         return dirty
 
     cdef int _mark_dirty(self, Peer p) except -1:
+        cdef Py_ssize_t n = p.out.end - p.out.start
+        if n > self.output_peak_per_connection:
+            self.output_peak_per_connection = n
         if not p.dirty:
             p.dirty = True
             self.dirty.append(p)
         return 0
 
     cpdef resume(self, Peer p):
-        """The peer read its replies (no longer over the limit): requests held back for it
-        go back to the run queue. The driver then feeds what its parser kept."""
+        """The driver sent some of the peer's replies: if they are under the limit now, its
+        queued requests take their turns again. Cheap; call it after each send. The driver
+        then feeds what its parser kept, unless over_limit(p)."""
         _check_peer(p)
-        if p.held:
-            self.runq.extend(p.held)
-            p.held = []
+        if not p.ready and p.nqueued and not p.closed:
+            self._make_ready(p)
+
+    cdef int _make_ready(self, Peer p) except -1:
+        """Put ``p`` (with queued requests, not ready) in line, unless its unsent replies
+        are over the limit: then it waits for resume()."""
+        if p.out.end - p.out.start > self.out_limit:
+            return 0
+        self._line_add(p)
+        self.nrunnable += p.nqueued
+        return 0
+
+    cdef void _line_add(self, Peer p) noexcept:
+        p.ready = True
+        p.rnext = None
+        p.rprev = self.tail
+        if self.tail is None:
+            self.head = p
+        else:
+            self.tail.rnext = p
+        self.tail = p
+        self.nready += 1
+
+    cdef void _line_drop(self, Peer p) noexcept:
+        if p.rprev is None:
+            self.head = p.rnext
+        else:
+            p.rprev.rnext = p.rnext
+        if p.rnext is None:
+            self.tail = p.rprev
+        else:
+            p.rnext.rprev = p.rprev
+        p.rprev = None
+        p.rnext = None
+        p.ready = False
+        self.nready -= 1
+
+    cdef int _enqueue(self, Peer p, Request r) except -1:
+        cdef Frame f = r.frame
+        p.queue.append(r)
+        if p.queued is not None:
+            p.queued[f.call_id] = r
+        p.nqueued += 1
+        p.queued_bytes += PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        self.nqueued += 1
+        if p.ready:
+            self.nrunnable += 1
+        else:
+            self._make_ready(p)
+        if p.nqueued > self.queued_peak_per_connection:
+            self.queued_peak_per_connection = p.nqueued
+        if self.nqueued > self.queued_peak:
+            self.queued_peak = self.nqueued
+        return 0
+
+    cdef Request _dequeue(self, Peer p):
+        """Take the oldest queued request of ``p`` (ready, so it has one)."""
+        cdef Request r = p.queue.popleft()
+        cdef Frame f = r.frame
+        if p.queued is not None and p.queued.get(f.call_id) is r:
+            del p.queued[f.call_id]
+        p.nqueued -= 1
+        p.queued_bytes -= PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        self.nqueued -= 1
+        self.nrunnable -= 1
+        if p.waiting:
+            self._wake_waiting(p)
+        if self.global_waiting and self.nqueued <= self.max_queued // 2:
+            waiting = self.global_waiting
+            self.global_waiting = []
+            for q in waiting:
+                (<Peer>q).in_global_wait = False
+                self._wake_waiting(<Peer>q)
+        return r
+
+    cdef int _wake_waiting(self, Peer p) except -1:
+        """Put a paused peer on the dirty list once its queue and the global one have
+        drained to half their bounds (half: a peer at a bound is not woken and paused again
+        for every request taken)."""
+        if p.waiting and not p.closed and self._may_resume(p):
+            p.waiting = False
+            self._mark_dirty(p)
+        return 0
+
+    cdef bint _may_resume(self, Peer p) noexcept:
+        return (p.nqueued <= self.max_queued_per_connection // 2
+                and p.queued_bytes <= self.max_queued_bytes_per_connection // 2
+                and self.nqueued <= self.max_queued // 2)
 
     # -- frames in ----------------------------------------------------------------------
 
@@ -443,6 +615,7 @@ cdef class ServerCore:
 
     cdef int _admit(self, Peer p, Frame f, int64_t now) except -1:
         cdef Request r = Request.__new__(Request)
+        cdef object sid
         r.peer = p
         r.frame = f
         r.arrival_ns = now
@@ -453,28 +626,33 @@ cdef class ServerCore:
             return 0
         if self.policy is not None:
             sid = self._session_id(p, f.session, now)
+            if sid is None:
+                self.session_rejects += 1
+                self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
+                                  f"too many sessions on this connection (the server's "
+                                  f"max_sessions_per_connection is "
+                                  f"{self.max_sessions_per_connection})", now)
+                return 0
             r.sid = sid
-            if not self._policy_request(sid, f.credit, now, self.queue_delay(now)):
+            if not self._policy_request(sid, f.credit, now, self._peer_delay(p, now)):
                 self.rejects += 1
                 self._reply_reject(r, now)
                 return 0
-        self.runq.append(r)
+        self._enqueue(p, r)
         return 0
 
     cdef int _cancel(self, Peer p, uint64_t call_id) except -1:
         # Best effort: a request not started yet is skipped (and still answered, below); a
         # running handler finishes; a deferred handler can see ctx.cancelled.
-        cdef Request r = self.inflight.get((p.id, call_id))
+        # O(1) whatever is queued (issue #10: a scan of the run queue per CANCEL let ~1 MB
+        # of CANCELs for unknown ids stall the server for seconds).
+        cdef Request r = None
+        if p.nqueued:
+            if p.queued is None:             # the first CANCEL of this peer: index its queue
+                p.queued = {(<Request>q).frame.call_id: q for q in p.queue}
+            r = p.queued.get(call_id)
         if r is None:
-            for q in self.runq:
-                if (<Request>q).peer is p and (<Request>q).frame.call_id == call_id:
-                    r = q
-                    break
-        if r is None:
-            for q in p.held:
-                if (<Request>q).frame.call_id == call_id:
-                    r = q
-                    break
+            r = self.inflight.get((p.id, call_id))
         if r is not None and not r.cancelled:
             r.cancelled = True
             self.cancelled += 1
@@ -487,7 +665,11 @@ cdef class ServerCore:
         cdef int flags = 0
         cdef uint32_t window = 0
         if self.policy_credits:
-            window = self._policy_open(self._session_id(p, f.session, now), now)
+            # A session the policy knows gets its current window. A new one gets the one
+            # credit its first request needs and is registered by that request: a session
+            # that only pings costs nothing and takes no share of the pool.
+            sid = p.sessions.get(f.session)
+            window = self._policy_open(sid, now) if sid is not None else 1
             flags = FLAG_HAS_CREDIT
             self.credit_frames += 1
         p.out.put_frame(KIND_PONG, flags, 0, f.call_id, f.session, 0, window, NULL, 0, NULL, 0)
@@ -495,9 +677,12 @@ cdef class ServerCore:
         return 0
 
     cdef object _session_id(self, Peer p, uint32_t session, int64_t now):
-        """The policy's id for (peer, wire session), registering it on first sight."""
+        """The policy's id for (peer, wire session), registering it on first sight; None
+        if it is new and the peer has max_sessions_per_connection already."""
         sid = p.sessions.get(session)
         if sid is None:
+            if len(p.sessions) >= self.max_sessions_per_connection:
+                return None
             sid = self.next_sid
             self.next_sid += 1
             p.sessions[session] = sid
@@ -540,13 +725,41 @@ cdef class ServerCore:
 
         Only this thread's queue counts. A call running on the worker pool, or waiting for a
         deferred reply, delays nobody in the run queue; counting it made one long blocking
-        call reject every short call of other sessions while it ran."""
+        call reject every short call of other sessions while it ran. Nor do the requests of
+        a peer held back until it reads its replies.
+
+        With several peers in line the head measured is that of the peer whose turn is
+        next, not the oldest of all (finding that would cost a scan of the line per
+        request); the work-ahead term, which counts every runnable request, bounds the
+        difference."""
         cdef Request head
         cdef int64_t d = 0, ahead
-        if self.runq:
-            head = self.runq[0]
+        if self.head is not None:
+            head = self.head.queue[0]
             d = now - head.arrival_ns
-        ahead = len(self.runq) * self.per_request_ns
+        ahead = self.nrunnable * self.per_request_ns
+        if ahead > d:
+            d = ahead
+        return d + self.loop_lag_ns
+
+    cdef int64_t _peer_delay(self, Peer p, int64_t now) except -1:
+        """What admission control sees for a request of ``p``: the wait it will have
+        under round-robin. A request waits for the ones of its own peer ahead of it and,
+        for each of those, one turn of every other peer in line: about
+        min(all runnable, (its peer's queue + 1) x peers in line) requests, not the whole
+        run queue (issue #10: with the whole queue as the signal, a session flood of 1024
+        requests on one connection got an honest client on another rejected). With one
+        peer it is queue_delay(). The head is this peer's oldest request."""
+        cdef Request head
+        cdef int64_t d = 0, ahead
+        cdef Py_ssize_t lines = self.nready + (0 if p.ready else 1)
+        cdef Py_ssize_t n = (p.nqueued + 1) * lines
+        if p.nqueued:
+            head = p.queue[0]
+            d = now - head.arrival_ns
+        if n > self.nrunnable:
+            n = self.nrunnable
+        ahead = n * self.per_request_ns
         if ahead > d:
             d = ahead
         return d + self.loop_lag_ns
@@ -603,17 +816,29 @@ cdef class ServerCore:
 
     cpdef bint has_work(self) noexcept:
         """Requests to start or completions to drain: the driver should not sleep."""
-        return bool(self.runq) or bool(self.completions)
+        return self.head is not None or bool(self.completions)
 
     cpdef int run(self, int64_t now, int64_t budget_ns) except -1:
-        """Start requests from the run queue until it is empty or ``budget_ns`` has passed
-        since ``now`` (at least one is started), so that replies go out and new requests are
-        read (and the policy sees them) promptly. Returns how many were taken."""
+        """Start queued requests, one per peer in turn, until none is left or ``budget_ns``
+        has passed since ``now`` (at least one is started), so that replies go out and new
+        requests are read (and the policy sees them) promptly. Returns how many were taken.
+        A peer whose unsent replies are over the limit leaves the line until resume()."""
         cdef int64_t end = now + budget_ns
         cdef int n = 0
         cdef Request r
-        while self.runq:
-            r = self.runq.popleft()
+        cdef Peer p
+        while self.head is not None:
+            p = self.head
+            if p.out.end - p.out.start > self.out_limit:
+                self.nrunnable -= p.nqueued  # run once the peer has read its replies
+                self._line_drop(p)
+                continue
+            r = self._dequeue(p)
+            if not p.nqueued:
+                self._line_drop(p)
+            elif p is not self.tail:         # its next request goes to the back
+                self._line_drop(p)
+                self._line_add(p)
             self._run_one(r, now)
             n += 1
             now = self.clock.now()
@@ -628,9 +853,6 @@ cdef class ServerCore:
         cdef bytes body
         if p.closed:
             self._finish_silently(r, now)     # nobody to answer: do not run it
-            return 0
-        if p.out.end - p.out.start > self.out_limit:
-            p.held.append(r)                  # run once the peer has read its replies
             return 0
         if r.cancelled:
             # The client gave up and ignores the answer, but every request gets exactly one
@@ -678,7 +900,7 @@ cdef class ServerCore:
         fn = m.function
         try:
             if codec == CODEC_MSGPACK:
-                args = msgpack.unpackb(f.body)
+                args = self.decode_limits.unpack(f.body)
                 if type(args) is not list:
                     raise TypeError("arguments must be a msgpack array")
             elif codec == CODEC_RAW:
@@ -688,6 +910,7 @@ cdef class ServerCore:
                 if type(args) is not tuple:
                     raise TypeError("arguments must be a pickled tuple")
         except Exception as exc:
+            self.undecodable += 1
             r.kind = KIND_ERROR
             return _error_body(packer, ERR_BAD_REQUEST, "ProtocolError",
                                f"undecodable arguments: {exc}", None)
@@ -819,14 +1042,19 @@ cdef class ServerCore:
         When the grace period is over, every request still queued, on a worker or deferred
         gets an Unavailable error now (a late result is dropped), and this returns True."""
         cdef Request r
-        if not self.runq and not self.inflight and not self.completions:
+        cdef Peer p
+        if not self.nqueued and not self.inflight and not self.completions:
             return True
         if now < self.stop_deadline:
             return False
-        while self.runq:
-            r = self.runq.popleft()
-            self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
-                              "the server stopped before the call finished", now)
+        for p in list(self.peers.values()):
+            if p.ready:
+                self._line_drop(p)
+            while p.nqueued:
+                r = self._dequeue(p)
+                self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
+                                  "the server stopped before the call finished", now)
+        self.nrunnable = 0
         for r in list(self.inflight.values()):
             r.cancelled = True               # a worker that has not started it skips it
             self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
@@ -838,12 +1066,13 @@ cdef class ServerCore:
     # -- statistics ---------------------------------------------------------------------
 
     def queue_depth(self):
-        """Requests admitted and not finished: queued, on a worker, deferred, held back."""
-        cdef Peer p
-        cdef Py_ssize_t held = 0
-        for p in self.peers.values():
-            held += len(p.held)
-        return len(self.runq) + len(self.inflight) + held
+        """Requests admitted and not finished: queued (also those held back for a peer
+        that does not read its replies), on a worker, deferred."""
+        return self.nqueued + len(self.inflight)
+
+    def queued(self):
+        """Requests read and not started, every connection."""
+        return self.nqueued
 
     def buffered_output(self):
         """Reply bytes produced and not yet taken by the driver."""

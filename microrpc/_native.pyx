@@ -116,6 +116,11 @@ DEF RECV_CHUNK = 65536
 # A connection's reads in one server pass stop after this many bytes, so one flooding
 # client cannot starve the others of the I/O thread.
 DEF READ_BUDGET = 1048576
+# And the frames of one connection fed to the core in one pass: 32-byte frames (a CANCEL, a
+# PING) fill the byte budget with 32,768 of them, some 30 ms of feeding. 128: twice the 64
+# requests a pipelining client keeps in flight, so a normal burst is fed in one pass; the
+# rest waits in the parser (the connection is on the backlog) for the next pass.
+DEF FEED_BUDGET = 128
 DEF MAX_EVENTS = 256
 
 POLL_MODES = {"block": POLL_BLOCK, "spin": POLL_SPIN, "adaptive": POLL_ADAPTIVE}
@@ -432,7 +437,8 @@ cdef class _Conn(Peer):
     cdef int fd
     cdef FrameParser parser
     cdef bint want_write       # EPOLLOUT armed (the kernel buffer was full)
-    cdef bint paused           # EPOLLIN disarmed: the peer is not reading its replies
+    cdef bint paused           # EPOLLIN disarmed: core.over_limit (TCP backpressure)
+    cdef bint backlogged       # on ServerLoop.backlog: whole frames left after FEED_BUDGET
 
 
 @cython.final
@@ -445,6 +451,7 @@ cdef class ServerLoop:
     cdef Waker waker
     cdef int epfd
     cdef dict conns                # fd -> _Conn
+    cdef list backlog              # _Conns to feed next pass (they had more than FEED_BUDGET)
     cdef set listen_fds
     cdef int poll_mode
     cdef int64_t spin_ns
@@ -467,6 +474,7 @@ cdef class ServerLoop:
             raise OSError(errno, "epoll_create1 failed")
         self._ctl(EPOLL_CTL_ADD, waker.fd, EPOLLIN)
         self.conns = {}
+        self.backlog = []
         self.listen_fds = set()
         self.poll_mode = POLL_MODES[poll]
         self.spin_ns = <int64_t>(spin_us * 1000)
@@ -536,11 +544,15 @@ cdef class ServerLoop:
         return 0
 
     cdef int _read(self, _Conn c, int64_t now) except -1:
-        """Drain the socket (up to the read budget) and feed every whole frame."""
+        """Drain the socket (up to the read budget) and feed whole frames (up to the feed
+        budget). A backlogged connection is not read: its parser already holds frames, and
+        the parser's bytes stay bounded by about READ_BUDGET plus one frame."""
         cdef ssize_t n
         cdef int err = 0
         cdef char* dst
         cdef Py_ssize_t total = 0
+        if c.backlogged:
+            return 0
         while total < READ_BUDGET:
             dst = c.parser.reserve(RECV_CHUNK)
             with nogil:
@@ -567,11 +579,23 @@ cdef class ServerLoop:
         return 0
 
     cdef int _feed(self, _Conn c, int64_t now) except -1:
-        """Hand the parser's whole frames to the core, until the peer is over its reply limit
-        (the rest stay in the parser, bounded, until _flush resumes it)."""
+        """Hand the parser's whole frames to the core: at most FEED_BUDGET (the connection
+        goes on the backlog for the rest), and none once the core says it is over a limit
+        (then stop reading it; the core marks it dirty when it may go on, and _flush feeds
+        the rest)."""
         cdef ServerCore core = self.core
         cdef Frame f
-        while not c.closed and not core.over_limit(c):
+        cdef int fed = 0
+        while not c.closed:
+            if core.over_limit(c):
+                self._update_interest(c)
+                return 0
+            if fed == FEED_BUDGET:
+                if not c.backlogged:
+                    c.backlogged = True
+                    self.backlog.append(c)
+                return 0
+            fed += 1
             try:
                 f = c.parser.next_frame()
             except ProtocolError:
@@ -600,10 +624,11 @@ cdef class ServerLoop:
             if err != 0 and err != EAGAIN:
                 self._close_conn(c, now)
                 continue
+            # Requests held back while the peer did not read its replies run again once
+            # it has; and a peer the core paused at a bound is read again when it may.
+            self.core.resume(c)
             self._update_interest(c)
-            if not c.paused and (c.held or c.parser.buffered()):
-                # The peer read enough of its replies: run what was held back, read the rest.
-                self.core.resume(c)
+            if not c.paused and not c.backlogged and c.parser.buffered():
                 self._feed(c, now)
         self.bytes_out += sent
         return 0
@@ -651,11 +676,27 @@ cdef class ServerLoop:
             c = self.conns.get(fd)
             if c is None:
                 continue
+            if ev & (EPOLLERR | EPOLLHUP):
+                # Reset or shut both ways: no reply can reach it. Drop its work unread
+                # rather than read and run it (epoll reports these even while paused).
+                self._close_conn(c, t1)
+                continue
             if ev & EPOLLOUT:
                 self.core._mark_dirty(c)
-            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+            if ev & EPOLLIN:
                 self._read(c, t1)
         return n
+
+    cdef int _feed_backlog(self, int64_t now) except -1:
+        """Feed each connection that had frames left after its last feed budget."""
+        cdef list todo = self.backlog
+        cdef _Conn c
+        self.backlog = []
+        for c in todo:
+            c.backlogged = False
+            if not c.closed and not c.paused:
+                self._feed(c, now)
+        return 0
 
     cdef int _spin_poll(self, int64_t now) except -1:
         """Poll without sleeping for up to the spin budget; returns events seen."""
@@ -688,7 +729,9 @@ cdef class ServerLoop:
                     self._unlisten()
                     if core.stop_step(now):
                         break
-                if core.has_work():
+                if self.backlog:
+                    self._feed_backlog(now)
+                if core.has_work() or self.backlog:
                     timeout_ms = 0
                 else:
                     wait_ns = 100000000   # wake at least every 100 ms to notice stop()

@@ -44,13 +44,14 @@ class AsyncClient:
         session: int = 0,
         credit_queue: int = breakwater.DEFAULT_MAX_QUEUE,
         credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
+        decode_limits: codecs.DecodeLimits | None = None,
     ):
         check_client_options(address, timeout, session, credit_queue, credit_wait)
         self.address = address
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
         self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout,
-                                credit_queue, int(credit_wait * 1e9))
+                                credit_queue, int(credit_wait * 1e9), decode_limits)
         self._chan: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future | None = None

@@ -216,6 +216,9 @@ class Client:
     different cores) or "block" (always sleep in the kernel). ``credit_queue`` and
     ``credit_wait`` (seconds): against a server that hands out credits, how many calls may
     wait for one and for how long before they fail with ``Overloaded(side="client")``.
+    ``decode_limits`` (a :class:`microrpc.DecodeLimits`, by default the server's defaults):
+    a msgpack reply over them fails its call with ``ProtocolError`` before any object is
+    built, so a hostile server cannot make the client decode a bomb.
     """
 
     def __init__(
@@ -231,6 +234,7 @@ class Client:
         session: int = 0,
         credit_queue: int = breakwater.DEFAULT_MAX_QUEUE,
         credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
+        decode_limits: codecs.DecodeLimits | None = None,
     ):
         check_client_options(address, timeout, session, credit_queue, credit_wait)
         channel.check_poll(poll)
@@ -242,7 +246,7 @@ class Client:
         self._connect_timeout = connect_timeout
         self._send_timeout_ns = int((timeout or DEFAULT_TIMEOUT) * 1e9)
         self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout,
-                                credit_queue, int(credit_wait * 1e9))
+                                credit_queue, int(credit_wait * 1e9), decode_limits)
         # Reentrant: concurrent.futures.wait() takes each future's _condition in turn, and
         # every future of this client shares this one.
         self._lock = threading.RLock()

@@ -13,6 +13,8 @@ it on a network you do not fully trust.
 from __future__ import annotations
 
 from microrpc import _core
+# Limits on msgpack bodies from a peer: one compiled decoder for both ends (_decode.pyx).
+from microrpc._decode import DEFAULT_DECODE_LIMITS, DecodeLimits
 # Error codes carried in ERROR frames: declared once, in _core.pxd (table in docs/wire.md).
 from microrpc._core import (
     BAD_REQUEST,
@@ -28,7 +30,7 @@ from microrpc._core import (
 )
 
 __all__ = [
-    "CODECS", "codec_id",
+    "CODECS", "codec_id", "DecodeLimits", "DEFAULT_DECODE_LIMITS",
     "REMOTE_ERROR", "METHOD_NOT_FOUND", "DEADLINE_EXCEEDED", "MESSAGE_TOO_LARGE", "OVERLOADED",
     "BAD_REQUEST", "UNAVAILABLE", "WRONG_TARGET", "RETRY_ELSEWHERE", "LOST",
 ]

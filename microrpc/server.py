@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from microrpc import _core, _dispatch, _native, transport
-from microrpc.codecs import codec_id
+from microrpc import _core, _decode, _dispatch, _native, transport
+from microrpc.codecs import DecodeLimits, codec_id
 
 __all__ = ["Server", "ServerStatistics", "CallContext", "DeferredReply"]
 
@@ -41,6 +41,21 @@ class ServerStatistics:
                                # prices the run queue in the overload signal; measured only
                                # when the server has an overload policy
     overload: Any = None       # the overload policy's own statistics(), if any
+    # The memory bounds (the Server options of the same names) and what they acted on.
+    max_queued: int = 0
+    max_queued_per_connection: int = 0
+    max_queued_bytes_per_connection: int = 0
+    max_output_per_connection: int = 0
+    max_sessions_per_connection: int = 0
+    decode_limits: Any = None  # DecodeLimits.as_dict()
+    queued: int = 0                       # requests read and not started, now
+    queued_peak: int = 0                  # its highest value
+    queued_peak_per_connection: int = 0   # the most one connection ever had queued
+    output_peak_per_connection: int = 0   # the most reply bytes one connection had unsent
+    paused_reads: int = 0      # times a connection was not read because a queue was full
+    session_rejects: int = 0   # requests refused (BAD_REQUEST): too many sessions
+    undecodable: int = 0       # requests refused (BAD_REQUEST): arguments malformed or
+                               # over decode_limits
 
 
 class Server:
@@ -74,6 +89,33 @@ class Server:
 
     Only registered methods are callable. Tracebacks are sent to clients only with
     ``send_tracebacks=True`` (they can reveal server internals).
+
+    **Bounds.** Whatever clients send, the server's memory stays bounded and one connection
+    cannot take the server from the others (issue #10). When a connection reaches a queue
+    bound the server stops reading it until it is back under half of it (TCP backpressure:
+    the client's sends block or its buffer fills; nothing is refused):
+
+    * ``max_queued_per_connection`` (1024): requests read and not started, per connection.
+    * ``max_queued_bytes_per_connection`` (16 MiB): their bytes (a frame is always taken
+      when the connection is under the bound).
+    * ``max_queued`` (65536): requests read and not started, every connection together;
+      at it, no connection is read.
+    * ``max_output_per_connection`` (4 MiB, at least one reply of ``max_message_size``):
+      reply bytes the client has not read; past it its requests wait and it is not read.
+
+    Requests are started round-robin across connections (one per connection in turn), and
+    the I/O thread takes at most 1 MiB and 128 frames from one connection per pass. Work of
+    a connection that closed is dropped, not run. Two bounds refuse instead, with an ERROR
+    ``BAD_REQUEST`` (``ProtocolError`` at the client), and the connection stays open:
+
+    * ``max_sessions_per_connection`` (1024): Breakwater sessions per connection (only
+      counted with an overload policy); a request of a further session is refused. A
+      session that only pings is not registered and takes no share of the credit pool.
+    * ``decode_limits`` (a :class:`microrpc.DecodeLimits`; by default 262,144 objects,
+      nesting 64): a msgpack argument body over them is refused before any object is
+      built, so a 16 MiB body of millions of empty arrays costs microseconds, not seconds.
+
+    ``statistics()`` reports the bounds and what they acted on (peaks, pauses, refusals).
     """
 
     def __init__(
@@ -87,6 +129,12 @@ class Server:
         spin_us: float = 50.0,
         workers: int = 4,
         send_tracebacks: bool = False,
+        max_queued: int = _dispatch.DEFAULT_MAX_QUEUED,
+        max_queued_per_connection: int = _dispatch.DEFAULT_MAX_QUEUED_PER_CONNECTION,
+        max_queued_bytes_per_connection: int = _dispatch.DEFAULT_MAX_QUEUED_BYTES,
+        max_output_per_connection: int = _dispatch.DEFAULT_MAX_OUTPUT,
+        max_sessions_per_connection: int = _dispatch.DEFAULT_MAX_SESSIONS,
+        decode_limits: DecodeLimits | None = None,
     ):
         if poll not in _native.POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
@@ -106,6 +154,17 @@ class Server:
         self._spin_us = spin_us
         self._workers = workers
         self._send_tracebacks = send_tracebacks
+        self._bounds = dict(
+            max_queued=max_queued, max_queued_per_connection=max_queued_per_connection,
+            max_queued_bytes_per_connection=max_queued_bytes_per_connection,
+            max_output_per_connection=max_output_per_connection,
+            max_sessions_per_connection=max_sessions_per_connection)
+        for name, value in self._bounds.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if decode_limits is not None and not isinstance(decode_limits, DecodeLimits):
+            raise TypeError(f"decode_limits must be a DecodeLimits, not {decode_limits!r}")
+        self._decode_limits = decode_limits or _decode.DEFAULT_DECODE_LIMITS
         self._sock, self._bound = transport.listen(address)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._core: _dispatch.ServerCore | None = None
@@ -159,7 +218,8 @@ class Server:
                 self._methods, executor=self._executor, wake=waker.wake,
                 clock=_native.MonotonicClock(), policy=self._overload,
                 accept_codecs=self._codec_mask, max_message_size=self._max_message_size,
-                send_tracebacks=self._send_tracebacks)
+                send_tracebacks=self._send_tracebacks, decode_limits=self._decode_limits,
+                **self._bounds)
             self._loop = _native.ServerLoop(self._core, waker, self._poll, self._spin_us)
             self._loop.add_listener(self._sock.fileno())
             return self._loop
@@ -223,7 +283,9 @@ class Server:
         policy = self._overload
         if loop is None or core is None:
             return ServerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                    policy.statistics() if policy is not None else None)
+                                    policy.statistics() if policy is not None else None,
+                                    decode_limits=self._decode_limits.as_dict(),
+                                    **self._bounds)
         return ServerStatistics(
             calls=core.calls, errors=core.errors, protocol_errors=core.protocol_errors,
             rejects=core.rejects, bytes_in=loop.bytes_in, bytes_out=loop.bytes_out,
@@ -233,6 +295,17 @@ class Server:
             cancelled=core.cancelled, deadline_skipped=core.deadline_skipped,
             service_time_ns=core.per_request_ns,
             overload=policy.statistics() if policy is not None else None,
+            max_queued=core.max_queued,
+            max_queued_per_connection=core.max_queued_per_connection,
+            max_queued_bytes_per_connection=core.max_queued_bytes_per_connection,
+            max_output_per_connection=core.out_limit,
+            max_sessions_per_connection=core.max_sessions_per_connection,
+            decode_limits=core.decode_limits.as_dict(), queued=core.queued(),
+            queued_peak=core.queued_peak,
+            queued_peak_per_connection=core.queued_peak_per_connection,
+            output_peak_per_connection=core.output_peak_per_connection,
+            paused_reads=core.paused_reads, session_rejects=core.session_rejects,
+            undecodable=core.undecodable,
         )
 
     def __repr__(self) -> str:

@@ -338,3 +338,30 @@ def test_sessions_sharing_one_connection_share_its_buffer_not_their_ids():
             frame(_core.RESPONSE, r.call_id, r.body, codec=_core.RAW, session=r.session), 0)
         assert list(ended) == [calls[r.session]]
     assert calls[1].outcome() == b"body1" and calls[2].outcome() == b"body2"
+
+
+def test_a_reply_over_the_clients_decode_limits_fails_that_call_only():
+    # A hostile server must not make a client decode a bomb (issue #10).
+    core = ClientCore(_core.MSGPACK, 7, 32 << 20, None,
+                      decode_limits=microrpc.DecodeLimits(max_items=1000))
+    core.begin(0)
+    frames_out(core)
+    core.receive([frame(_core.PONG)], 0)
+    bomb_call = start(core, "echo", watched=True)
+    ok_call = start(core, "echo", watched=True)
+    bomb_req, ok_req = frames_out(core)
+    n = 16 * 1024 * 1024 - 64
+    bomb = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+    core.receive([frame(_core.RESPONSE, bomb_req.call_id, bomb, codec=_core.MSGPACK),
+                  frame(_core.RESPONSE, ok_req.call_id, msgpack.packb([1] * 999),
+                        codec=_core.MSGPACK)], 0)
+    with pytest.raises(microrpc.ProtocolError, match="max_array_len=1000"):
+        bomb_call.outcome()
+    assert ok_call.outcome() == [1] * 999 and core.ready
+    n = 100_000                                        # an error body is bounded as well
+    bad = start(core, "echo", watched=True)
+    (req,) = frames_out(core)
+    core.receive([frame(_core.ERROR, req.call_id, msgpack.packb([1, "T", "m" * 10, ["x"] * n]),
+                        codec=_core.MSGPACK)], 0)
+    with pytest.raises(microrpc.ProtocolError):
+        bad.outcome()

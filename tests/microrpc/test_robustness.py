@@ -124,9 +124,10 @@ else:
 s.setblocking(False)
 sys.stdout.write("flooding\\n"); sys.stdout.flush()
 end = time.monotonic() + 30
+view, off = memoryview(burst), 0
 while time.monotonic() < end:
     try:
-        s.send(burst)
+        off = (off + s.send(view[off:])) % len(burst)   # a partial send resumes mid-frame
     except BlockingIOError:
         time.sleep(0.001)
     except OSError:
@@ -134,7 +135,7 @@ while time.monotonic() < end:
 """
 
 
-def test_flooding_client_does_not_starve_others(server):
+def test_flooding_client_does_not_starve_others(server, until):
     import subprocess
     import sys
 
@@ -142,10 +143,165 @@ def test_flooding_client_does_not_starve_others(server):
                              stdout=subprocess.PIPE, text=True)
     try:
         assert flood.stdout.readline().strip() == "flooding"
+        until(lambda: server.statistics().calls > 2000)     # the flood is being served
+        before = server.statistics().calls
         with microrpc.Client(server.address, timeout=5) as c:
             for i in range(50):
                 assert c.call("add", i, i) == 2 * i
-        assert server.statistics().calls > 2000      # the flood was on meanwhile
+        assert server.statistics().calls > before + 50     # and was on meanwhile
     finally:
         flood.kill()
         flood.wait(5)
+
+def _spin(seconds):
+    import time
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _start_flood(address, burst):
+    import subprocess
+    import sys
+    flood = subprocess.Popen([sys.executable, "-c", _FLOOD, address, burst.hex()],
+                             stdout=subprocess.PIPE, text=True)
+    assert flood.stdout.readline().strip() == "flooding"
+    return flood
+
+
+def test_a_flood_that_runs_slower_than_it_arrives_is_bounded_and_dropped_when_it_leaves(
+        make_server, until):
+    """Issue #10, item 1: requests sent faster than they run, replies never read. The
+    server stops reading the flooder at its queue bound, serves an honest client in turn
+    with it, and drops the flooder's queue when it leaves instead of running it."""
+    import time
+    server = make_server(start=False, max_queued_per_connection=256)
+    ran = [0]
+
+    def slow():
+        ran[0] += 1
+        _spin(0.0002)
+    server.register("slow", slow)
+    server.start()
+    flood = _start_flood(server.address, _core.encode_frame(_core.REQUEST, 1, b"slow", b"\x90",
+                                                            codec=_core.MSGPACK))
+    try:
+        until(lambda: server.statistics().paused_reads > 0, what="the flooder paused")
+        waits = []
+        with microrpc.Client(server.address, timeout=5) as c:
+            for i in range(200):
+                t = time.perf_counter()
+                assert c.call("add", i, 1) == i + 1
+                waits.append(time.perf_counter() - t)
+        stats = server.statistics()
+        assert stats.queued_peak_per_connection == 256 and stats.queued <= 256
+        # Round-robin: a call waits for about one flood handler (0.2 ms), not for the 256
+        # queued ahead of it (51 ms, every call). The median, not the maximum: this process
+        # also runs the server, and on a shared 2-core machine a GIL switch or a
+        # descheduling can cost one call tens of ms.
+        assert sorted(waits)[len(waits) // 2] < 0.01
+    finally:
+        flood.kill()
+        flood.wait(5)
+    until(lambda: server.statistics().queued == 0, what="the flood's queue dropped")
+    after = ran[0]
+    with microrpc.Client(server.address, timeout=5) as c:   # a round trip: the loop moved on
+        assert c.call("add", 1, 1) == 2
+    assert ran[0] - after <= 1
+
+
+def test_a_decode_bomb_is_refused_while_others_complete_handshakes(server):
+    """Issue #10, item 2: a 16 MiB body of ~16.7M empty arrays took 17.5 s and 1.24 GB."""
+    import time
+    n = 16 * 1024 * 1024 - 64
+    bomb = _core.encode_frame(_core.REQUEST, 7, b"echo",
+                              b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n,
+                              codec=_core.MSGPACK)
+    sock = raw_socket(server.address)
+    sock.settimeout(10)
+    sock.sendall(bomb)
+    t = time.perf_counter()
+    with microrpc.Client(server.address, timeout=5) as c:    # handshake + call meanwhile
+        assert c.call("add", 1, 2) == 3
+    parser = _core.FrameParser()
+    f = None
+    while f is None:
+        parser.feed(sock.recv(65536))
+        f = parser.next()
+    assert time.perf_counter() - t < 2.0
+    code, type_name, message, _ = __import__("msgpack").unpackb(f.body)
+    assert (f.kind, code, type_name) == (_core.ERROR, _core.BAD_REQUEST, "ProtocolError")
+    assert "max_array_len" in message
+    assert server.statistics().undecodable == 1
+    sock.close()
+
+
+def test_a_cancel_flood_does_not_stall_the_server(make_server, until):
+    """Issue #10, item 3: CANCELs for unknown ids each scanned the whole run queue."""
+    server = make_server(start=False)
+    server.register("slow", lambda: _spin(0.0002))
+    server.start()
+    queued = b"".join(_core.encode_frame(_core.REQUEST, i, b"slow", b"\x90",
+                                         codec=_core.MSGPACK) for i in range(2000))
+    cancels = b"".join(_core.encode_frame(_core.CANCEL, 10**9 + i) for i in range(2000))
+    flood = _start_flood(server.address, cancels)
+    hog = raw_socket(server.address)
+    hog.sendall(queued)
+    try:
+        until(lambda: server.statistics().bytes_in > 4 * 2**20, what="4 MB of CANCELs read")
+        with microrpc.Client(server.address, timeout=2) as c:
+            for i in range(200):
+                assert c.call("add", i, 1) == i + 1
+    finally:
+        flood.kill()
+        flood.wait(5)
+        hog.close()
+
+
+def test_a_session_flood_leaves_an_honest_client_served(make_server):
+    """Issue #10, item 4: 100,000 sessions on one connection inflated the pool to ~200,000
+    credits and made an honest client fail 15 % of its calls with Overloaded."""
+    import breakwater
+    # The AQM is set out of reach: what is tested here is the credit pool and the session
+    # cap. With it on, a descheduling of this process on a shared machine (several ms of
+    # loop lag) rejects the honest client's calls whatever the hog does; the fake-clock
+    # test in test_server_core.py covers admission under a session flood.
+    bw = breakwater.Breakwater(aqm_threshold_ns=10**12)
+    server = make_server(overload=bw)
+    hog = raw_socket(server.address)
+    stop = threading.Event()
+
+    def drain():                                     # the hog reads its replies
+        hog.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                if not hog.recv(1 << 20):
+                    return
+            except socket.timeout:
+                pass
+            except OSError:
+                return
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        frames = []
+        for s in range(1, 5001):
+            frames.append(_core.encode_frame(_core.PING, s, session=s))
+            frames.append(_core.encode_frame(_core.REQUEST, s, b"add", b"\x92\x01\x02",
+                                             codec=_core.MSGPACK, session=s))
+        hog.sendall(b"".join(frames))
+        failed = 0
+        with microrpc.Client(server.address, timeout=2) as c:
+            for i in range(2000):
+                try:
+                    assert c.call("add", i, 1) == i + 1
+                except microrpc.Overloaded:
+                    failed += 1
+        stats = server.statistics()
+        assert failed == 0
+        assert stats.session_rejects == 5000 - 1024 and stats.overload.sessions <= 1025
+        assert stats.overload.pool_max <= 2 * 1025 + 64
+    finally:
+        stop.set()
+        reader.join()
+        hog.close()

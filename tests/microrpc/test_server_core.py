@@ -557,3 +557,234 @@ def test_a_driver_written_in_python_brings_its_own_peer_type(h):
     (dirty,) = h.core.take_dirty()
     assert dirty is p and dirty.identity == b"\x00k"
     assert h.replies(dirty) == {1: "hi"}
+
+
+# -- bounds, fairness, hostile input (issue #10) -----------------------------------------
+
+def ticking(h, log, ns=1 * MS):
+    """An inline handler that takes ``ns`` of the fake clock and logs its argument, so that
+    run(budget=ns) starts exactly one request."""
+    def handler(tag):
+        log.append(tag)
+        h.clock.advance(ns)
+        return tag
+    return handler
+
+
+def test_a_peer_at_its_queue_bound_is_not_read_until_half_of_it_has_run():
+    h = Harness(max_queued_per_connection=4)
+    log = []
+    h.register("t", ticking(h, log))
+    p, other = h.peer(), h.peer()
+    for i in range(3):
+        h.call(p, i, "t", i)
+        assert not h.core.over_limit(p)
+    h.call(p, 3, "t", 3)
+    assert h.core.over_limit(p) and not h.core.over_limit(other)
+    assert h.core.over_limit(p)                       # asked again: still one pause
+    assert h.core.paused_reads == 1 and h.core.queued_peak_per_connection == 4
+    h.core.take_dirty()
+    h.core.run(h.clock.t, 1 * MS)                     # 3 left: under the bound, but
+    assert h.core.over_limit(p)                       # not read until half has drained
+    h.core.take_dirty()
+    h.core.run(h.clock.t, 1 * MS)                     # at half, the core wakes it
+    assert p in h.core.take_dirty()
+    assert not h.core.over_limit(p)
+    assert log == [0, 1] and p.nqueued == 2
+    for i in range(4, 6):
+        h.call(p, i, "t", i)
+    assert h.core.over_limit(p) and h.core.paused_reads == 2
+
+
+def test_the_global_bound_pauses_every_peer_and_wakes_them_at_half():
+    h = Harness(max_queued=4)
+    log = []
+    h.register("t", ticking(h, log))
+    a, b = h.peer("a"), h.peer("b")
+    for i in range(4):
+        h.call(a, i, "t", i)
+    assert h.core.over_limit(a) and h.core.over_limit(b)   # b sent nothing, yet waits
+    assert h.core.queued() == 4 and h.core.queued_peak == 4
+    h.core.run(h.clock.t, 1 * MS)
+    assert h.core.take_dirty() == [a]                 # a's reply; b not woken at 3 queued
+    h.core.run(h.clock.t, 1 * MS)
+    assert b in h.core.take_dirty()                   # 2 queued: half, every waiter woken
+    assert not h.core.over_limit(b)
+    assert h.core.paused_reads == 2
+
+
+def test_queued_bytes_per_connection_are_bounded_but_one_frame_is_always_taken():
+    h = Harness(max_queued_bytes_per_connection=100)
+    h.register("echo", lambda x: x)
+    p = h.peer()
+    assert not h.core.over_limit(p)
+    h.call(p, 1, "echo", b"x" * 500, codec=_core.RAW)  # bigger than the bound: still taken
+    assert h.core.over_limit(p)
+    h.step()
+    assert not h.core.over_limit(p) and h.replies(p) == {1: b"x" * 500}
+
+
+def test_requests_run_round_robin_across_peers():
+    h = Harness()
+    log = []
+    h.register("t", ticking(h, log))
+    flood, honest = h.peer("flood"), h.peer("honest")
+    for i in range(100):
+        h.call(flood, i, "t", f"f{i}")
+    h.call(honest, 1, "t", "h")
+    h.core.run(h.clock.t, 3 * MS)
+    assert log == ["f0", "h", "f1"]                   # not behind the 99 other flood calls
+    assert h.replies(honest) == {1: "h"}
+
+
+def test_a_peer_not_reading_its_replies_leaves_the_line_and_others_go_on():
+    h = Harness(max_message_size=1000, max_output_per_connection=1)   # limit: one frame
+    h.register("big", lambda: b"x" * 900)
+    h.register("add", lambda a, b: a + b)
+    slow, other = h.peer(), h.peer()
+    for i in range(5):
+        h.call(slow, i, "big")
+    h.call(other, 1, "add", 1, 2)
+    h.step()
+    assert h.replies(other) == {1: 3}
+    assert slow.nqueued == 3 and h.core.queue_depth() == 3           # held back, not run
+    assert h.core.queue_delay(h.clock.t) == 0        # nor counted as queueing delay
+    assert len(h.frames(slow)) == 2                  # the driver sent them
+    h.core.resume(slow)
+    h.core.run(h.clock.t, 10 * MS)
+    assert slow.nqueued == 1                         # over the limit again after 2 more
+
+
+def test_the_queue_of_a_closed_peer_is_dropped_not_run():
+    policy = CountingPolicy()
+    h = Harness(policy=policy)
+    ran = []
+    h.register("work", ran.append)
+    gone, stays = h.peer(), h.peer()
+    for i in range(50):
+        h.call(gone, i, "work", i)
+    h.call(stays, 1, "work", "x")
+    h.core.close_peer(gone, h.clock.t)
+    assert h.core.queued() == 1 and policy.completes == 50
+    h.step()
+    assert ran == ["x"] and h.core.queue_depth() == 0 and not h.core.has_work()
+
+
+def test_cancel_finds_a_queued_call_by_its_id_and_forgets_it_once_started(h):
+    blocked = []
+    h.register("work", lambda: blocked.append(1), blocking=True)
+    p = h.peer()
+    for i in range(1000):
+        h.call(p, i, "work")
+    for i in range(10_000, 20_000):                  # unknown ids: ignored, no reply
+        h.cancel(p, i)
+    assert h.core.cancelled == 0
+    h.cancel(p, 999)                                 # the last of 1000 queued
+    assert h.core.cancelled == 1
+    h.step()
+    assert h.pool.run_all() == 999                   # the cancelled one is answered at once
+    h.step()
+    replies = h.replies(p)
+    assert replies[999] == (_core.DEADLINE_EXCEEDED, "Cancelled") and len(replies) == 1000
+    h.cancel(p, 5)                                   # finished: nothing to find
+    assert h.core.cancelled == 1
+
+
+def test_a_pong_to_a_new_session_does_not_register_it_with_the_policy():
+    bw = breakwater.Breakwater()
+    h = Harness(policy=bw)
+    p = h.peer()
+    for s in range(1, 1001):
+        h.core.feed(p, frame(_core.PING, s, session=s), h.clock.t)
+    pongs = h.frames(p)
+    assert len(pongs) == 1000
+    assert all(f.flags & _core.HAS_CREDIT and f.credit == 1 for f in pongs)
+    assert bw.statistics().sessions == 0 and bw.statistics().issued == 0
+    h.register("add", lambda a, b: a + b)
+    h.call(p, 1, "add", 1, 2, session=1)            # the first request registers it
+    assert bw.statistics().sessions == 1
+
+
+def test_sessions_per_connection_are_capped_with_a_bad_request():
+    bw = breakwater.Breakwater()
+    h = Harness(policy=bw, max_sessions_per_connection=3)
+    h.register("add", lambda a, b: a + b)
+    p, other = h.peer(), h.peer()
+    for s in range(1, 6):
+        h.call(p, s, "add", s, 0, session=s)
+    h.call(other, 1, "add", 1, 1, session=1)
+    h.step()
+    assert h.replies(p) == {1: 1, 2: 2, 3: 3, 4: (_core.BAD_REQUEST, "ProtocolError"),
+                            5: (_core.BAD_REQUEST, "ProtocolError")}
+    assert h.replies(other) == {1: 2}
+    assert h.core.session_rejects == 2 and bw.statistics().sessions == 4
+
+
+def test_a_session_flood_on_one_connection_leaves_an_honest_session_served():
+    bw = breakwater.Breakwater()
+    h = Harness(policy=bw)
+    h.register("add", lambda a, b: a + b)
+    flood, honest = h.peer("flood"), h.peer("honest")
+    for s in range(1, 20_001):                       # one request per session, 20,000 sessions
+        h.core.feed(flood, frame(_core.PING, s, session=s), h.clock.t)
+        h.call(flood, s, "add", s, 0, session=s)
+    h.step(10 * MS)
+    h.frames(flood)
+    assert bw.statistics().sessions == 1024 and h.core.session_rejects == 20_000 - 1024
+    rejected = 0
+    for i in range(2000):                            # the honest session, one call at a time
+        h.clock.advance(100_000)
+        h.core.tick(h.clock.t)
+        h.call(honest, i, "add", i, 1, session=9)
+        h.step()
+        reply = h.replies(honest)[i]
+        rejected += reply == (_core.OVERLOADED, "Overloaded")
+    assert rejected == 0
+    # Credits are for sessions that sent requests, at most 1024 of them on this connection.
+    assert bw.statistics().pool_max <= 2 * (1024 + 1) + 64
+
+
+def test_argument_bodies_over_the_decode_limits_get_bad_request(h):
+    from microrpc import DecodeLimits
+    h = Harness(decode_limits=DecodeLimits(max_items=100, max_depth=4))
+    h.register("echo", lambda *a: len(a))
+    p = h.peer()
+    n = 16 * 1024 * 1024 - 64                        # the bomb of issue #10, 16.7M empty arrays
+    bomb = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+    h.core.feed(p, frame(_core.REQUEST, 1, b"echo", bomb, codec=_core.MSGPACK), h.clock.t)
+    h.call(p, 2, "echo", *([[]] * 50))               # 51 objects: fine
+    h.call(p, 3, "echo", *([[1]] * 60))              # 121 objects: over max_items
+    h.call(p, 4, "echo", [[[[1]]]])                  # depth 5: over max_depth
+    h.step()
+    assert h.replies(p) == {1: (_core.BAD_REQUEST, "ProtocolError"), 2: 50,
+                            3: (_core.BAD_REQUEST, "ProtocolError"),
+                            4: (_core.BAD_REQUEST, "ProtocolError")}
+    assert h.core.undecodable == 3
+
+
+def test_the_bounds_are_checked_and_reported():
+    with pytest.raises(ValueError, match="max_queued_per_connection"):
+        Harness(max_queued_per_connection=0)
+    h = Harness(max_queued=10, max_sessions_per_connection=5)
+    assert (h.core.max_queued, h.core.max_sessions_per_connection) == (10, 5)
+    assert h.core.max_queued_per_connection == _dispatch.DEFAULT_MAX_QUEUED_PER_CONNECTION
+
+
+def test_admission_sees_the_wait_under_round_robin_not_the_whole_queue():
+    policy = CountingPolicy()
+    h = Harness(policy=policy)
+    log = []
+    h.register("t", ticking(h, log))
+    flood, honest = h.peer("flood"), h.peer("honest")
+    h.call(flood, 0, "t", 0)
+    h.step(1 * MS)                                   # measures 1 ms per inline request
+    assert h.core.per_request_ns == 1 * MS
+    for i in range(1, 101):
+        h.call(flood, i, "t", i)
+    h.call(honest, 1, "t", "h")
+    # The honest request waits for one flood request (and its own turn); the flood's next
+    # request waits for its 100 queued ones.
+    assert policy.delays[-1] <= 2 * MS
+    h.call(flood, 101, "t", 101)
+    assert policy.delays[-1] >= 100 * MS
+    assert h.core.queue_delay(h.clock.t) >= 101 * MS  # the control loop sees all the work
