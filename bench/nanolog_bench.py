@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """nanolog against the Python loggers a user would otherwise pick, in one run.
 
-    python bench/nanolog_bench.py [--quick] [--reps N] [--pin CPU] [--json PATH]
+    python bench/nanolog_bench.py [--quick] [--reps N] [--pin CPU] [--json PATH] [--decode-only]
 
 Measured, each case once per repetition in a rotated order (so background noise hits
 every case alike), in one process:
@@ -15,7 +15,8 @@ every case alike), in one process:
   stdlib;
 * the decoder: records/s to sorted text (``nanolog.write_text``) and to records
   without formatting (``nanolog.read``), against the pure-Python reference decoder and
-  against just reading the stdlib text log line by line;
+  against just reading the stdlib text log line by line; on a file of the benchmark
+  message and on a file of mixed formats (``--decode-only`` measures just this);
 * "nothing lost": a child process logs N records from 4 threads and exits without
   calling ``close()``; the file must decode to exactly N records in per-thread order
   (10 million in the full run, 1 million with ``--quick``).
@@ -50,6 +51,7 @@ import nanolog
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "nanolog_bench.json"
+DEFAULT_DECODE_JSON = HERE / "results" / "nanolog_bench_decode.json"
 FMT = "request %d from %s took %f us"
 BRACE_FMT = "request {} from {} took {:f} us"
 IP = "10.0.0.1"
@@ -284,6 +286,67 @@ def decoder_rates(path: Path, text_log: Path, reps: int, ref_limit: int) -> dict
     return {"records_in_file": n, **{k: summary(v) for k, v in rates.items()}}
 
 
+def write_decoder_log(tmp: Path, n: int) -> tuple[Path, Path]:
+    """A log of ``n`` benchmark messages, and the stdlib text log of the same lines."""
+    dec_path = tmp / "decode.nlog"
+    with nanolog.Logger(dec_path, mode="w") as dlog:
+        info = dlog.info
+        for i in range(n):
+            info(FMT, i, IP, 12.5)
+    text_log = tmp / "decode.log"
+    with open(text_log, "w") as f:  # what the stdlib would have written, line for line
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S,123")
+        for i in range(n):
+            f.write(f"{stamp} INFO bench.stdlib {FMT % (i, IP, 12.5)}\n")
+    return dec_path, text_log
+
+
+# Conversions the benchmark message does not reach: flags and widths (snprintf), hex,
+# %r of bytes (Python's %), an object logged as call-time text, a no-argument message.
+MIXED = (
+    ("user %s logged in from %s", lambda i: (f"user{i % 97}", IP)),
+    ("queue depth %5d, %x pending, load %6.2f%%", lambda i: (i % 1000, i, i / 7)),
+    ("payload %r (%d bytes)", lambda i: (b"\x00\x01abc", 5)),
+    ("status %s", lambda i: (ValueError("bad input"),)),
+    ("heartbeat", lambda i: ()),
+)
+
+
+def write_mixed_log(tmp: Path, n: int) -> Path:
+    path = tmp / "mixed.nlog"
+    with nanolog.Logger(path, mode="w") as dlog:
+        info = dlog.info
+        for i in range(n):
+            fmt, args = MIXED[i % len(MIXED)]
+            info(fmt, *args(i))
+    return path
+
+
+def decoder_section(tmp: Path, quick: bool, reps: int) -> dict:
+    """Decoder rates on a file of the benchmark message and on a file of mixed formats."""
+    n_dec = 500_000 if quick else 2_000_000
+    dec_path, text_log = write_decoder_log(tmp, n_dec)
+    out = decoder_rates(dec_path, text_log, reps=max(3, reps // 2),
+                        ref_limit=50_000 if quick else 200_000)
+    mixed = write_mixed_log(tmp, n_dec // 2)
+    out["mixed"] = decoder_rates(mixed, text_log, reps=max(3, reps // 2),
+                                 ref_limit=20_000 if quick else 100_000)
+    return out
+
+
+def run_decode_only(args) -> dict:
+    """Just the decoder section (``--decode-only``): for checking a decoder change."""
+    reps = args.reps or (5 if args.quick else 7)
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})
+    with tempfile.TemporaryDirectory(prefix="nanolog_bench_") as tmp:
+        decoder = decoder_section(Path(tmp), args.quick, reps)
+    return {"suite": "nanolog_bench --decode-only", "quick": args.quick, "reps": reps,
+            "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                        "cpus": os.cpu_count()},
+            "results": {"decoder": decoder}}
+
+
 CHILD = """
 import sys, threading, nanolog
 path, n, nthreads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -406,20 +469,7 @@ def run(args) -> dict:
     ratios["two_threads_stdlib_vs_nanolog"] = summary([s / q for s, q in zip(two["stdlib"],
                                                                            two["nanolog"])])
 
-    # Decoder, on a file of the benchmark message.
-    n_dec = 500_000 if quick else 2_000_000
-    dec_path = tmp / "decode.nlog"
-    with nanolog.Logger(dec_path, mode="w") as dlog:
-        info = dlog.info
-        for i in range(n_dec):
-            info(FMT, i, IP, 12.5)
-    text_log = tmp / "decode.log"
-    with open(text_log, "w") as f:  # what the stdlib would have written, line for line
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S,123")
-        for i in range(n_dec):
-            f.write(f"{stamp} INFO bench.stdlib {FMT % (i, IP, 12.5)}\n")
-    results["decoder"] = decoder_rates(dec_path, text_log, reps=max(3, reps // 2),
-                                       ref_limit=50_000 if quick else 200_000)
+    results["decoder"] = decoder_section(tmp, quick, reps)
 
     results["nothing_lost"] = nothing_lost(tmp, 1_000_000 if quick else 10_000_000)
 
@@ -466,6 +516,33 @@ def run(args) -> dict:
     }
 
 
+def _fmt3(s, scale=1.0, digits=0):
+    return " / ".join(f"{v / scale:,.{digits}f}" for v in (s["min"], s["median"], s["max"]))
+
+
+def report_decoder(console, d: dict) -> None:
+    from rich.table import Table
+    for title, rates in (("the benchmark message", d), ("mixed formats", d.get("mixed"))):
+        if rates is None:
+            continue
+        t3 = Table(title=f"decoder: records/s over a {rates['records_in_file']:,}-record file "
+                         f"of {title} (min / median / max)")
+        t3.add_column("path")
+        t3.add_column("M records/s", justify="right")
+        t3.add_column("x reference", justify="right")
+        ref = rates["reference"]["median"]
+        for key, label in (("records", "nanolog.read (records, no formatting)"),
+                           ("text", "nanolog.write_text (sorted text)"),
+                           ("reference", "reference decoder (records + message)"),
+                           ("text_lines_baseline",
+                            "baseline: iterate lines of the stdlib text log")):
+            if key == "text_lines_baseline" and rates is not d:
+                continue  # the stdlib text log holds the benchmark message only
+            t3.add_row(label, _fmt3(rates[key], scale=1e6, digits=2),
+                       f"{rates[key]['median'] / ref:.1f}")
+        console.print(t3)
+
+
 def report(out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -473,9 +550,7 @@ def report(out: dict) -> None:
     console = Console(width=None if sys.stdout.isatty() else 150)
     res, ratios = out["results"], out["ratios"]
 
-    def fmt3(s, scale=1.0, digits=0):
-        return " / ".join(f"{v / scale:,.{digits}f}" for v in (s["min"], s["median"], s["max"]))
-
+    fmt3 = _fmt3
     t = Table(title=f"nanolog_bench: ns per call (min / median / max over {out['reps']} reps)",
               caption=f"placement: {out['placement']}; net = minus empty loop "
                       f"({res['empty_loop_ns']['median']:.1f} ns); floor: empty Python "
@@ -503,19 +578,7 @@ def report(out: dict) -> None:
     t2.add_row("stdlib / nanolog", fmt3(ratios["two_threads_stdlib_vs_nanolog"], digits=1))
     console.print(t2)
 
-    d = res["decoder"]
-    t3 = Table(title=f"decoder: records/s over a {d['records_in_file']:,}-record file "
-                     "(min / median / max)")
-    t3.add_column("path")
-    t3.add_column("M records/s", justify="right")
-    t3.add_column("x reference", justify="right")
-    ref = d["reference"]["median"]
-    for key, label in (("records", "nanolog.read (records, no formatting)"),
-                       ("text", "nanolog.write_text (sorted text)"),
-                       ("reference", "reference decoder (records + message)"),
-                       ("text_lines_baseline", "baseline: iterate lines of the stdlib text log")):
-        t3.add_row(label, fmt3(d[key], scale=1e6, digits=2), f"{d[key]['median'] / ref:.1f}")
-    console.print(t3)
+    report_decoder(console, res["decoder"])
 
     nl = res["nothing_lost"]
     console.print(f"nothing lost: {nl.get('records', 0):,} of {nl.get('expected', 0):,} records "
@@ -552,9 +615,22 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=0, help="repetitions (default 5 quick, 7 full)")
     ap.add_argument("--pin", type=int, default=None, help="pin the process to this CPU")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="measure only the decoder (records/s to records and to text)")
     args = ap.parse_args(argv)
     if args.reps and args.reps < 5:
         ap.error("--reps must be at least 5 (medians of fewer are not reported)")
+    if args.decode_only:
+        out = run_decode_only(args)
+        if args.json == DEFAULT_JSON:
+            args.json = DEFAULT_DECODE_JSON
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+        from rich.console import Console
+        report_decoder(Console(width=None if sys.stdout.isatty() else 150),
+                       out["results"]["decoder"])
+        print(f"results written to {args.json}")
+        return 0
     out = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1))
