@@ -7,8 +7,8 @@ Input ``i`` is ``nanolog_mutate.mutant(seeds, f"{seed}:{i}")``: mutations of a f
 seed logs (bit flips, interesting varints, truncations, splices, repeated chunks, crafted
 DICT entries, records and clocks). Each is checked by ``nanolog_check.check`` (only the
 package's errors, both decoders agree on records, text and errors, text bounded by the
-input); every ``--cli-every``-th input also goes through ``nanolog decode`` (text and
-JSON) in-process.
+input; a quarter of the inputs are fed to the incremental decoder in pieces); every
+``--cli-every``-th input also goes through ``nanolog decode`` (text and JSON) in-process.
 
 Inputs are checked in worker processes, so a segfault or a hang is seen from outside: the
 parent notes which input each worker is on, and when a worker dies by a signal or makes
@@ -69,7 +69,8 @@ def _worker(w, seeds, seed, start, stride, count, cli_every, slow, progress, res
         data = nanolog_mutate.mutant(seeds, _key(seed, i))
         t0 = time.perf_counter()
         try:
-            out = nanolog_check.check(data, cli=i % cli_every == 0, tmpdir=tmp)
+            out = nanolog_check.check(data, splits=nanolog_mutate.splits(data, _key(seed, i)),
+                                      cli=i % cli_every == 0, tmpdir=tmp)
             outcomes["damaged" if out.error else "whole"] += 1
         except nanolog_check.Finding as f:
             results.put(("finding", w, i, f.kind, f.detail[:500], 0.0))
@@ -221,7 +222,8 @@ def replay(args) -> int:
     path = run.out / f"replay-{args.replay}.nlog"
     path.write_bytes(data)
     print(f"input {args.replay}: {len(data)} bytes, written to {path}")
-    out, dt = nanolog_check.timed_check(data)
+    out, dt = nanolog_check.timed_check(
+        data, splits=nanolog_mutate.splits(data, _key(args.seed, args.replay)))
     print(f"{out} in {dt:.3f} s")
     return 0
 

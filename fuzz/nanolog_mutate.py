@@ -410,3 +410,12 @@ def mutant(seeds: list[bytes], key) -> bytes:
     """The mutant numbered ``key``: the same bytes for the same seeds and key."""
     rng = random.Random(key)
     return mutate(rng.choice(seeds), rng, seeds)
+
+
+def splits(data: bytes, key) -> tuple[int, ...]:
+    """Where to cut ``data`` into the pieces fed to the incremental decoder (a quarter of
+    the keys cut it, at up to four places)."""
+    rng = random.Random(f"{key}:splits")
+    if rng.random() >= 0.25:
+        return ()
+    return tuple(rng.randrange(len(data) + 1) for _ in range(rng.randint(1, 4)))
