@@ -526,8 +526,8 @@ cdef class Decoder:
     cdef int _min_level
     cdef int64_t _t_from, _t_to
     # Text rendering state.
-    cdef int64_t _sec
-    cdef bytes _sec_text
+    cdef int64_t _sec               # the second _sec_text shows
+    cdef bytes _sec_text            # None until the first record is rendered
     cdef Out _out                   # text output buffer, reused between calls
 
     def __init__(self, *, ordered=True, path=None, min_level=0, time_from=None, time_to=None):
@@ -544,7 +544,7 @@ cdef class Decoder:
         self._min_level = min_level
         self._t_from = time_from if time_from is not None else -(1 << 63)
         self._t_to = time_to if time_to is not None else (1 << 63) - 1
-        self._sec = -1
+        self._sec_text = None
 
     def __dealloc__(self):
         free(self._entries)
@@ -997,7 +997,8 @@ cdef class Decoder:
         cdef int n
         cdef Fmt f = <Fmt>self._fmts[e.fmt]
         cdef ThreadInfo t = <ThreadInfo>self._threads[e.thread]
-        if sec != self._sec:
+        # (Any second can occur: a record at -1 ns, 1969-12-31 23:59:59, is no "unset".)
+        if sec != self._sec or self._sec_text is None:
             self._sec = sec
             self._sec_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)).encode()
         _put_bytes(o, self._sec_text)

@@ -3,8 +3,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+# The fuzzing helpers (crafting files, mutations, the check both decoders must pass) live
+# in fuzz/ at the repository root, next to the long-run script that uses them too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
 
 
 @pytest.fixture
@@ -38,3 +43,10 @@ def _args_key(args):
 @pytest.fixture
 def as_tuple():
     return record_tuple
+
+
+@pytest.fixture(scope="session")
+def fuzz_seeds():
+    """Small logs from the real writer (and one crafted) that the fuzz tests mutate."""
+    import nanolog_mutate
+    return nanolog_mutate.seed_logs()

@@ -1,0 +1,65 @@
+"""Hypothesis fuzzing of the decoders and the CLI with mutated logs (bounded for CI).
+
+The mutations and the check are those of the long run (``fuzz/nanolog_fuzz.py``); here
+hypothesis draws the random choices, so a failure shrinks to few mutations and is
+replayed from its database. ``NANOLOG_FUZZ_EXAMPLES`` raises the number of inputs.
+"""
+import os
+import time
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import nanolog_craft as craft
+import nanolog_mutate
+from nanolog_check import Finding, check
+
+EXAMPLES = int(os.environ.get("NANOLOG_FUZZ_EXAMPLES", 150))
+# CPU seconds one input may take: the seeds are about 1 KB and every decoder is linear,
+# so a mutant takes milliseconds; a quadratic path or a runaway width takes far longer.
+PER_INPUT_S = 2.0
+
+fuzz_settings = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+
+
+def checked(data: bytes, splits=()):
+    t0 = time.process_time()
+    try:
+        out = check(data, splits=splits)
+    except Finding as f:
+        raise AssertionError(f"{f} for input {data!r}") from None
+    took = time.process_time() - t0
+    assert took < PER_INPUT_S, f"{took:.2f} s for {len(data)} bytes: {data[:200]!r}"
+    return out
+
+
+@fuzz_settings
+@given(rng=st.randoms(use_true_random=False),
+       cuts=st.lists(st.integers(0, 1 << 20), max_size=3))
+def test_mutated_logs_raise_only_package_errors_and_decoders_agree(fuzz_seeds, rng, cuts):
+    data = nanolog_mutate.mutate(rng.choice(fuzz_seeds), rng, fuzz_seeds)
+    checked(data, splits=tuple(cuts))
+
+
+@st.composite
+def interleaved_round(draw):
+    """Several threads, several chunks each, all in one round: the merge's input."""
+    nthreads = draw(st.integers(1, 6))
+    chunks = []
+    for _ in range(draw(st.integers(1, 12))):
+        t = draw(st.integers(0, nthreads - 1))
+        recs = [craft.record(1, draw(st.sampled_from((0, 0, 1, 5, 100))), craft.arg_int(i))
+                for i in range(draw(st.integers(1, 5)))]
+        base = 1_000_000_000 + draw(st.integers(0, 300))
+        chunks.append(craft.records(*recs, number=t, rnd=draw(st.integers(0, 1)),
+                                    base_ts=base))
+    return craft.log(craft.session(), craft.dict_entry(1, "n=%d", 1),
+                     *(craft.thread(t, 100 + t, f"t{t}") for t in range(nthreads)), *chunks)
+
+
+@fuzz_settings
+@given(data=interleaved_round())
+def test_rounds_of_many_chunks_sort_like_the_reference(data):
+    # Equal times and chunks that overlap in time: the heap merge must give the
+    # reference's stable sort, record for record.
+    assert checked(data).error is None
