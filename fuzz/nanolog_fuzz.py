@@ -42,6 +42,7 @@ import nanolog_check  # noqa: E402
 import nanolog_mutate  # noqa: E402
 
 STAT_EVERY = 500  # a worker reports its outcome counts after this many inputs
+TICK = 0.5        # seconds between the parent's looks at its workers
 
 
 def _interrupt(signum, frame):
@@ -90,10 +91,10 @@ def _worker(w, seeds, seed, start, stride, count, cli_every, slow, progress, res
             results.put(("finding", w, i, "slow", f"{dt:.2f} CPU s, {len(data)} bytes", dt))
         n += 1
         if n % STAT_EVERY == 0:
-            results.put(("stats", w, n, dict(outcomes), None, 0.0))
+            results.put(("stats", w, n, dict(outcomes), i, 0.0))
             outcomes.clear()
             n = 0
-    results.put(("stats", w, n, dict(outcomes), None, 0.0))
+    results.put(("stats", w, n, dict(outcomes), i, 0.0))
     results.put(("done", w, count, None, None, 0.0))
 
 
@@ -117,8 +118,12 @@ class Run:
         self.results = self.ctx.Queue()
         self.progress = self.ctx.Array("q", args.workers, lock=False)
         self.procs = {}
-        self.last_move = {}   # worker -> (index, time it was first seen there)
+        # worker -> (index, parent ticks it has been seen there): counted in ticks, not
+        # wall time, so a run that was paused (SIGSTOP/SIGCONT) or starved of CPU as a
+        # whole does not take its own pause for a hang.
+        self.last_move = {}
         self.done_workers = set()
+        self.reported = {}    # worker -> the last input its statistics covered
         self.checked = 0
         self.outcomes = Counter()
         self.findings = Counter()
@@ -132,7 +137,8 @@ class Run:
             self.plant))
         p.start()
         self.procs[w] = p
-        self.last_move[w] = (-1, time.monotonic())
+        self.last_move[w] = (-1, 0)
+        self.reported[w] = first - self.args.workers
 
     def save(self, kind: str, i: int, detail: str) -> None:
         data = nanolog_mutate.mutant(self.seeds, _key(self.args.seed, i))
@@ -151,15 +157,20 @@ class Run:
             if what == "stats":
                 self.checked += n
                 self.outcomes.update(a)
+                self.reported[w] = b
             elif what == "finding":
                 self.slowest = max(self.slowest, dt)
                 self.save(a, n, b)
             elif what == "done":
                 self.done_workers.add(w)
 
+    def lost(self, w: int, i: int) -> None:
+        """Count the inputs a stopped worker checked since its last report, up to ``i``
+        (their outcomes are unknown; the input it stopped on is a finding)."""
+        self.checked += (i - self.reported[w]) // self.args.workers
+
     def watch(self) -> None:
         """Restart a worker that died by a signal or stopped making progress."""
-        now = time.monotonic()
         for w, p in list(self.procs.items()):
             if w in self.done_workers:
                 continue
@@ -171,17 +182,19 @@ class Run:
                 code = p.exitcode
                 self.save("crash", i, f"worker exited with {code} "
                                       f"({'signal ' + str(-code) if code < 0 else 'status'})")
-                self.checked += 1
+                self.lost(w, i)
                 self.start(w, i + self.args.workers)
                 continue
-            seen, since = self.last_move[w]
+            seen, ticks = self.last_move[w]
             if i != seen:
-                self.last_move[w] = (i, now)
-            elif i >= 0 and now - since > self.args.hang:
+                self.last_move[w] = (i, 0)
+                continue
+            self.last_move[w] = (i, ticks + 1)
+            if i >= 0 and (ticks + 1) * TICK > self.args.hang:
                 p.kill()  # our own child, by its handle
                 p.join(10)
-                self.save("hang", i, f"no progress for {now - since:.0f} s")
-                self.checked += 1
+                self.save("hang", i, f"no progress for {(ticks + 1) * TICK:.0f} s")
+                self.lost(w, i)
                 self.start(w, i + self.args.workers)
 
     def report(self, t0: float) -> None:
@@ -202,7 +215,7 @@ class Run:
             self.start(w, w)
         try:
             while len(self.done_workers) < self.args.workers:
-                time.sleep(0.5)
+                time.sleep(TICK)
                 self.drain()
                 self.watch()
                 if time.monotonic() - last_report >= self.args.report_every:
