@@ -22,6 +22,7 @@ SUITES = {
     "rpc": "rpc_bench.py",            # round-trip latency and pipelined throughput vs peers
     "nanolog": "nanolog_bench.py",    # logging cost vs stdlib, picologging, loguru, structlog
     "overload": "overload_bench.py",  # Breakwater vs no control, AQM-only, static limit
+    "hostile": "hostile_bench.py",    # a well-behaved client beside each hostile peer
 }
 
 

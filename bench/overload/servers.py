@@ -79,3 +79,9 @@ def cpu_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     if before is None or after is None or after[1] <= before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def pid(address: str) -> int | None:
+    """The process id of the server at ``address`` (while its ``synthetic_server`` runs)."""
+    proc = _RUNNING.get(address)
+    return proc.pid if proc is not None and proc.poll() is None else None

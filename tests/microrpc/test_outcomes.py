@@ -80,6 +80,10 @@ def test_server_skips_work_whose_deadline_passed(make_server, until):
         late = c.call_async("record", 1, timeout=0.05)      # queued behind it
         with pytest.raises(microrpc.DeadlineExceeded):
             late.result(timeout=5)
+        # The worker must not pick the call up before the server has seen either its
+        # CANCEL or its deadline pass: on a loaded machine the I/O thread may not have read
+        # the CANCEL yet when the blocker returns.
+        until(lambda: server.statistics().cancelled >= 1, what="the server saw the cancel")
         server.release.set()
         assert blocker.result(timeout=5) is True
         # The client's cancel or the server's own deadline check stops it, whichever is first.
