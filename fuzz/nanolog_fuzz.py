@@ -66,11 +66,12 @@ def _planted(what: str) -> None:
         time.sleep(1)
 
 
-def _worker(w, seeds, seed, start, stride, count, cli_every, slow, progress, results, plant):
+def _worker(w, seeds, seed, start, stride, count, cli_every, slow, progress, results, plant,
+            scratch):
     """Check inputs start, start + stride, ... < count; report through ``results``."""
     outcomes = Counter()
-    tmp = tempfile.mkdtemp(prefix=f"nanolog_fuzz_w{w}_",
-                           dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    tmp = os.path.join(scratch, f"w{w}")  # where the CLI reads its input file
+    os.makedirs(tmp, exist_ok=True)
     n = 0
     for i in range(start, count, stride):
         progress[w] = i
@@ -134,7 +135,7 @@ class Run:
         p = self.ctx.Process(target=_worker_main, daemon=True, args=(
             w, self.seeds, self.args.seed, first, self.args.workers, self.args.count,
             self.args.cli_every, self.args.slow, self.progress, self.results,
-            self.plant))
+            self.plant, self.scratch))
         p.start()
         self.procs[w] = p
         self.last_move[w] = (-1, 0)
@@ -209,6 +210,11 @@ class Run:
         # Stopping the run by its pid (SIGTERM) ends it like Ctrl-C: workers stopped, the
         # summary written. (A run started with '&' by a script ignores SIGINT.)
         signal.signal(signal.SIGTERM, _interrupt)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="nanolog_fuzz_", dir=shm) as self.scratch:
+            return self._run()
+
+    def _run(self) -> int:
         t0 = time.monotonic()
         last_report = t0
         for w in range(self.args.workers):
