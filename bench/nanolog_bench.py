@@ -2,6 +2,7 @@
 """nanolog against the Python loggers a user would otherwise pick, in one run.
 
     python bench/nanolog_bench.py [--quick] [--reps N] [--pin CPU] [--json PATH]
+                                  [--decode-only [--cpu-time]]
 
 Measured, each case once per repetition in a rotated order (so background noise hits
 every case alike), in one process:
@@ -15,7 +16,8 @@ every case alike), in one process:
   stdlib;
 * the decoder: records/s to sorted text (``nanolog.write_text``) and to records
   without formatting (``nanolog.read``), against the pure-Python reference decoder and
-  against just reading the stdlib text log line by line;
+  against just reading the stdlib text log line by line; on a file of the benchmark
+  message and on a file of mixed formats (``--decode-only`` measures just this);
 * "nothing lost": a child process logs N records from 4 threads and exits without
   calling ``close()``; the file must decode to exactly N records in per-thread order
   (10 million in the full run, 1 million with ``--quick``).
@@ -50,6 +52,7 @@ import nanolog
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "nanolog_bench.json"
+DEFAULT_DECODE_JSON = HERE / "results" / "nanolog_bench_decode.json"
 FMT = "request %d from %s took %f us"
 BRACE_FMT = "request {} from {} took {:f} us"
 IP = "10.0.0.1"
@@ -249,39 +252,105 @@ def summary(values):
 
 # ---- the decoder --------------------------------------------------------------------------------
 
-def decoder_rates(path: Path, text_log: Path, reps: int, ref_limit: int) -> dict:
+def decoder_rates(path: Path, text_log: Path, reps: int, ref_limit: int,
+                  clock=time.perf_counter) -> dict:
     n = sum(1 for _ in nanolog.read(path))
     rates = {"records": [], "text": [], "text_lines_baseline": [], "reference": []}
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         count = 0
         for _r in nanolog.read(path):
             count += 1
-        t1 = time.perf_counter()
+        t1 = clock()
         assert count == n
         rates["records"].append(n / (t1 - t0))
         with open(os.devnull, "wb") as out:
-            t0 = time.perf_counter()
+            t0 = clock()
             nanolog.write_text(path, out)
-            t1 = time.perf_counter()
+            t1 = clock()
         rates["text"].append(n / (t1 - t0))
-        t0 = time.perf_counter()
+        t0 = clock()
         lines = 0
         with open(text_log, "rb") as f:
             for _line in f:
                 lines += 1
-        t1 = time.perf_counter()
+        t1 = clock()
         rates["text_lines_baseline"].append(lines / (t1 - t0))
-        t0 = time.perf_counter()
+        t0 = clock()
         k = 0
         for r in nanolog.read_reference(path):
             r.message
             k += 1
             if k >= ref_limit:
                 break
-        t1 = time.perf_counter()
+        t1 = clock()
         rates["reference"].append(k / (t1 - t0))
     return {"records_in_file": n, **{k: summary(v) for k, v in rates.items()}}
+
+
+def write_decoder_log(tmp: Path, n: int) -> tuple[Path, Path]:
+    """A log of ``n`` benchmark messages, and the stdlib text log of the same lines."""
+    dec_path = tmp / "decode.nlog"
+    with nanolog.Logger(dec_path, mode="w") as dlog:
+        info = dlog.info
+        for i in range(n):
+            info(FMT, i, IP, 12.5)
+    text_log = tmp / "decode.log"
+    with open(text_log, "w") as f:  # what the stdlib would have written, line for line
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S,123")
+        for i in range(n):
+            f.write(f"{stamp} INFO bench.stdlib {FMT % (i, IP, 12.5)}\n")
+    return dec_path, text_log
+
+
+# Conversions the benchmark message does not reach: flags and widths (snprintf), hex,
+# %r of bytes (Python's %), an object logged as call-time text, a no-argument message.
+MIXED = (
+    ("user %s logged in from %s", lambda i: (f"user{i % 97}", IP)),
+    ("queue depth %5d, %x pending, load %6.2f%%", lambda i: (i % 1000, i, i / 7)),
+    ("payload %r (%d bytes)", lambda i: (b"\x00\x01abc", 5)),
+    ("status %s", lambda i: (ValueError("bad input"),)),
+    ("heartbeat", lambda i: ()),
+)
+
+
+def write_mixed_log(tmp: Path, n: int) -> Path:
+    path = tmp / "mixed.nlog"
+    with nanolog.Logger(path, mode="w") as dlog:
+        info = dlog.info
+        for i in range(n):
+            fmt, args = MIXED[i % len(MIXED)]
+            info(fmt, *args(i))
+    return path
+
+
+def decoder_section(tmp: Path, quick: bool, reps: int, clock=time.perf_counter) -> dict:
+    """Decoder rates on a file of the benchmark message and on a file of mixed formats."""
+    n_dec = 500_000 if quick else 2_000_000
+    dec_path, text_log = write_decoder_log(tmp, n_dec)
+    out = decoder_rates(dec_path, text_log, reps=max(3, reps // 2),
+                        ref_limit=50_000 if quick else 200_000, clock=clock)
+    mixed = write_mixed_log(tmp, n_dec // 2)
+    out["mixed"] = decoder_rates(mixed, text_log, reps=max(3, reps // 2),
+                                 ref_limit=20_000 if quick else 100_000, clock=clock)
+    return out
+
+
+def run_decode_only(args) -> dict:
+    """Just the decoder section (``--decode-only``): for checking a decoder change."""
+    reps = args.reps or (5 if args.quick else 7)
+    if args.pin is not None:
+        os.sched_setaffinity(0, {args.pin})
+    # CPU time (--cpu-time) compares two builds of the decoder on a shared machine, where
+    # wall time mostly measures the neighbours.
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    with tempfile.TemporaryDirectory(prefix="nanolog_bench_") as tmp:
+        decoder = decoder_section(Path(tmp), args.quick, reps, clock)
+    return {"suite": "nanolog_bench --decode-only", "quick": args.quick, "reps": reps,
+            "clock": "CPU time" if args.cpu_time else "wall time",
+            "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                        "cpus": os.cpu_count()},
+            "results": {"decoder": decoder}}
 
 
 CHILD = """
@@ -406,20 +475,7 @@ def run(args) -> dict:
     ratios["two_threads_stdlib_vs_nanolog"] = summary([s / q for s, q in zip(two["stdlib"],
                                                                            two["nanolog"])])
 
-    # Decoder, on a file of the benchmark message.
-    n_dec = 500_000 if quick else 2_000_000
-    dec_path = tmp / "decode.nlog"
-    with nanolog.Logger(dec_path, mode="w") as dlog:
-        info = dlog.info
-        for i in range(n_dec):
-            info(FMT, i, IP, 12.5)
-    text_log = tmp / "decode.log"
-    with open(text_log, "w") as f:  # what the stdlib would have written, line for line
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S,123")
-        for i in range(n_dec):
-            f.write(f"{stamp} INFO bench.stdlib {FMT % (i, IP, 12.5)}\n")
-    results["decoder"] = decoder_rates(dec_path, text_log, reps=max(3, reps // 2),
-                                       ref_limit=50_000 if quick else 200_000)
+    results["decoder"] = decoder_section(tmp, quick, reps)
 
     results["nothing_lost"] = nothing_lost(tmp, 1_000_000 if quick else 10_000_000)
 
@@ -466,6 +522,33 @@ def run(args) -> dict:
     }
 
 
+def _fmt3(s, scale=1.0, digits=0):
+    return " / ".join(f"{v / scale:,.{digits}f}" for v in (s["min"], s["median"], s["max"]))
+
+
+def report_decoder(console, d: dict) -> None:
+    from rich.table import Table
+    for title, rates in (("the benchmark message", d), ("mixed formats", d.get("mixed"))):
+        if rates is None:
+            continue
+        t3 = Table(title=f"decoder: records/s over a {rates['records_in_file']:,}-record file "
+                         f"of {title} (min / median / max)")
+        t3.add_column("path")
+        t3.add_column("M records/s", justify="right")
+        t3.add_column("x reference", justify="right")
+        ref = rates["reference"]["median"]
+        for key, label in (("records", "nanolog.read (records, no formatting)"),
+                           ("text", "nanolog.write_text (sorted text)"),
+                           ("reference", "reference decoder (records + message)"),
+                           ("text_lines_baseline",
+                            "baseline: iterate lines of the stdlib text log")):
+            if key == "text_lines_baseline" and rates is not d:
+                continue  # the stdlib text log holds the benchmark message only
+            t3.add_row(label, _fmt3(rates[key], scale=1e6, digits=2),
+                       f"{rates[key]['median'] / ref:.1f}")
+        console.print(t3)
+
+
 def report(out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -473,9 +556,7 @@ def report(out: dict) -> None:
     console = Console(width=None if sys.stdout.isatty() else 150)
     res, ratios = out["results"], out["ratios"]
 
-    def fmt3(s, scale=1.0, digits=0):
-        return " / ".join(f"{v / scale:,.{digits}f}" for v in (s["min"], s["median"], s["max"]))
-
+    fmt3 = _fmt3
     t = Table(title=f"nanolog_bench: ns per call (min / median / max over {out['reps']} reps)",
               caption=f"placement: {out['placement']}; net = minus empty loop "
                       f"({res['empty_loop_ns']['median']:.1f} ns); floor: empty Python "
@@ -503,19 +584,7 @@ def report(out: dict) -> None:
     t2.add_row("stdlib / nanolog", fmt3(ratios["two_threads_stdlib_vs_nanolog"], digits=1))
     console.print(t2)
 
-    d = res["decoder"]
-    t3 = Table(title=f"decoder: records/s over a {d['records_in_file']:,}-record file "
-                     "(min / median / max)")
-    t3.add_column("path")
-    t3.add_column("M records/s", justify="right")
-    t3.add_column("x reference", justify="right")
-    ref = d["reference"]["median"]
-    for key, label in (("records", "nanolog.read (records, no formatting)"),
-                       ("text", "nanolog.write_text (sorted text)"),
-                       ("reference", "reference decoder (records + message)"),
-                       ("text_lines_baseline", "baseline: iterate lines of the stdlib text log")):
-        t3.add_row(label, fmt3(d[key], scale=1e6, digits=2), f"{d[key]['median'] / ref:.1f}")
-    console.print(t3)
+    report_decoder(console, res["decoder"])
 
     nl = res["nothing_lost"]
     console.print(f"nothing lost: {nl.get('records', 0):,} of {nl.get('expected', 0):,} records "
@@ -552,9 +621,24 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=0, help="repetitions (default 5 quick, 7 full)")
     ap.add_argument("--pin", type=int, default=None, help="pin the process to this CPU")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="measure only the decoder (records/s to records and to text)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="with --decode-only: records per second of CPU time, not wall time")
     args = ap.parse_args(argv)
     if args.reps and args.reps < 5:
         ap.error("--reps must be at least 5 (medians of fewer are not reported)")
+    if args.decode_only:
+        out = run_decode_only(args)
+        if args.json == DEFAULT_JSON:
+            args.json = DEFAULT_DECODE_JSON
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+        from rich.console import Console
+        report_decoder(Console(width=None if sys.stdout.isatty() else 150),
+                       out["results"]["decoder"])
+        print(f"results written to {args.json}")
+        return 0
     out = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1))

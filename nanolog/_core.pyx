@@ -21,14 +21,17 @@ from cpython.exc cimport PyErr_Clear
 from libc.stdint cimport uint64_t, uint16_t
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free, realloc
+from libc.math cimport isfinite
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 
 import sys
 import threading
 import weakref
 
-from nanolog.format import (FormatShape, MAX_ARGS, MAX_RECORD, F_PREFORMAT, F_VERBATIM,
-                            K_DICT, K_THREAD)
+from nanolog.format import (A_FINITE, FormatShape, MAX_ARGS, MAX_RECORD, F_PREFORMAT,
+                            F_VERBATIM, K_DICT, K_THREAD)
+
+cdef uint16_t _A_FINITE = A_FINITE
 
 cdef extern from "Python.h":
     # Fast UTF-8 view of a str; NULL (with an exception set) for lone surrogates.
@@ -360,6 +363,8 @@ cdef class LoggerCore:
                 if end - p < 9:
                     return 2
                 dv = PyFloat_AS_DOUBLE(<object>a)
+                if not isfinite(dv) and accept[i] & _A_FINITE:
+                    return 1  # '%d' % inf raises: the slow path raises it here
                 p[0] = T_FLOAT
                 memcpy(p + 1, &dv, 8)  # little-endian hosts only (checked at import)
                 p += 9
@@ -833,6 +838,8 @@ cdef tuple _normalize(_Format f, tuple args):
             tag = T_BYTES
         else:
             tag = -1
+        if tag == T_FLOAT and f.accept[i] & _A_FINITE and not isfinite(a):
+            tag = -1  # converted below, which raises as '%' does
         if tag >= 0 and (f.accept[i] >> tag) & 1:
             if tag == T_BIGINT:
                 out[i] = _BigInt(str(a))
@@ -866,7 +873,10 @@ def _encode_one(a):
         import struct
         return bytes([T_FLOAT]) + struct.pack("<d", a)
     if t is str or t is _Text:
-        b = (<str>a).encode("utf-8")
+        # T_TEXT is strict UTF-8. Text made at call time can hold lone surrogates (a
+        # preformatted message, a repr): they are stored escaped, as the decoders' text
+        # output (UTF-8 with backslashreplace) would print them anyway.
+        b = (<str>a).encode("utf-8", "strict" if t is str else "backslashreplace")
         return bytes([T_STR if t is str else T_TEXT]) + _varint(len(b)) + b
     if t is bytes:
         return bytes([T_BYTES]) + _varint(len(a)) + a

@@ -8,7 +8,10 @@ before they go out). ``finish()`` declares the end of input; ``damage`` then hol
 ``DamagedLogError`` for a truncated or corrupt tail, if any.
 
 Every length, varint, tag, id and thread number is checked when a chunk is parsed (the
-bytes are untrusted); an entry that passed the parse is then rendered without checks.
+bytes are untrusted), and so is every rule ``nanolog.format.check_entry`` gives for a
+DICT entry and its records' argument tags, the same rules the reference decoder applies.
+An entry that passed the parse is then rendered without checks: its formatting cannot
+fail and reads nothing outside its record.
 Text rendering does the common conversions (%s of str/int/None/bool, %d/%i/%u, %x/%X/%o
 of non-negative ints, %e/%f/%g of finite floats) with C ``snprintf`` straight into the
 output buffer, and hands anything else for the record to Python's ``%``.
@@ -27,8 +30,8 @@ import time
 import zlib
 
 from nanolog.errors import DamagedLogError
-from nanolog.format import (FormatShape, level_name, F_PREFORMAT, F_VERBATIM, MAX_CHUNK,
-                            MAX_ARGS)
+from nanolog.format import (A_FINITE, BadEntry, F_PREFORMAT, F_VERBATIM, MAX_CHUNK, MAX_TIME,
+                            check_entry, level_name, misfit)
 from nanolog.reference import check_header
 
 cdef extern from "Python.h":
@@ -45,7 +48,9 @@ cdef enum:
     K_DROPS = 5
     HEADER_SIZE = 12
     CHUNK_FRAMING = 9
-    MAX_IDS = 1 << 24     # format ids a decoder accepts (a writer caps at 100,000 by default)
+
+cdef uint64_t _MAX_TIME = MAX_TIME
+cdef unsigned int _A_FINITE = A_FINITE
 
 from nanolog._tags cimport (
     T_BIGINT, T_BYTES, T_FALSE, T_FLOAT, T_INT, T_NONE, T_STR, T_SURR, T_TEXT, T_TRUE,
@@ -65,8 +70,14 @@ cdef struct Entry:
     int64_t time
     int fmt          # index into Decoder._fmts
     int thread       # index into Decoder._threads
-    int block        # index into Decoder._blocks
+    Py_ssize_t block # number of the block (Decoder._blocks[block - Decoder._block_base])
     Py_ssize_t off   # offset of the first argument in that block
+
+
+cdef struct Run:
+    # The entries of one RECORDS chunk: already in time order (deltas are unsigned).
+    Py_ssize_t start, end
+    Py_ssize_t seq   # decoder-local number of the round the chunk belongs to
 
 
 class _Malformed(Exception):
@@ -77,7 +88,8 @@ cdef class Fmt:
     """A dictionary entry, with its format compiled for the C renderer."""
     cdef readonly int id, level, flags, nargs
     cdef readonly str format, file
-    cdef readonly int line
+    cdef readonly uint64_t line
+    cdef unsigned int* accept # per argument: the tags it may carry (nanolog.format.ACCEPT)
     cdef bytes utf8
     cdef list lits            # nargs + 1 literal pieces (bytes, '%%' already collapsed)
     cdef list cspecs          # per argument: bytes C format for snprintf, or None
@@ -91,12 +103,13 @@ cdef class Fmt:
         free(self.kinds)
         free(self.precs)
         free(self.convs)
+        free(self.accept)
 
 
 cdef class ThreadInfo:
-    cdef readonly int native
+    cdef readonly uint64_t native
     cdef readonly str name
-    cdef readonly int pid
+    cdef readonly uint32_t pid
     cdef bytes utf8
 
 
@@ -105,9 +118,14 @@ _SPEC_OK_FLT = set("-+ 0#")
 _SPEC_OK_HEX = set("-0")  # C ignores '+' and ' ' for unsigned conversions; Python does not
 
 
-cdef Fmt _compile(int fid, int level, int flags, int nargs, str fmt, str file, int line):
+cdef Fmt _compile(uint64_t fid, int level, int flags, uint64_t nargs, str fmt, str file,
+                  uint64_t line):
     cdef Fmt f = Fmt()
     cdef int i
+    try:
+        shape, accept = check_entry(fid, flags, nargs, fmt)
+    except BadEntry as e:
+        raise _Malformed(str(e)) from None
     f.id, f.level, f.flags, f.nargs = fid, level, flags, nargs
     f.format, f.file, f.line = fmt, file, line
     f.utf8 = fmt.encode("utf-8", "backslashreplace")
@@ -115,18 +133,18 @@ cdef Fmt _compile(int fid, int level, int flags, int nargs, str fmt, str file, i
     f.kinds = <int*>malloc((nargs + 1) * sizeof(int))
     f.precs = <int*>malloc((nargs + 1) * sizeof(int))
     f.convs = <char*>malloc((nargs + 1) * sizeof(char))
-    if f.kinds is NULL or f.precs is NULL or f.convs is NULL:
+    f.accept = <unsigned int*>malloc((nargs + 1) * sizeof(unsigned int))
+    if f.kinds is NULL or f.precs is NULL or f.convs is NULL or f.accept is NULL:
         raise MemoryError()
     f.lits = []
     f.cspecs = []
     for i in range(nargs + 1):
         f.kinds[i] = C_PY
-    if flags & (F_VERBATIM | F_PREFORMAT):
+    for i in range(nargs):
+        f.accept[i] = accept[i]
+    if shape is None:  # verbatim or preformatted
         return f
-    shape = FormatShape(fmt)
     f.shape = shape
-    if not shape.simple or shape.nargs != nargs:
-        raise _Malformed(f"format id {fid} has {shape.nargs} conversions, DICT says {nargs}")
     for i, piece in enumerate(shape.pieces):
         f.lits.append(piece.replace("%%", "%").encode("utf-8", "backslashreplace"))
     for i, (start, end, conv) in enumerate(shape.specs):
@@ -168,14 +186,12 @@ cdef inline int _varint(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end, uint6
             raise _Malformed("varint runs past the end of the chunk")
         b = p[i]
         i += 1
-        if shift == 63 and b > 1:
+        if shift == 63 and b > 1:  # the 10th byte may hold bit 63 and nothing more
             raise _Malformed("varint exceeds 64 bits")
         v |= (<uint64_t>(b & 0x7F)) << shift
         if b < 0x80:
             break
         shift += 7
-        if shift > 63:
-            raise _Malformed("varint longer than 10 bytes")
     pos[0] = i
     out[0] = v
     return 0
@@ -330,13 +346,18 @@ cdef inline bint _ascii(const uint8_t* p, Py_ssize_t n) noexcept:
     return acc < 0x80
 
 
-cdef int _skip_args(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end, int nargs) except -1:
-    """Validate one record's arguments and move past them."""
+cdef int _skip_args(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end, Fmt f) except -1:
+    """Validate one record's arguments against its format and move past them.
+
+    After this, formatting the record cannot fail: each argument is whole, its text is
+    valid UTF-8, and its tag is one its conversion takes (``nanolog.format.ACCEPT``).
+    """
     cdef uint64_t ln
     cdef uint8_t tag
     cdef int i
     cdef Py_ssize_t start
-    for i in range(nargs):
+    cdef double d
+    for i in range(f.nargs):
         if pos[0] >= end:
             raise _Malformed("record runs past the end of the chunk")
         tag = p[pos[0]]
@@ -345,7 +366,11 @@ cdef int _skip_args(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end, int nargs
             _varint(p, pos, end, &ln)
         elif tag == T_FLOAT:
             if end - pos[0] < 8:
-                raise _Malformed("float runs past the end of the chunk")
+                raise _Malformed("field of 8 bytes runs past the end of the chunk")
+            if f.accept[i] & _A_FINITE:
+                memcpy(&d, p + pos[0], 8)
+                if not isfinite(d):
+                    raise _Malformed(misfit(f.id, i, tag))
             pos[0] += 8
         elif T_STR <= tag <= T_SURR:
             _varint(p, pos, end, &ln)
@@ -353,10 +378,13 @@ cdef int _skip_args(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end, int nargs
                 raise _Malformed(f"field of {ln} bytes runs past the end of the chunk")
             start = pos[0]
             pos[0] += ln
-            if (tag == T_STR or tag == T_TEXT) and not _ascii(p + start, ln):
+            if (tag == T_STR or tag == T_TEXT or tag == T_SURR) and not _ascii(p + start, ln):
                 # Checked here so rendering can copy the bytes without decoding them.
                 try:
-                    PyUnicode_DecodeUTF8(<const char*>p + start, ln, NULL)
+                    if tag == T_SURR:
+                        PyUnicode_DecodeUTF8(<const char*>p + start, ln, b"surrogatepass")
+                    else:
+                        PyUnicode_DecodeUTF8(<const char*>p + start, ln, NULL)
                 except UnicodeDecodeError as e:
                     raise _Malformed(f"invalid UTF-8: {e.reason}") from None
             elif tag == T_BIGINT:
@@ -366,6 +394,8 @@ cdef int _skip_args(const uint8_t* p, Py_ssize_t* pos, Py_ssize_t end, int nargs
                     raise _Malformed("invalid big-int digits") from None
         elif tag > T_SURR:
             raise _Malformed(f"unknown argument tag {tag}")
+        if not (f.accept[i] >> tag) & 1:
+            raise _Malformed(misfit(f.id, i, tag))
     return 0
 
 
@@ -436,6 +466,29 @@ cdef int _put_double(Out* o, double d, char conv, int prec) except -1:
     return 0
 
 
+cdef inline bint _before(Py_ssize_t a, Py_ssize_t b, Py_ssize_t* heads, Entry* e) noexcept:
+    # Run a's next entry goes out before run b's: earlier time, or same time, earlier run.
+    cdef int64_t ta = e[heads[a]].time, tb = e[heads[b]].time
+    return ta < tb or (ta == tb and a < b)
+
+
+cdef void _sift(Py_ssize_t* heap, Py_ssize_t size, Py_ssize_t i, Py_ssize_t* heads,
+                Entry* e) noexcept:
+    """Move heap[i] down to its place in a binary min-heap of run numbers."""
+    cdef Py_ssize_t child, item = heap[i]
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and _before(heap[child + 1], heap[child], heads, e):
+            child += 1
+        if not _before(heap[child], item, heads, e):
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = item
+
+
 cdef class Decoder:
     """Incremental decoder of one nanolog file's bytes."""
     cdef bytes _buf
@@ -450,27 +503,31 @@ cdef class Decoder:
     cdef list _threads              # ThreadInfo objects referenced by entries
     cdef dict _thread_ids           # thread number -> index in _threads (current session)
     cdef list _blocks               # bytes objects the pending entries point into
+    cdef Py_ssize_t _block_base     # block number of _blocks[0]
     cdef int64_t _mono0, _real0
-    cdef int _pid
+    cdef uint32_t _pid
     cdef bint _in_session
     cdef object _round
     cdef Py_ssize_t _round_seq      # decoder-local number of the round being collected
+    # Entries [0, _done) were handed out, [_done, _ready) belong to complete rounds and
+    # [_ready, _n) to the round being collected. The handed-out prefix is dropped once it
+    # is as long as the rest, so each entry is moved O(1) times however long a round is.
     cdef Entry* _entries
-    cdef Py_ssize_t _n, _cap
+    cdef Py_ssize_t _n, _cap, _done, _ready
+    # One run per RECORDS chunk, split the same way: [_runs_done, _runs_ready) are complete.
+    cdef Run* _runs
+    cdef Py_ssize_t _nruns, _runcap, _runs_done, _runs_ready
     cdef int* _idmap                # format id -> index in _fmts, -1 if undefined
     cdef Py_ssize_t _idcap
-    cdef list _runs                 # (start, end) entry ranges, one per RECORDS chunk
-    cdef Py_ssize_t _ready          # entries [0, _ready) belong to complete rounds
-    cdef list _ready_runs
     # Statistics, for ``nanolog stats``.
-    cdef readonly uint64_t drops
+    cdef readonly object drops
     cdef readonly uint64_t chunks
     # Filters applied before anything is built for a record.
     cdef int _min_level
     cdef int64_t _t_from, _t_to
     # Text rendering state.
-    cdef int64_t _sec
-    cdef bytes _sec_text
+    cdef int64_t _sec               # the second _sec_text shows
+    cdef bytes _sec_text            # None until the first record is rendered
     cdef Out _out                   # text output buffer, reused between calls
 
     def __init__(self, *, ordered=True, path=None, min_level=0, time_from=None, time_to=None):
@@ -482,24 +539,23 @@ cdef class Decoder:
         self._threads = []
         self._thread_ids = {}
         self._blocks = []
-        self._runs = []
-        self._ready_runs = []
         self._round = None
+        self.drops = 0
         self._min_level = min_level
         self._t_from = time_from if time_from is not None else -(1 << 63)
         self._t_to = time_to if time_to is not None else (1 << 63) - 1
-        self._sec = -1
+        self._sec_text = None
 
     def __dealloc__(self):
         free(self._entries)
+        free(self._runs)
         free(self._idmap)
         free(self._out.data)
 
     cdef int _map_id(self, uint64_t fid, int index) except -1:
+        # fid < MAX_IDS: check_entry has refused larger ones.
         cdef Py_ssize_t cap, i
         cdef int* m
-        if fid >= MAX_IDS:
-            raise _Malformed(f"format id {fid} out of range")
         if <Py_ssize_t>fid >= self._idcap:
             cap = max(<Py_ssize_t>fid + 1, self._idcap * 2, 256)
             m = <int*>realloc(self._idmap, cap * sizeof(int))
@@ -513,9 +569,11 @@ cdef class Decoder:
         return 0
 
     cdef _reset_ids(self):
-        cdef Py_ssize_t i
-        for i in range(self._idcap):
-            self._idmap[i] = -1
+        # Only the ids this session defined: a table sized by one large id must not make
+        # every later SESSION chunk cost its whole size.
+        for fid in self._ids:
+            self._idmap[<Py_ssize_t>fid] = -1
+        self._ids = {}
 
     # ---- parsing ---------------------------------------------------------------------
 
@@ -590,7 +648,7 @@ cdef class Decoder:
         cdef Py_ssize_t start, body, end
         cdef uint32_t length, crc
         cdef uint8_t kind
-        cdef int block = -1
+        cdef Py_ssize_t block = -1
         while self.damage is None and n - self._pos >= CHUNK_FRAMING:
             start = self._pos
             kind = p[start]
@@ -610,7 +668,7 @@ cdef class Decoder:
                 break
             if kind == K_RECORDS and block < 0:
                 self._blocks.append(self._buf)
-                block = len(self._blocks) - 1
+                block = self._block_base + len(self._blocks) - 1
             try:
                 self._chunk(kind, p, body, end, block)
             except _Malformed as e:
@@ -623,7 +681,7 @@ cdef class Decoder:
         return 0
 
     cdef int _chunk(self, uint8_t kind, const uint8_t* p, Py_ssize_t pos, Py_ssize_t end,
-                    int block) except -1:
+                    Py_ssize_t block) except -1:
         cdef uint64_t a, b, c, ln
         cdef Py_ssize_t first
         if kind == K_SESSION:
@@ -631,8 +689,9 @@ cdef class Decoder:
             if end - pos != 20:
                 raise _Malformed(f"SESSION payload of {end - pos} bytes")
             mono0, real0, pid = struct.unpack_from("<QQI", self._buf, pos)
+            if max(mono0, real0) > MAX_TIME:
+                raise _Malformed("clock reading past 2**63 - 1 ns")
             self._mono0, self._real0, self._pid = mono0, real0, pid
-            self._ids = {}
             self._reset_ids()
             self._thread_ids = {}
             self._in_session = True
@@ -646,12 +705,10 @@ cdef class Decoder:
         if kind == K_DICT:
             _varint(p, &pos, end, &a)
             if end - pos < 2:
-                raise _Malformed("DICT entry runs past the end of the chunk")
+                raise _Malformed("field of 2 bytes runs past the end of the chunk")
             level, flags = p[pos], p[pos + 1]
             pos += 2
             _varint(p, &pos, end, &b)
-            if b > MAX_ARGS:
-                raise _Malformed(f"format with {b} arguments")
             fmt = self._str(p, &pos, end, "surrogatepass")
             file = self._str(p, &pos, end, "surrogatepass")
             _varint(p, &pos, end, &c)
@@ -660,9 +717,10 @@ cdef class Decoder:
                 if (old.level, old.flags, old.nargs, old.format) != (level, flags, b, fmt):
                     raise _Malformed(f"format id {a} defined twice")
                 return 0
+            f = _compile(a, level, flags, b, fmt, file, c)
             self._map_id(a, len(self._fmts))
             self._ids[a] = len(self._fmts)
-            self._fmts.append(_compile(a, level, flags, b, fmt, file, c))
+            self._fmts.append(f)
         elif kind == K_THREAD:
             _varint(p, &pos, end, &a)
             _varint(p, &pos, end, &b)
@@ -691,13 +749,11 @@ cdef class Decoder:
         pos[0] += ln
         return s
 
-    cdef int _records(self, const uint8_t* p, Py_ssize_t pos, Py_ssize_t end, int block) except -1:
-        cdef uint64_t number, rnd, ts, fid, delta
-        cdef Py_ssize_t first = self._n, i
-        cdef int fi, ti
-        cdef Fmt f
-        cdef Entry* e
-        cdef int64_t wall
+    cdef int _records(self, const uint8_t* p, Py_ssize_t pos, Py_ssize_t end,
+                      Py_ssize_t block) except -1:
+        cdef uint64_t number, rnd, ts
+        cdef Py_ssize_t first = self._n
+        cdef int ti
         _varint(p, &pos, end, &number)
         _varint(p, &pos, end, &rnd)
         _varint(p, &pos, end, &ts)
@@ -709,13 +765,36 @@ cdef class Decoder:
             self._close_round()
             first = self._n
         self._round = rnd
+        try:
+            self._entries_of(p, pos, end, block, ts, ti)
+        except _Malformed:
+            self._n = first  # the chunk is rejected whole
+            raise
+        if self._n > first:
+            self._add_run(first, self._n)
+        return 0
+
+    cdef int _entries_of(self, const uint8_t* p, Py_ssize_t pos, Py_ssize_t end,
+                         Py_ssize_t block, uint64_t ts, int ti) except -1:
+        """Check every record of a RECORDS payload and add an entry for each it keeps."""
+        cdef uint64_t fid, delta
+        cdef int fi
+        cdef int64_t since, wall
+        cdef Fmt f
+        cdef Entry* e
         fmts = self._fmts
         while pos < end:
             _varint(p, &pos, end, &fid)
             _varint(p, &pos, end, &delta)
+            if ts > _MAX_TIME or delta > _MAX_TIME - ts:
+                raise _Malformed("timestamp past 2**63 - 1 ns")
             ts += delta
+            # Both are at most MAX_TIME: the difference fits, the sum is checked.
+            since = <int64_t>ts - self._mono0
+            if since > 0 and since > <int64_t>_MAX_TIME - self._real0:
+                raise _Malformed("wall-clock time past 2**63 - 1 ns")
+            wall = self._real0 + since
             if fid >= <uint64_t>self._idcap or self._idmap[fid] < 0:
-                self._n = first  # the chunk is rejected whole
                 raise _Malformed(f"unknown format id {fid}")
             fi = self._idmap[fid]
             f = <Fmt>fmts[fi]
@@ -723,12 +802,7 @@ cdef class Decoder:
                 self._grow()
             e = &self._entries[self._n]
             e.off = pos
-            try:
-                _skip_args(p, &pos, end, f.nargs)
-            except _Malformed:
-                self._n = first
-                raise
-            wall = self._real0 + <int64_t>(ts - <uint64_t>self._mono0)
+            _skip_args(p, &pos, end, f)
             if f.level < self._min_level or wall < self._t_from or wall > self._t_to:
                 continue
             e.time = wall
@@ -736,8 +810,6 @@ cdef class Decoder:
             e.thread = ti
             e.block = block
             self._n += 1
-        if self._n > first:
-            self._runs.append((first, self._n, self._round_seq))
         return 0
 
     cdef int _grow(self) except -1:
@@ -749,6 +821,23 @@ cdef class Decoder:
         self._cap = cap
         return 0
 
+    cdef int _add_run(self, Py_ssize_t start, Py_ssize_t end) except -1:
+        cdef Py_ssize_t cap
+        cdef Run* r
+        if self._nruns == self._runcap:
+            cap = max(64, self._runcap * 2)
+            r = <Run*>realloc(self._runs, cap * sizeof(Run))
+            if r is NULL:
+                raise MemoryError()
+            self._runs = r
+            self._runcap = cap
+        r = &self._runs[self._nruns]
+        r.start = start
+        r.end = end
+        r.seq = self._round_seq
+        self._nruns += 1
+        return 0
+
     def complete_round(self):
         """Treat the round being collected as complete (``tail -f`` on an idle log)."""
         self._close_round()
@@ -756,85 +845,114 @@ cdef class Decoder:
     cdef _close_round(self):
         """Everything parsed so far is final: the next round or session starts later."""
         self._ready = self._n
-        self._ready_runs.extend(self._runs)
-        self._runs = []
+        self._runs_ready = self._nruns
         self._round_seq += 1
 
     # ---- output ------------------------------------------------------------------------
 
     cdef Py_ssize_t* _order(self, Py_ssize_t* count) except NULL:
         """Entry indices of the complete rounds, each round merged into time order."""
-        cdef Py_ssize_t total = self._ready, k, j, best, nruns, i
+        cdef Py_ssize_t total = self._ready - self._done, k = 0, i, j, m
         cdef Py_ssize_t* order = <Py_ssize_t*>malloc((total + 1) * sizeof(Py_ssize_t))
-        cdef Py_ssize_t* heads
-        cdef Py_ssize_t* ends
-        cdef int64_t t
+        cdef Run* runs = self._runs
         if order is NULL:
             raise MemoryError()
-        runs = self._ready_runs
-        nruns = len(runs)
-        if not self._ordered or nruns <= 1:
+        count[0] = total
+        if not self._ordered:
             for i in range(total):
-                order[i] = i
-            count[0] = total
+                order[i] = self._done + i
             return order
-        heads = <Py_ssize_t*>malloc(nruns * sizeof(Py_ssize_t))
-        ends = <Py_ssize_t*>malloc(nruns * sizeof(Py_ssize_t))
-        if heads is NULL or ends is NULL:
-            free(heads); free(ends); free(order)
-            raise MemoryError()
-        # Runs of one round are contiguous (one per thread); merge each round's runs by
-        # time. Ties go to the earlier run, and a run is never reordered internally, so
-        # every thread's records keep their logged order.
-        k = 0
-        i = 0
-        while i < nruns:
-            j = i
-            while j + 1 < nruns and runs[j + 1][2] == runs[i][2]:
+        # The runs of one round are contiguous; each is in time order already, so a round
+        # is a k-way merge of its runs. Ties go to the earlier run, and a run is never
+        # reordered internally, so every thread's records keep their logged order (the
+        # reference decoder's stable sort gives the same order).
+        i = self._runs_done
+        while i < self._runs_ready:
+            j = i + 1
+            while j < self._runs_ready and runs[j].seq == runs[i].seq:
                 j += 1
-            for best in range(i, j + 1):
-                heads[best] = runs[best][0]
-                ends[best] = runs[best][1]
-            while True:
-                best = -1
-                for m in range(i, j + 1):
-                    if heads[m] < ends[m] and (best < 0 or
-                            self._entries[heads[m]].time < self._entries[heads[best]].time):
-                        best = m
-                if best < 0:
-                    break
-                order[k] = heads[best]
-                k += 1
-                heads[best] += 1
-            i = j + 1
-        free(heads); free(ends)
-        count[0] = k
+            if j - i == 1:
+                for m in range(runs[i].start, runs[i].end):
+                    order[k] = m
+                    k += 1
+            else:
+                try:
+                    k = self._merge(order, k, i, j)
+                except MemoryError:
+                    free(order)
+                    raise
+            i = j
         return order
+
+    cdef Py_ssize_t _merge(self, Py_ssize_t* order, Py_ssize_t k, Py_ssize_t first,
+                           Py_ssize_t last) except -1:
+        """Merge runs [first, last) into ``order`` from ``k`` on, with a binary heap of runs
+        keyed by (time of the run's next entry, run number): O(entries * log(runs)).
+        (Comparing every run for every entry made one round of K chunks cost O(K**2).)"""
+        cdef Py_ssize_t n = last - first, size = last - first, i, top
+        cdef Py_ssize_t* heads = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
+        cdef Py_ssize_t* heap = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
+        cdef Run* runs = self._runs + first
+        cdef Entry* e = self._entries
+        if heads is NULL or heap is NULL:
+            free(heads)
+            free(heap)
+            raise MemoryError()
+        for i in range(n):
+            heads[i] = runs[i].start  # every run holds at least one entry
+            heap[i] = i
+        i = n // 2
+        while i > 0:
+            i -= 1
+            _sift(heap, size, i, heads, e)
+        while size:
+            top = heap[0]
+            order[k] = heads[top]
+            k += 1
+            heads[top] += 1
+            if heads[top] == runs[top].end:
+                size -= 1
+                heap[0] = heap[size]
+            if size:
+                _sift(heap, size, 0, heads, e)
+        free(heads)
+        free(heap)
+        return k
 
     cdef _consume(self):
         """Forget the entries that were handed out (keep the incomplete round)."""
-        cdef Py_ssize_t rest = self._n - self._ready
-        cdef Py_ssize_t done = self._ready, i
-        cdef Entry* e = self._entries
-        if rest:
-            memmove(e, e + done, rest * sizeof(Entry))
-        self._n = rest
-        self._ready = 0
-        self._ready_runs = []
-        self._runs = [(a - done, b - done, r) for a, b, r in self._runs]
-        # Keep only the blocks the incomplete round still points into.
-        used = sorted({e[i].block for i in range(rest)})
-        remap = {old: new for new, old in enumerate(used)}
-        self._blocks = [self._blocks[b] for b in used]
-        for i in range(rest):
-            e[i].block = remap[e[i].block]
+        cdef Py_ssize_t live, i, drop
+        self._done = self._ready
+        self._runs_done = self._runs_ready
+        live = self._n - self._done
+        if self._done and self._done >= live:
+            memmove(self._entries, self._entries + self._done, live * sizeof(Entry))
+            for i in range(self._runs_done, self._nruns):
+                self._runs[i].start -= self._done
+                self._runs[i].end -= self._done
+            self._n = live
+            self._ready = self._done = 0
+        live = self._nruns - self._runs_done
+        if self._runs_done and self._runs_done >= live:
+            memmove(self._runs, self._runs + self._runs_done, live * sizeof(Run))
+            self._nruns = live
+            self._runs_ready = self._runs_done = 0
+        # Blocks are numbered in parse order and so are entries: the first live entry's
+        # block is the oldest one still needed.
+        if self._n > self._done:
+            drop = self._entries[self._done].block - self._block_base
+        else:
+            drop = len(self._blocks)
+        if drop:
+            del self._blocks[:drop]
+            self._block_base += drop
 
     cdef inline Record _make_record(self, Entry* e):
         cdef Record r = Record.__new__(Record)
         r.time = e.time
         r._f = <Fmt>self._fmts[e.fmt]
         r._t = <ThreadInfo>self._threads[e.thread]
-        r._block = <bytes>self._blocks[e.block]
+        r._block = <bytes>self._blocks[e.block - self._block_base]
         r._off = e.off
         return r
 
@@ -879,7 +997,8 @@ cdef class Decoder:
         cdef int n
         cdef Fmt f = <Fmt>self._fmts[e.fmt]
         cdef ThreadInfo t = <ThreadInfo>self._threads[e.thread]
-        if sec != self._sec:
+        # (Any second can occur: a record at -1 ns, 1969-12-31 23:59:59, is no "unset".)
+        if sec != self._sec or self._sec_text is None:
             self._sec = sec
             self._sec_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)).encode()
         _put_bytes(o, self._sec_text)
@@ -893,7 +1012,7 @@ cdef class Decoder:
         _put(o, " [", 2)
         _put_bytes(o, t.utf8)
         _put(o, "] ", 2)
-        self._message(o, f, <bytes>self._blocks[e.block], e.off)
+        self._message(o, f, <bytes>self._blocks[e.block - self._block_base], e.off)
         _put(o, "\n", 1)
         return 0
 

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+import traceback
 
 import click
 
@@ -25,6 +26,7 @@ EXIT_DAMAGED = 1      # decoded up to damage or truncation; the rest is reported
 EXIT_USAGE = 2        # click's code for bad options and missing files
 EXIT_NOT_A_LOG = 3    # empty, not a nanolog file, or an unsupported format version
 EXIT_IO = 4           # the operating system refused (permissions, I/O error)
+EXIT_INTERNAL = 5     # not the file's fault: out of memory, or a bug in nanolog
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -34,6 +36,8 @@ Exit codes:
   2  usage error (bad option, missing file)
   3  an input is empty, not a nanolog file, or of an unknown format version
   4  an input could not be read (operating-system error)
+  5  decoding failed for a reason that is not the input's (out of
+     memory, or a bug in nanolog: NANOLOG_DEBUG=1 shows the traceback)
 """
 
 
@@ -68,7 +72,7 @@ class _Failures:
     def __init__(self):
         self.code = EXIT_OK
 
-    def report(self, err: Exception) -> None:
+    def report(self, err: Exception, path=None) -> None:
         if isinstance(err, DamagedLogError):
             code = EXIT_DAMAGED
             click.echo(f"nanolog: {err} (everything before offset {err.offset} was decoded)",
@@ -76,10 +80,39 @@ class _Failures:
         elif isinstance(err, LogFileError):
             code = EXIT_NOT_A_LOG
             click.echo(f"nanolog: {err}", err=True)
-        else:
+        elif isinstance(err, OSError):
             code = EXIT_IO
             click.echo(f"nanolog: {err}", err=True)
+        else:
+            code = EXIT_INTERNAL
+            _internal_error(err, path)
         self.code = max(self.code, code)
+
+
+def _internal_error(err: BaseException, path=None) -> None:
+    """Say what went wrong in one line; the traceback only on request (NANOLOG_DEBUG=1)."""
+    where = f"{path}: " if path else ""
+    if isinstance(err, MemoryError):
+        click.echo(f"nanolog: {where}out of memory", err=True)
+    else:
+        click.echo(f"nanolog: {where}internal error ({type(err).__name__}: {err}); this is "
+                   "a bug in nanolog, please report it with the input", err=True)
+    if os.environ.get("NANOLOG_DEBUG"):
+        traceback.print_exception(err)
+
+
+class _Group(click.Group):
+    """The last safety net: no command ends in a traceback (exit 5 instead)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort,
+                BrokenPipeError):
+            raise
+        except Exception as e:
+            _internal_error(e)
+            sys.exit(EXIT_INTERNAL)
 
 
 def _records(path, dec: Decoder):
@@ -108,7 +141,7 @@ def _iso(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sec)) + f".{frac:09d}"
 
 
-@click.group(epilog=EXIT_CODES_HELP)
+@click.group(cls=_Group, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="microrpc-toolkit", prog_name="nanolog")
 def main():
     """Read nanolog binary log files: decode to text, JSON lines or CSV; follow; summarise."""
@@ -135,8 +168,12 @@ def decode(files, fmt, level, since, until, pattern, unordered, output):
         regex = re.compile(pattern) if pattern is not None else None
     except re.error as e:
         raise click.BadParameter(f"bad regular expression: {e}", param_hint="--grep") from None
-    out = open(output, "wb") if output else sys.stdout.buffer
     failures = _Failures()
+    try:
+        out = open(output, "wb") if output else sys.stdout.buffer
+    except OSError as e:
+        failures.report(e)
+        sys.exit(failures.code)
     try:
         writer = None
         if fmt == "csv":
@@ -171,10 +208,10 @@ def decode(files, fmt, level, since, until, pattern, unordered, output):
                                              message, r.format, r.file, r.line])
                 if dec.damage is not None:
                     failures.report(dec.damage)
-            except LogFileError as e:
-                failures.report(e)
-            except OSError as e:
-                failures.report(e)
+            except BrokenPipeError:
+                raise
+            except Exception as e:  # the file's, the system's, or (exit 5) nanolog's fault
+                failures.report(e, path)
             out.flush()
     except BrokenPipeError:
         # `nanolog decode big.nlog | head`: the reader left; not an error of ours.
@@ -228,8 +265,10 @@ def tail(file, count, follow, interval, level):
                 else:
                     dec.complete_round()
                 last.extend(dec.take_text().splitlines(keepends=True))
-            except LogFileError as e:
-                failures.report(e)
+            except BrokenPipeError:
+                raise
+            except Exception as e:  # the file's, the system's, or (exit 5) nanolog's fault
+                failures.report(e, file)
                 sys.exit(failures.code)
             out.write(b"".join(last))
             out.flush()
@@ -311,10 +350,8 @@ def stats(files, top):
             drops += dec.drops
             if dec.damage is not None:
                 failures.report(dec.damage)
-        except LogFileError as e:
-            failures.report(e)
-        except OSError as e:
-            failures.report(e)
+        except Exception as e:  # the file's, the system's, or (exit 5) nanolog's fault
+            failures.report(e, path)
     span = (last - first) / 1e9 if total > 1 else 0.0
     rows = counts.most_common(top or None)
     headers = ["records", "share", "rate/s", "level", "format"]

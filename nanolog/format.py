@@ -89,6 +89,18 @@ MAX_CHUNK = 64 << 20
 # The largest record a producer may stage (a call with a huge string raises instead).
 MAX_RECORD = 16 << 20
 MAX_ARGS = 255
+# Format ids a decoder accepts. A writer caps at 100,000 by default; the decoders keep a
+# dense table of ids, 4 bytes each, so a damaged id can make them allocate 64 MiB at most.
+MAX_IDS = 1 << 24
+# The largest width or precision a conversion may have and still be formatted at decode
+# time. Each record is a few bytes, so without a bound one DICT entry ('%100000000d') makes
+# every record of it print 100 MB. A format with a larger one is formatted at call time by
+# the writer (flag F_PREFORMAT), so such a DICT entry without that flag is damage.
+MAX_WIDTH = 4096
+# Clock readings, record times and wall-clock times are nanoseconds in a signed 64-bit
+# integer (CLOCK_MONOTONIC and CLOCK_REALTIME fit until the year 2262); a file that says
+# otherwise is damaged.
+MAX_TIME = (1 << 63) - 1
 
 LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 LEVELS = {name: value for value, name in LEVEL_NAMES.items()}
@@ -121,43 +133,54 @@ def parse_level(level: int | str) -> int:
 # %-format analysis, shared by the logger (which argument types a conversion accepts
 # without a call-time check) and the decoders (where a T_TEXT argument is substituted).
 
+# ASCII digits only: '%' reads no others ('%\u0663d' % 1 is an error, not a width of 3).
 _SPEC = re.compile(
-    r"%(?P<key>\([^)]*\))?(?P<flags>[-#0 +]*)(?P<width>\*|\d+)?"
-    r"(?:\.(?P<prec>\*|\d+))?[hlL]?(?P<conv>.?)", re.S)
+    r"%(?P<key>\([^)]*\))?(?P<flags>[-#0 +]*)(?P<width>\*|[0-9]+)?"
+    r"(?:\.(?P<prec>\*|[0-9]+))?[hlL]?(?P<conv>.?)", re.S)
 
 _ANY = (1 << 10) - 1
 _NUM = (1 << T_FALSE) | (1 << T_TRUE) | (1 << T_INT) | (1 << T_FLOAT)
 _INT = (1 << T_FALSE) | (1 << T_TRUE) | (1 << T_INT)
+# In an ACCEPT mask, beside the tag bits: a float is accepted only if it is finite
+# ('%d' % float('inf') raises, '%d' % 2.5 does not).
+A_FINITE = 1 << 15
+_INTCONV = _NUM | (1 << T_BIGINT) | A_FINITE
 # Which tags each conversion formats without error at decode time. T_TEXT is always
-# accepted (it is substituted verbatim). Anything else is checked once at call time.
+# accepted (it is substituted verbatim). Anything else is checked once at call time by the
+# writer, and is damage to a decoder.
 ACCEPT = {
     "s": _ANY, "r": _ANY, "a": _ANY,
-    "d": _NUM | (1 << T_BIGINT), "i": _NUM | (1 << T_BIGINT), "u": _NUM | (1 << T_BIGINT),
+    "d": _INTCONV, "i": _INTCONV, "u": _INTCONV,
     "x": _INT | (1 << T_BIGINT), "X": _INT | (1 << T_BIGINT), "o": _INT | (1 << T_BIGINT),
     "e": _NUM, "E": _NUM, "f": _NUM, "F": _NUM, "g": _NUM, "G": _NUM,
     "c": 0,
 }
 for _c in ACCEPT:
     ACCEPT[_c] |= 1 << T_TEXT
+TAG_NAMES = ("None", "False", "True", "int", "float", "str", "bytes", "big int", "text",
+             "str with surrogates")
 
 
 class FormatShape:
     """What a %-format needs: its conversions, in order, or why it must be preformatted."""
 
-    __slots__ = ("specs", "accept", "simple", "pieces")
+    __slots__ = ("specs", "accept", "simple", "why", "pieces")
 
     def __init__(self, fmt: str):
         self.specs: list[tuple[int, int, str]] = []  # (start, end, conversion char)
-        self.simple = True  # no mapping keys, no '*', every conversion known
+        # No mapping keys, no '*', every conversion known, widths within MAX_WIDTH.
+        self.simple = True
+        self.why = ""  # what made it not simple (the first such conversion)
         pieces: list[str] = []
         pos = 0
         for m in _SPEC.finditer(fmt):
             conv = m.group("conv")
             if conv == "%" and m.end() - m.start() == 2:
                 continue
-            if (m.group("key") or m.group("width") == "*" or m.group("prec") == "*"
-                    or conv not in ACCEPT):
-                self.simple = False
+            why = _not_simple(m)
+            if why:
+                if self.simple:
+                    self.simple, self.why = False, why
                 continue
             pieces.append(fmt[pos:m.start()])
             pos = m.end()
@@ -185,6 +208,63 @@ class FormatShape:
                 pos = end
         out.append(fmt[pos:])
         return "".join(out)
+
+
+def _not_simple(m: re.Match) -> str:
+    """Why the conversion ``m`` cannot be deferred to the decoder ('' if it can)."""
+    if m.group("key"):
+        return "a mapping key"
+    if m.group("width") == "*" or m.group("prec") == "*":
+        return "a '*' width or precision"
+    if m.group("conv") not in ACCEPT:
+        return f"the conversion {m.group()!r}"
+    for digits in (m.group("width"), m.group("prec")):
+        # Compared as text first: int() of a long digit string is slow (and limited).
+        if digits is not None and (len(digits) > 5 or int(digits) > MAX_WIDTH):
+            return f"a width or precision over {MAX_WIDTH}"
+    return ""
+
+
+class BadEntry(ValueError):
+    """A DICT entry that no writer makes (the reason is the message)."""
+
+
+def check_entry(fid: int, flags: int, nargs: int, fmt: str) -> tuple[FormatShape | None,
+                                                                        tuple[int, ...]]:
+    """The rules a DICT entry must follow before its records can be trusted.
+
+    Returns the format's shape (None for a verbatim or preformatted entry) and, per
+    argument, the ACCEPT mask its records' tags are checked against, so that formatting a
+    record that passed can never fail. Raises ``BadEntry``. Both decoders call this, so
+    they refuse the same entries with the same words.
+    """
+    if fid >= MAX_IDS:
+        raise BadEntry(f"format id {fid} out of range (limit {MAX_IDS})")
+    if nargs > MAX_ARGS:
+        raise BadEntry(f"format id {fid} has {nargs} arguments (limit {MAX_ARGS})")
+    if flags == F_VERBATIM:
+        if nargs:
+            raise BadEntry(f"format id {fid} is verbatim but has {nargs} arguments")
+        return None, ()
+    if flags == F_PREFORMAT:
+        if nargs != 1:
+            raise BadEntry(f"format id {fid} is preformatted but has {nargs} arguments, not 1")
+        return None, (1 << T_TEXT,)
+    if flags:
+        raise BadEntry(f"format id {fid} has unknown flags {flags:#x}")
+    shape = FormatShape(fmt)
+    if not shape.simple:
+        raise BadEntry(f"format id {fid} has {shape.why}, so its records must be "
+                       f"preformatted, and they are not")
+    if shape.nargs != nargs:
+        raise BadEntry(f"format id {fid} has {shape.nargs} conversions, DICT says {nargs}")
+    return shape, tuple(shape.accept)
+
+
+def misfit(fid: int, index: int, tag: int) -> str:
+    """Why argument ``index`` (from 0) of a record of ``fid`` cannot be formatted."""
+    return (f"argument {index + 1} of format id {fid} ({TAG_NAMES[tag]}) does not fit its "
+            f"conversion")
 
 
 def zigzag(n: int) -> int:

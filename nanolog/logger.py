@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanolog._core import LoggerCore
-from nanolog.format import parse_level
+from nanolog.format import MAX_IDS, parse_level
 from nanolog.writer import Writer
 
 POLICIES = ("block", "drop")
+# A format can take two ids (with and without arguments) and the overflow entry one more;
+# every id must stay below the decoders' limit.
+_MAX_FORMATS = (MAX_IDS - 2) // 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Logger(LoggerCore):
             raise ValueError(f"mode must be 'a' or 'w', not {mode!r}")
         if max_bytes < 0 or backup_count < 0:
             raise ValueError("max_bytes and backup_count must be >= 0")
+        if not 0 <= max_formats <= _MAX_FORMATS:
+            raise ValueError(f"max_formats must be in 0..{_MAX_FORMATS}")
         self._path = Path(path)
         self._fork_path = fork_path
         self._writer = Writer(self, self._path, mode=mode, max_bytes=max_bytes,

@@ -6,17 +6,19 @@ errors at the same offsets; the test suite checks that on every file it writes.
 """
 from __future__ import annotations
 
+import math
 import struct
 import time
 import zlib
 from typing import Iterator
 
 from nanolog.errors import DamagedLogError, EmptyLogError, NotANanologFile, UnsupportedVersion
-from nanolog.format import (CHUNK_HEADER, CHUNK_TRAILER, F_PREFORMAT, F_VERBATIM,
-                            FILE_HEADER, K_DICT, K_DROPS, K_RECORDS, K_SESSION, K_THREAD,
-                            KIND_NAMES, MAGIC, MAX_CHUNK, SESSION, T_BIGINT, T_BYTES,
-                            T_FALSE, T_FLOAT, T_INT, T_NONE, T_STR, T_SURR, T_TEXT, T_TRUE,
-                            VERSION, FormatShape, level_name, unzigzag)
+from nanolog.format import (A_FINITE, CHUNK_HEADER, CHUNK_TRAILER, F_PREFORMAT,
+                            F_VERBATIM, FILE_HEADER, K_DICT, K_DROPS, K_RECORDS, K_SESSION,
+                            K_THREAD, KIND_NAMES, MAGIC, MAX_CHUNK, MAX_TIME, SESSION,
+                            T_BIGINT, T_BYTES, T_FALSE, T_FLOAT, T_INT, T_NONE, T_STR,
+                            T_SURR, T_TEXT, T_TRUE, VERSION, BadEntry, FormatShape,
+                            check_entry, level_name, misfit, unzigzag)
 
 _DOUBLE = struct.Struct("<d")
 
@@ -84,18 +86,17 @@ class _Cursor:
 
     def varint(self) -> int:
         result = shift = 0
-        for _ in range(10):
+        while True:
             if self.pos >= self.end:
                 raise _Malformed("varint runs past the end of the chunk")
             b = self.buf[self.pos]
             self.pos += 1
+            if shift == 63 and b > 1:  # the 10th byte may hold bit 63 and nothing more
+                raise _Malformed("varint exceeds 64 bits")
             result |= (b & 0x7F) << shift
             if b < 0x80:
-                if result >= 1 << 64:
-                    raise _Malformed("varint exceeds 64 bits")
                 return result
             shift += 7
-        raise _Malformed("varint longer than 10 bytes")
 
     def take(self, n: int) -> bytes:
         if n > self.end - self.pos:
@@ -112,32 +113,32 @@ class _Cursor:
 
 
 def _arg(cur: _Cursor):
-    """One tagged argument -> (value, is_text)."""
+    """One tagged argument -> (tag, value)."""
+    if cur.pos >= cur.end:
+        raise _Malformed("record runs past the end of the chunk")
     tag = cur.take(1)[0]
     if tag == T_INT:
-        return unzigzag(cur.varint()), False
+        return tag, unzigzag(cur.varint())
     if tag == T_FLOAT:
-        return _DOUBLE.unpack(cur.take(8))[0], False
-    if tag == T_STR:
-        return cur.text(), False
-    if tag == T_TEXT:
-        return cur.text(), True
+        return tag, _DOUBLE.unpack(cur.take(8))[0]
+    if tag == T_STR or tag == T_TEXT:
+        return tag, cur.text()
     if tag == T_NONE:
-        return None, False
+        return tag, None
     if tag == T_TRUE:
-        return True, False
+        return tag, True
     if tag == T_FALSE:
-        return False, False
+        return tag, False
     if tag == T_BYTES:
-        return cur.take(cur.varint()), False
+        return tag, cur.take(cur.varint())
     if tag == T_BIGINT:
         digits = cur.take(cur.varint())
         try:
-            return int(digits.decode("ascii")), False
+            return tag, int(digits.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             raise _Malformed("invalid big-int digits") from None
     if tag == T_SURR:
-        return cur.text("surrogatepass"), False
+        return tag, cur.text("surrogatepass")
     raise _Malformed(f"unknown argument tag {tag}")
 
 
@@ -213,6 +214,8 @@ def read_reference(source, *, ordered: bool = True, path: str | None = None) -> 
                 if length != SESSION.size:
                     raise _Malformed(f"SESSION payload of {length} bytes")
                 session = SESSION.unpack_from(data, body)
+                if max(session[:2]) > MAX_TIME:
+                    raise _Malformed("clock reading past 2**63 - 1 ns")
                 formats, threads = {}, {}
                 pending_round = None
                 continue
@@ -227,9 +230,15 @@ def read_reference(source, *, ordered: bool = True, path: str | None = None) -> 
                 fmt = cur.text("surrogatepass")
                 file = cur.text("surrogatepass")
                 line = cur.varint()
-                if fid in formats and formats[fid][:4] != (level, flags, nargs, fmt):
-                    raise _Malformed(f"format id {fid} defined twice")
-                formats[fid] = (level, flags, nargs, fmt, file, line)
+                if fid in formats:
+                    if formats[fid][:4] != (level, flags, nargs, fmt):
+                        raise _Malformed(f"format id {fid} defined twice")
+                    continue
+                try:
+                    _, accept = check_entry(fid, flags, nargs, fmt)
+                except BadEntry as e:
+                    raise _Malformed(str(e)) from None
+                formats[fid] = (level, flags, nargs, fmt, file, line, accept)
             elif kind == K_THREAD:
                 number = cur.varint()
                 threads[number] = (cur.varint(), cur.text("surrogatepass"))
@@ -247,14 +256,22 @@ def read_reference(source, *, ordered: bool = True, path: str | None = None) -> 
                 while cur.pos < end:
                     fid = cur.varint()
                     ts += cur.varint()
+                    if ts > MAX_TIME:
+                        raise _Malformed("timestamp past 2**63 - 1 ns")
+                    if real0 + ts - mono0 > MAX_TIME:
+                        raise _Malformed("wall-clock time past 2**63 - 1 ns")
                     if fid not in formats:
                         raise _Malformed(f"unknown format id {fid}")
-                    level, flags, nargs, fmt, file, line = formats[fid]
+                    level, flags, nargs, fmt, file, line, accept = formats[fid]
                     args, text_at = [], []
                     for i in range(nargs):
-                        value, is_text = _arg(cur)
+                        tag, value = _arg(cur)
+                        if not (accept[i] >> tag) & 1 or (
+                                tag == T_FLOAT and accept[i] & A_FINITE
+                                and not math.isfinite(value)):
+                            raise _Malformed(misfit(fid, i, tag))
                         args.append(value)
-                        if is_text:
+                        if tag == T_TEXT:
                             text_at.append(i)
                     batch.append(Record(real0 + ts - mono0, level, native, tname, pid, fmt,
                                         tuple(args), file, line, flags, frozenset(text_at)))

@@ -3,8 +3,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+# The fuzzing helpers (crafting files, mutations, the check both decoders must pass) live
+# in fuzz/ at the repository root, next to the long-run script that uses them too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
 
 
 @pytest.fixture
@@ -24,17 +29,15 @@ def run_child():
     return _run_child
 
 
-def record_tuple(r):
-    """The fields a decoder must agree on, for comparing decoders record by record."""
-    return (r.time, r.level, r.thread, r.thread_name, r.pid, r.format, _args_key(r.args),
-            r.file, r.line, r.message)
-
-
-def _args_key(args):
-    # NaN != NaN: compare floats by their repr so identical records compare equal.
-    return tuple(repr(a) if isinstance(a, float) else a for a in args)
-
-
 @pytest.fixture
 def as_tuple():
-    return record_tuple
+    """The fields a decoder must agree on, for comparing decoders record by record."""
+    from nanolog_check import record_key
+    return record_key
+
+
+@pytest.fixture(scope="session")
+def fuzz_seeds():
+    """Small logs from the real writer (and one crafted) that the fuzz tests mutate."""
+    import nanolog_mutate
+    return nanolog_mutate.seed_logs()

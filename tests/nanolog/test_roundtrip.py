@@ -113,6 +113,11 @@ def test_stdlib_message_semantics(logpath):
     ("%s", (1, 2), TypeError),
     ("%y", (1,), ValueError),
     ("%x", (1.5,), TypeError),
+    # These were logged and then made the decoders raise (issue #10):
+    ("%d", (float("inf"),), OverflowError),
+    ("%i", (float("nan"),), ValueError),
+    ("%d|%u", (1, float("-inf")), OverflowError),
+    ("%\u0663d", (1,), ValueError),      # a non-ASCII digit is no width to '%'
 ])
 def test_bad_calls_raise_at_the_call_site_and_log_nothing(logpath, fmt, args, exc):
     with nanolog.Logger(logpath) as log:
@@ -120,6 +125,37 @@ def test_bad_calls_raise_at_the_call_site_and_log_nothing(logpath, fmt, args, ex
             log.info(fmt, *args)
         log.info("after")
     assert [r.message for r in read_reference(logpath)] == ["after"]
+
+
+def test_widths_over_the_limit_are_formatted_at_the_call(logpath):
+    # A deferred '%100000000d' printed 100 MB per record at decode time; past MAX_WIDTH
+    # the writer formats at the call instead (the record holds the text, its size is
+    # what the caller asked for), and at the limit it still defers.
+    from nanolog.format import MAX_WIDTH
+    wide, edge = f"%{MAX_WIDTH + 1}d", f"%{MAX_WIDTH}d"
+    with nanolog.Logger(logpath) as log:
+        log.info(wide, 7)
+        log.info(edge, 7)
+        log.info("%d finite %d", 2.5, -0.0)   # a finite float for %d is still deferred
+    recs = list(read_reference(logpath))
+    assert [r.message for r in recs] == [wide % 7, edge % 7, "2 finite 0"]
+    assert recs[0].args == (wide % 7,) and recs[1].args == (7,)
+    assert recs[2].args == (2.5, -0.0)
+
+
+def test_text_made_at_the_call_may_hold_lone_surrogates(logpath):
+    # A preformatted message with a lone surrogate raised UnicodeEncodeError at the call.
+    with nanolog.Logger(logpath) as log:
+        log.info("user %(name)s", {"name": "a\udc80b"})
+        log.info("%c", "\udc80")
+    msgs = [r.message for r in nanolog.read(logpath)]
+    assert msgs == ["user a\\udc80b", "\\udc80"]
+
+
+def test_max_formats_stays_within_what_decoders_accept(logpath):
+    from nanolog.format import MAX_IDS
+    with pytest.raises(ValueError, match="max_formats"):
+        nanolog.Logger(logpath, max_formats=MAX_IDS)
 
 
 def test_levels_and_set_level(logpath):
