@@ -410,7 +410,11 @@ cdef class ClientCore:
             if self.state == CONN_HANDSHAKE:
                 if f.flags & FLAG_HAS_CREDIT:
                     self.credits = ClientCredits(self.credit_queue, self.credit_wait_ns)
-                    self.credits.on_credit(f.credit, now)
+                    try:
+                        self.credits.on_credit(f.credit, now)
+                    except ValueError as exc:    # a window no server grants (over 2**31)
+                        self._break(ProtocolError(f"bad credit in the pong: {exc}"))
+                        return 0
                 self.state = CONN_READY
         else:
             self._break(ProtocolError(f"a server sent a frame of kind {kind}, which only "
@@ -421,6 +425,19 @@ cdef class ClientCore:
         cdef Frame f = frame
         cdef Call call = self.calls.pop(f.call_id, None)
         ready = _NOTHING
+        # A reply in the wrong codec breaks the connection before its credit is counted: a
+        # credit counted first could let queued calls go (out of the credit queue) that the
+        # break would then never send nor end.
+        if call is not None and f.codec != (self.codec if f.kind == KIND_RESPONSE
+                                            else CODEC_MSGPACK):
+            if f.kind == KIND_RESPONSE:
+                self._break_with(call, ProtocolError(
+                    f"the server answered in codec {f.codec}; this client uses codec "
+                    f"{self.codec} and decodes nothing else"))
+            else:
+                self._break_with(call, ProtocolError(f"an error frame in codec {f.codec}: "
+                                                     f"error bodies are msgpack"))
+            return 0
         if self.credits is not None:
             # Every reply returns the credit its request spent, also a late one.
             try:
@@ -431,11 +448,6 @@ cdef class ClientCore:
         if call is None:
             self.stray_replies += 1      # to a call that timed out or was cancelled
         elif f.kind == KIND_RESPONSE:
-            if f.codec != self.codec:
-                self._break_with(call, ProtocolError(
-                    f"the server answered in codec {f.codec}; this client uses codec "
-                    f"{self.codec} and decodes nothing else"))
-                return 0
             if self.codec == CODEC_RAW:
                 self._finish(call, f.body, None)
             else:
@@ -447,10 +459,6 @@ cdef class ClientCore:
                 else:
                     self._finish(call, value, None)
         else:
-            if f.codec != CODEC_MSGPACK:
-                self._break_with(call, ProtocolError(f"an error frame in codec {f.codec}: "
-                                                     f"error bodies are msgpack"))
-                return 0
             self._finish(call, None, error_from_body(f.body))
         if ready:
             self._drain_ready(ready)
