@@ -223,6 +223,10 @@ def _parse(max_size, chunks):
             while f is not None:
                 frames.append(f)
                 f = parser.next()
+            # What stays buffered is less than one frame, and its header (once whole) has
+            # been checked against the limit: a peer cannot make the parser hold more.
+            _expect(parser.buffered() <= HEADER + max_size,
+                    f"{parser.buffered()} bytes buffered with a limit of {max_size}")
         except ProtocolError:
             _expect(parser.broken, "ProtocolError raised but the parser is not marked broken")
             try:
@@ -245,10 +249,16 @@ def check_parser(case):
     _expect((len(frames), refused) == expected,
             f"parser gives {len(frames)} frames, refused {refused}; the wire rules "
             f"{expected[0]}, refused {expected[1]}")
-    encoded = b"".join(_core.encode_frame(f.kind, f.call_id, f.name, f.body, flags=f.flags,
-                                          codec=f.codec, session=f.session,
-                                          deadline_us=f.deadline_us, credit=f.credit)
-                       for f in frames)
+    # Encoded again through one OutBuffer (from the smallest capacity, so that it grows and
+    # compacts), taken in pieces, they must be the input's bytes.
+    out = _core.OutBuffer(1)
+    pieces = []
+    for i, f in enumerate(frames):
+        out.append(f.kind, f.call_id, f.name, f.body, flags=f.flags, codec=f.codec,
+                   session=f.session, deadline_us=f.deadline_us, credit=f.credit)
+        if i % 2:
+            pieces.append(out.take())
+    encoded = b"".join(pieces) + out.take()
     _expect(stream.startswith(encoded), "the frames parsed do not re-encode to the input")
     if not refused:
         _expect(parser.buffered() == len(stream) - len(encoded),
@@ -382,7 +392,8 @@ def check_codecs(case):
 
 
 def _check_server_body(codec, accept_pickle, body):
-    sim = ServerSim({"policy": None, "pickle": accept_pickle, "max": 1 << 16, "abandon": False})
+    sim = ServerSim({"policy": None, "pickle": accept_pickle, "max": 1 << 16,
+                     "abandon": False})
     ps = sim.add_peer()
     sim.deliver(ps, raw_frame(_core.REQUEST, 5, b"echo", body, codec=codec, session=3))
     sim.settle()

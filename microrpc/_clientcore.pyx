@@ -54,9 +54,9 @@ READY = CONN_READY
 BROKEN = CONN_BROKEN
 
 DEF MAX_DEADLINE_US = 0xFFFFFFFF
-# The deque of default-timeout deadlines keeps calls that ended until they reach its head;
-# past this many entries (and four times the pending calls) it is rebuilt, so a long call at
-# the head cannot make it grow without bound.
+# The deque of default-timeout deadlines and the heap of other deadlines keep calls that
+# ended until they reach the head; past this many entries (and four times the pending calls)
+# they are rebuilt, so a long call at the head cannot make them grow without bound.
 DEF COMPACT_AT = 1024
 
 cdef object _SEND = Submit.SEND
@@ -308,6 +308,8 @@ cdef class ClientCore:
             else:
                 self.seq += 1
                 heapq.heappush(self.heap, (call.deadline_ns, self.seq, call))
+                if len(self.heap) > COMPACT_AT:
+                    self._compact()
         return call.state
 
     def abort(self, Call call, error):
@@ -537,8 +539,15 @@ cdef class ClientCore:
 
     cdef _compact(self):
         cdef Call c
-        if len(self.by_deadline) > 4 * (len(self.calls) + 16):
+        cdef Py_ssize_t pending = len(self.calls)
+        if self.credits is not None:
+            pending += self.credits.demand()
+        cdef Py_ssize_t keep = 4 * (pending + 16)
+        if len(self.by_deadline) > keep:
             self.by_deadline = deque(c for c in self.by_deadline if c.state < CALL_DONE)
+        if len(self.heap) > keep:
+            self.heap = [e for e in self.heap if (<Call>e[2]).state < CALL_DONE]
+            heapq.heapify(self.heap)
 
     # -- for drivers --------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ job. The whole module runs in about 20 s.
 Each ``check_*`` raises ``Finding`` when an invariant breaks; any exception other than
 microrpc's own that escapes one is a finding too, so the tests let only ``RpcError`` pass.
 """
+import gc
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import breakwater
-from microrpc import _clientcore, _core
+from microrpc import _clientcore, _core, codecs
 from microrpc.errors import ProtocolError, RpcError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
@@ -67,6 +68,16 @@ def test_hostile_bodies_at_the_server_and_the_client(rng):
 @given(st.binary(max_size=200))
 def test_any_error_body_maps_to_an_rpc_error(body):
     assert isinstance(_clientcore.error_from_body(body), RpcError)
+
+
+@settings(fuzz_settings, max_examples=200)
+@given(st.one_of(st.text(max_size=10), st.none(), st.integers(), st.lists(st.integers())))
+def test_codec_names_are_known_or_a_value_error(name):
+    try:
+        assert codecs.CODECS[name] == codecs.codec_id(name)
+    except (KeyError, TypeError):
+        with pytest.raises(ValueError, match="unknown codec"):
+            codecs.codec_id(name)
 
 
 # -- (c) the server core -------------------------------------------------------------------
@@ -157,6 +168,33 @@ def test_a_reply_in_the_wrong_codec_also_ends_the_calls_waiting_for_credit(kind,
     assert all(c.state == _clientcore.DONE and isinstance(c.error, ProtocolError)
                for c in calls)
     assert sorted(map(id, ended)) == sorted(map(id, calls))
+
+
+def test_calls_that_ended_do_not_pile_up_behind_a_pending_deadline():
+    """Found reading the client core for the fuzz target's bounded-state invariant: the
+    heap of explicit deadlines kept every ended call until the earliest pending deadline
+    passed (the default-timeout deque was already compacted), so one hung call with a 10 s
+    timeout kept the calls of the next 10 s alive, at any call rate."""
+    core = _clientcore.ClientCore(_core.RAW, 7, 1 << 16)
+    core.begin(0)
+    core.out.take()
+    core.receive([_frame(_core.PONG)], 0)
+
+    def call(timeout):
+        c = _clientcore.Call()
+        core.prepare(c, "echo", (b"x",), timeout, 0)
+        core.submit(c, 0)
+        return c
+
+    hung = call(10.0)
+    core.out.take()
+    for _ in range(5000):
+        call(20.0)
+        (request,) = targets._frames(core.out.take())
+        core.receive([_frame(_core.RESPONSE, request.call_id, b"y", codec=_core.RAW)], 0)
+    gc.collect()
+    alive = sum(type(o) is _clientcore.Call for o in gc.get_objects())
+    assert hung.pending and alive < 1500          # the compaction bound, not 5,001
 
 
 # -- regression tests: server core (known, not fixed here: _dispatch.pyx is being changed) --
