@@ -23,6 +23,7 @@ escapes it is one the code under test let out: an error of the package
 """
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import struct
@@ -92,10 +93,10 @@ def _u64(rng):
     return rng.choice(U64) if rng.random() < 0.5 else rng.getrandbits(64)
 
 
-def _method_name(rng):
+def _method_name(rng, methods=None):
     r = rng.random()
     if r < 0.7:
-        return rng.choice(SERVER_METHODS)
+        return rng.choice(methods or SERVER_METHODS)
     if r < 0.8:
         return b"x" * MAX_NAME
     return _rand_bytes(rng, rng.randint(1, 24))      # unregistered, maybe not UTF-8
@@ -453,7 +454,7 @@ def _frames(data):
 
 # -- server core ---------------------------------------------------------------------------
 
-SERVER_METHODS = (b"echo", b"block", b"defer", b"wdefer", b"fail", b"slow", b"fill")
+SERVER_METHODS = (b"echo", b"block", b"defer", b"wdefer", b"fail", b"slow", b"fill", b"open")
 MS = 1_000_000
 
 
@@ -492,6 +493,7 @@ class ServerSim:
             b"fail": _dispatch.Method(_fail),
             b"slow": _dispatch.Method(self._slow),
             b"fill": _dispatch.Method(self._fill),
+            b"open": _dispatch.Method(_open),
         }
         self.policy = _policy(cfg["policy"]) if policy is None else policy
         self.core = _dispatch.ServerCore(
@@ -636,6 +638,12 @@ def _fail(*args):
     raise ValueError("handler failed")
 
 
+def _open(path=b"", *args):
+    """A handler that fails with its argument in the message, as ``open(path)`` does: a
+    bytes path is decoded with os.fsdecode, which keeps undecodable bytes as surrogates."""
+    raise FileNotFoundError(os.fsdecode(path) if isinstance(path, bytes) else str(path))
+
+
 def _nothing():
     pass
 
@@ -666,7 +674,10 @@ def _check_error_body(body):
 # "duplicate_call_ids": a call id reused while its call is in flight (blocking or deferred)
 # loses one of the two calls at stop or close. "defer_after_close": a worker-pool handler
 # that defers after its client left, and never answers, stays in flight forever.
-KNOWN_SERVER_FINDINGS = frozenset({"duplicate_call_ids", "defer_after_close"})
+# "surrogate_in_error": a handler error whose message is not valid UTF-8 (os.fsdecode of a
+# bytes argument) makes the error reply unencodable; the error escapes ServerCore.run().
+KNOWN_SERVER_FINDINGS = frozenset({"duplicate_call_ids", "defer_after_close",
+                                   "surrogate_in_error"})
 
 
 def gen_server(rng, avoid=frozenset()):
@@ -682,9 +693,11 @@ def gen_server(rng, avoid=frozenset()):
     else:
         call_ids = [rng.randrange(8) for _ in range(4)] + [_u64(rng) for _ in range(4)]
     sessions = [0, 1, 0xFFFFFFFF, _u32(rng)]
+    methods = tuple(m for m in SERVER_METHODS
+                    if m != b"open" or "surrogate_in_error" not in avoid)
     events = []
     for _ in range(rng.randint(1, 60)):
-        events.append(_server_event(rng, call_ids, sessions))
+        events.append(_server_event(rng, call_ids, sessions, methods))
     return (cfg, tuple(events))
 
 
@@ -706,7 +719,7 @@ class _UniqueIds:
         return self.used[-1]
 
 
-def _client_frame(rng, call_ids, sessions):
+def _client_frame(rng, call_ids, sessions, methods):
     """A frame a client (or a hostile peer) sends a server."""
     r = rng.random()
     if r < 0.6:
@@ -716,7 +729,7 @@ def _client_frame(rng, call_ids, sessions):
         else:
             body = hostile_body(rng)
         call_id = call_ids.fresh() if isinstance(call_ids, _UniqueIds) else rng.choice(call_ids)
-        return raw_frame(_core.REQUEST, call_id, _method_name(rng), body,
+        return raw_frame(_core.REQUEST, call_id, _method_name(rng, methods), body,
                          codec=codec, session=rng.choice(sessions),
                          deadline_us=rng.choice((0, 0, 1, 500, 10 ** 6, 0xFFFFFFFF)),
                          credit=_u32(rng))
@@ -727,7 +740,7 @@ def _client_frame(rng, call_ids, sessions):
     return any_frame(rng, kinds=(2, 3, 4, 7))
 
 
-def _server_event(rng, call_ids, sessions):
+def _server_event(rng, call_ids, sessions, methods):
     r = rng.random()
     peer = rng.randrange(4)
     if r < 0.45:
@@ -735,7 +748,7 @@ def _server_event(rng, call_ids, sessions):
         if rng.random() < 0.1:          # a storm of cancels
             data = b"".join(raw_frame(_core.CANCEL, rng.choice(call_ids)) for _ in range(n))
         else:
-            data = b"".join(_client_frame(rng, call_ids, sessions) for _ in range(n))
+            data = b"".join(_client_frame(rng, call_ids, sessions, methods) for _ in range(n))
         if rng.random() < 0.1:
             data = mutate(rng, data, (0,))
         cuts = _cuts(rng, len(data)) if rng.random() < 0.2 else ()

@@ -11,6 +11,7 @@ Each ``check_*`` raises ``Finding`` when an invariant breaks; any exception othe
 microrpc's own that escapes one is a finding too, so the tests let only ``RpcError`` pass.
 """
 import gc
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import breakwater
-from microrpc import _clientcore, _core, codecs
+from microrpc import _clientcore, _core, _dispatch, codecs
 from microrpc.errors import ProtocolError, RpcError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
@@ -256,3 +257,51 @@ def test_a_call_deferred_after_its_client_left_is_ended():
     fn(*args)                                         # the handler defers: nobody to answer
     sim.core.drain_completions(sim.t)
     assert (limit.statistics().in_flight, sim.core.queue_depth()) == (0, 0)
+
+
+class _Pool:
+    """A worker pool that runs nothing until the test says so."""
+
+    def __init__(self):
+        self.tasks = []
+
+    def submit(self, fn, *args):
+        self.tasks.append((fn, args))
+
+
+def _not_utf8_error(*args):
+    # What open(path) raises for a bytes path that is not UTF-8: os.fsdecode keeps the
+    # undecodable bytes as lone surrogates, which UTF-8 (and so msgpack) cannot encode.
+    raise FileNotFoundError(os.fsdecode(b"\xffname"))
+
+
+@pytest.mark.xfail(strict=True, reason="the error reply's msgpack encoding of str(exc) raises "
+                   "UnicodeEncodeError for a message with lone surrogates: inline it escapes "
+                   "ServerCore.run() and stops the server loop, on a worker or through "
+                   "DeferredReply.error() the call never gets a reply (fix in _dispatch.pyx)")
+@pytest.mark.parametrize("how", ["inline", "blocking", "deferred"])
+def test_a_handler_error_that_is_not_utf8_is_still_one_error_reply(how):
+    deferred = []
+    if how == "deferred":
+        method = _dispatch.Method(lambda ctx: deferred.append(ctx.defer()), context=True)
+    else:
+        method = _dispatch.Method(_not_utf8_error, blocking=how == "blocking")
+    pool = _Pool()
+    core = _dispatch.ServerCore({b"m": method}, executor=pool, wake=lambda: None,
+                                clock=lambda: 0)
+    peer = _dispatch.Peer()
+    core.add_peer(peer, "peer")
+    core.feed(peer, targets._frame(targets.raw_frame(_core.REQUEST, 1, b"m", msgpack.packb([]),
+                                                     codec=_core.MSGPACK)), 0)
+    core.run(0, 10 ** 9)
+    for fn, args in pool.tasks:
+        fn(*args)
+    for d in deferred:
+        try:
+            raise FileNotFoundError(os.fsdecode(b"\xffname"))
+        except FileNotFoundError as exc:
+            d.error(exc)
+    core.drain_completions(0)
+    (reply,) = targets._frames(peer.out.take())
+    assert reply.kind == _core.ERROR
+    assert msgpack.unpackb(reply.body)[:2] == [_core.REMOTE_ERROR, "FileNotFoundError"]
