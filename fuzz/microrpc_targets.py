@@ -483,6 +483,8 @@ class ServerSim:
         self.t = 10 ** 12
         self.tasks = []
         self.deferred = []
+        self.fed = 0                     # REQUESTs fed to the core, all peers
+        self.answered = 0                # replies read back, all peers
         self.cfg = cfg
         self.max_size = cfg["max"]
         methods = {
@@ -545,6 +547,7 @@ class ServerSim:
             if f is None:
                 return
             if f.kind == _core.REQUEST:
+                self.fed += 1
                 ps.requests[f.call_id] += 1
                 ps.req_meta.setdefault(f.call_id, set()).add((f.codec, f.session))
                 ps.sessions.add(f.session)
@@ -581,6 +584,7 @@ class ServerSim:
             _expect(ps.replies[cid] < ps.requests[cid],
                     f"a reply to call {cid} beyond its {ps.requests[cid]} request(s)")
             ps.replies[cid] += 1
+            self.answered += 1
             meta = ps.req_meta[cid]
             _expect(any(s == f.session for _, s in meta), "a reply in another session")
             if kind == _core.RESPONSE:
@@ -826,6 +830,12 @@ def _run_server(cfg, events):
                 core.stop_step(sim.t)
         dirty = core.take_dirty()
         _expect(len(set(map(id, dirty))) == len(dirty), "take_dirty() gave a peer twice")
+        # Bounded by what was sent: the core holds no request it was not given, and
+        # forgets each peer as it closes.
+        _expect(core.queue_depth() <= sim.fed - sim.answered,
+                f"{core.queue_depth()} requests held, {sim.fed - sim.answered} unanswered")
+        _expect(core.peer_count() == sum(not ps.peer.closed for ps in sim.peers),
+                "the core's peers are not the open ones")
     sim.settle()
     for ps in sim.peers:
         if ps.peer.closed:
