@@ -54,9 +54,9 @@ READY = CONN_READY
 BROKEN = CONN_BROKEN
 
 DEF MAX_DEADLINE_US = 0xFFFFFFFF
-# The deque of default-timeout deadlines keeps calls that ended until they reach its head;
-# past this many entries (and four times the pending calls) it is rebuilt, so a long call at
-# the head cannot make it grow without bound.
+# The deque of default-timeout deadlines and the heap of other deadlines keep calls that
+# ended until they reach the head; past this many entries (and four times the pending calls)
+# they are rebuilt, so a long call at the head cannot make them grow without bound.
 DEF COMPACT_AT = 1024
 
 cdef object _SEND = Submit.SEND
@@ -308,6 +308,8 @@ cdef class ClientCore:
             else:
                 self.seq += 1
                 heapq.heappush(self.heap, (call.deadline_ns, self.seq, call))
+                if len(self.heap) > COMPACT_AT:
+                    self._compact()
         return call.state
 
     def abort(self, Call call, error):
@@ -410,7 +412,11 @@ cdef class ClientCore:
             if self.state == CONN_HANDSHAKE:
                 if f.flags & FLAG_HAS_CREDIT:
                     self.credits = ClientCredits(self.credit_queue, self.credit_wait_ns)
-                    self.credits.on_credit(f.credit, now)
+                    try:
+                        self.credits.on_credit(f.credit, now)
+                    except ValueError as exc:    # a window no server grants (over 2**31)
+                        self._break(ProtocolError(f"bad credit in the pong: {exc}"))
+                        return 0
                 self.state = CONN_READY
         else:
             self._break(ProtocolError(f"a server sent a frame of kind {kind}, which only "
@@ -421,6 +427,19 @@ cdef class ClientCore:
         cdef Frame f = frame
         cdef Call call = self.calls.pop(f.call_id, None)
         ready = _NOTHING
+        # A reply in the wrong codec breaks the connection before its credit is counted: a
+        # credit counted first could let queued calls go (out of the credit queue) that the
+        # break would then never send nor end.
+        if call is not None and f.codec != (self.codec if f.kind == KIND_RESPONSE
+                                            else CODEC_MSGPACK):
+            if f.kind == KIND_RESPONSE:
+                self._break_with(call, ProtocolError(
+                    f"the server answered in codec {f.codec}; this client uses codec "
+                    f"{self.codec} and decodes nothing else"))
+            else:
+                self._break_with(call, ProtocolError(f"an error frame in codec {f.codec}: "
+                                                     f"error bodies are msgpack"))
+            return 0
         if self.credits is not None:
             # Every reply returns the credit its request spent, also a late one.
             try:
@@ -431,11 +450,6 @@ cdef class ClientCore:
         if call is None:
             self.stray_replies += 1      # to a call that timed out or was cancelled
         elif f.kind == KIND_RESPONSE:
-            if f.codec != self.codec:
-                self._break_with(call, ProtocolError(
-                    f"the server answered in codec {f.codec}; this client uses codec "
-                    f"{self.codec} and decodes nothing else"))
-                return 0
             if self.codec == CODEC_RAW:
                 self._finish(call, f.body, None)
             else:
@@ -447,10 +461,6 @@ cdef class ClientCore:
                 else:
                     self._finish(call, value, None)
         else:
-            if f.codec != CODEC_MSGPACK:
-                self._break_with(call, ProtocolError(f"an error frame in codec {f.codec}: "
-                                                     f"error bodies are msgpack"))
-                return 0
             self._finish(call, None, error_from_body(f.body))
         if ready:
             self._drain_ready(ready)
@@ -529,8 +539,15 @@ cdef class ClientCore:
 
     cdef _compact(self):
         cdef Call c
-        if len(self.by_deadline) > 4 * (len(self.calls) + 16):
+        cdef Py_ssize_t pending = len(self.calls)
+        if self.credits is not None:
+            pending += self.credits.demand()
+        cdef Py_ssize_t keep = 4 * (pending + 16)
+        if len(self.by_deadline) > keep:
             self.by_deadline = deque(c for c in self.by_deadline if c.state < CALL_DONE)
+        if len(self.heap) > keep:
+            self.heap = [e for e in self.heap if (<Call>e[2]).state < CALL_DONE]
+            heapq.heapify(self.heap)
 
     # -- for drivers --------------------------------------------------------------------
 
