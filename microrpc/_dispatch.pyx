@@ -264,7 +264,7 @@ cdef class DeferredReply:
         tb = None
         if self._core.send_tracebacks and exc.__traceback__ is not None:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        r.body = msgpack.packb([ERR_REMOTE, type(exc).__name__, str(exc), tb])
+        r.body = _error_body(msgpack.Packer(), ERR_REMOTE, type(exc).__name__, str(exc), tb)
         self._core._post(r)
 
     @property
@@ -287,7 +287,18 @@ cdef inline int _reply_codec(Request r, int kind) noexcept:
 
 
 cdef bytes _error_body(object packer, int code, str type_name, str message, object tb):
-    return packer.pack([code, type_name, message, tb])
+    try:
+        return packer.pack([code, type_name, message, tb])
+    except UnicodeEncodeError:
+        # A message may hold lone surrogates (os.fsdecode of a path that is not UTF-8),
+        # which UTF-8, and so msgpack, cannot encode: the error is still one reply, with
+        # those characters escaped. A fresh packer: the failed one may hold a partial body.
+        return msgpack.packb([code, _printable(type_name), _printable(message),
+                              None if tb is None else _printable(tb)])
+
+
+cdef str _printable(str text):
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 cdef bytes _encode_result(Request r, object result, object packer,

@@ -275,10 +275,6 @@ def _not_utf8_error(*args):
     raise FileNotFoundError(os.fsdecode(b"\xffname"))
 
 
-@pytest.mark.xfail(strict=True, reason="the error reply's msgpack encoding of str(exc) raises "
-                   "UnicodeEncodeError for a message with lone surrogates: inline it escapes "
-                   "ServerCore.run() and stops the server loop, on a worker or through "
-                   "DeferredReply.error() the call never gets a reply (fix in _dispatch.pyx)")
 @pytest.mark.parametrize("how", ["inline", "blocking", "deferred"])
 def test_a_handler_error_that_is_not_utf8_is_still_one_error_reply(how):
     deferred = []
@@ -304,4 +300,5 @@ def test_a_handler_error_that_is_not_utf8_is_still_one_error_reply(how):
     core.drain_completions(0)
     (reply,) = targets._frames(peer.out.take())
     assert reply.kind == _core.ERROR
-    assert msgpack.unpackb(reply.body)[:2] == [_core.REMOTE_ERROR, "FileNotFoundError"]
+    assert msgpack.unpackb(reply.body)[:3] == [_core.REMOTE_ERROR, "FileNotFoundError",
+                                               "\\udcffname"]
