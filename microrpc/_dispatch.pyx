@@ -448,10 +448,13 @@ cdef class ServerCore:
         p.queued_bytes = 0
         p.waiting = False
         # A deferred reply may never come now (its handler may be waiting on this very
-        # client): end those calls here rather than keep them open forever.
+        # client), and a call on the worker pool may still defer: end all of the peer's
+        # calls in flight here rather than keep them open forever. A worker that has not
+        # started its call skips it; one that has runs on, and its late answer is dropped.
         for key, r in list(self.inflight.items()):
-            if r.peer is p and r.deferred:
+            if r.peer is p:
                 del self.inflight[key]
+                r.cancelled = True
                 self._finish_silently(r, now)
         if self.policy is not None:
             for sid in p.sessions.values():
@@ -885,6 +888,13 @@ cdef class ServerCore:
                               "deadline passed before the call started", now)
             return 0
         r.method = <Method>m
+        if (r.method.blocking or r.method.context) and (p.id, f.call_id) in self.inflight:
+            # Call ids are unique among a client's calls in flight (docs/wire.md); a reused
+            # one would take the first call's place in the table, and that call could then
+            # lose its reply (at stop) or its end (when the client leaves).
+            self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
+                              f"call id {f.call_id} is already in flight", now)
+            return 0
         if r.method.blocking:
             self.inflight[(p.id, f.call_id)] = r
             self.executor.submit(_run_in_worker, self, r)

@@ -119,14 +119,14 @@ def test_the_pickle_guard_sees_an_unpickling():
     assert guard.calls == 1 and pickle.loads(b"\x80\x05N.") is None
 
 
-def test_the_server_check_sees_a_lost_reply():
-    """A known finding, made on purpose, fails the server check (so the check can see it)."""
+def test_a_reused_call_id_passes_the_server_check():
+    """Once a known finding (a reused call id lost a reply at stop): the reused id is now
+    refused with BAD_REQUEST, and the check sees one reply per request."""
     case = ({"policy": None, "pickle": False, "max": 4096, "abandon": True,
              "unique_ids": False},
             (("bytes", 0, (_block(7) + _block(7),)), ("run", 10 ** 9), ("pool", 2),
              ("stop", 0), ("stop_step",)))
-    with pytest.raises(targets.Finding, match="got replies"):
-        targets.check_server(case)
+    targets.check_server(case)
 
 
 # -- regression tests: client core ---------------------------------------------------------
@@ -198,7 +198,7 @@ def test_calls_that_ended_do_not_pile_up_behind_a_pending_deadline():
     assert hung.pending and alive < 1500          # the compaction bound, not 5,001
 
 
-# -- regression tests: server core (known, not fixed here: _dispatch.pyx is being changed) --
+# -- regression tests: server core (findings of the fuzzer, fixed) --
 
 def _block(call_id, name=b"block", **fields):
     return targets.raw_frame(_core.REQUEST, call_id, name, msgpack.packb([]),
@@ -210,9 +210,6 @@ def _sim(policy=None):
                              policy)
 
 
-@pytest.mark.xfail(strict=True, reason="ServerCore keys calls in flight by (peer, call id): "
-                   "a reused call id overwrites the first call, and request_stop then drops "
-                   "that call's finished result without a reply (fix in _dispatch.pyx)")
 def test_a_reused_call_id_loses_no_reply_at_stop():
     sim = _sim()
     ps = sim.add_peer()
@@ -227,25 +224,22 @@ def test_a_reused_call_id_loses_no_reply_at_stop():
     assert ps.replies[7] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a deferred call whose call id was reused is not in "
-                   "the in-flight table, so close_peer does not end it: its policy credit "
-                   "never returns (fix in _dispatch.pyx)")
 def test_a_reused_call_id_of_a_deferred_call_is_ended_when_its_client_leaves():
     limit = breakwater.ConcurrencyLimit(2)
     sim = _sim(limit)
     ps = sim.add_peer()
     sim.deliver(ps, _block(7, b"defer") + _block(7, b"defer"))
     sim.core.run(sim.t, 10 ** 9)
-    assert len(sim.deferred) == 2                     # both handlers wait on the client
+    # The reused id is refused (BAD_REQUEST) without running; the first call waits.
+    assert len(sim.deferred) == 1
+    sim.read(ps)
+    assert ps.replies[7] == 1
     sim.close(ps)
     stats = limit.statistics()
     # Otherwise each such client leaves the limit one slot smaller, for good.
     assert (stats.in_flight, sim.core.queue_depth()) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="close_peer ends the deferred calls of the peer, but "
-                   "a worker-pool handler that defers after the close is never ended: it "
-                   "stays in flight with its policy credit (fix in _dispatch.pyx)")
 def test_a_call_deferred_after_its_client_left_is_ended():
     limit = breakwater.ConcurrencyLimit(2)
     sim = _sim(limit)
