@@ -118,22 +118,9 @@ def start_attacker(kind: str, address: str, seconds: float, cpu: int | None) -> 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()       # blocks until "ready" or the process ends
     if line != "ready":
-        stop(proc)
+        servers.stop_process(proc)
         raise RuntimeError(f"attacker {kind} did not start: {proc.stderr.read()[-1000:]}")
     return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5.0)
-    for stream in (proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
 
 
 def run_attack(kind: str, seconds: float, server_cpu: int | None,
@@ -148,7 +135,7 @@ def run_attack(kind: str, seconds: float, server_cpu: int | None,
             try:
                 beside = honest_run(client, seconds)
             finally:
-                stop(attacker)
+                servers.stop_process(attacker)
         survived = servers.pid(address) is not None
         next_ms = first_answer_ms(address) if survived else None
         peak_kib = rss_kib(pid, "VmHWM") if survived else None

@@ -39,15 +39,7 @@ def synthetic_server(policy: str, cpu: int | None, max_seconds: float = 600.0
         yield address
     finally:
         _RUNNING.pop(address, None)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5.0)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
+        stop_process(proc, 10.0)
 
 
 def stats(address: str) -> dict:
@@ -85,3 +77,17 @@ def pid(address: str) -> int | None:
     """The process id of the server at ``address`` (while its ``synthetic_server`` runs)."""
     proc = _RUNNING.get(address)
     return proc.pid if proc is not None and proc.poll() is None else None
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a child we started: SIGTERM, SIGKILL after ``grace`` seconds; close its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
