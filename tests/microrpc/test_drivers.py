@@ -458,6 +458,24 @@ def test_a_reply_outside_the_clients_codec_is_a_protocol_error(driver, rogue, un
     assert_counts(c, calls=2, ok=0, errors=2)
 
 
+def _rogue_nested(f):
+    # 2,000 empty arrays in one array: well-formed msgpack, over the client's item limit.
+    return _core.encode_frame(_core.RESPONSE, f.call_id, b"",
+                              b"\xdd" + (2000).to_bytes(4, "big") + b"\x90" * 2000,
+                              codec=_core.MSGPACK)
+
+
+def test_a_reply_over_the_clients_decode_limits_is_a_protocol_error(driver, rogue):
+    """Every driver passes decode_limits to the core: a hostile server cannot make a client
+    decode a bomb, and the call ends (issue #10)."""
+    server = rogue(_rogue_nested)
+    c = driver.connect(server.address, timeout=2,
+                       decode_limits=microrpc.DecodeLimits(max_items=1000))
+    with pytest.raises(microrpc.ProtocolError, match="max_array_len=1000"):
+        c.call("echo", 1)
+    assert_counts(c, calls=1, ok=0, errors=1)
+
+
 def test_connecting_where_nobody_answers_is_connection_lost(driver, transport, rogue):
     # Nobody listens: a socket bound to the address without listen() refuses at once.
     holder, address = _bound_not_listening(transport)
