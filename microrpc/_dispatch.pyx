@@ -865,6 +865,7 @@ cdef class ServerCore:
         cdef Peer p = r.peer
         cdef Frame f = r.frame
         cdef bytes body
+        cdef object key = None   # (peer, call id), for the calls that may stay in flight
         if p.closed:
             self._finish_silently(r, now)     # nobody to answer: do not run it
             return 0
@@ -888,15 +889,17 @@ cdef class ServerCore:
                               "deadline passed before the call started", now)
             return 0
         r.method = <Method>m
-        if (r.method.blocking or r.method.context) and (p.id, f.call_id) in self.inflight:
-            # Call ids are unique among a client's calls in flight (docs/wire.md); a reused
-            # one would take the first call's place in the table, and that call could then
-            # lose its reply (at stop) or its end (when the client leaves).
-            self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
-                              f"call id {f.call_id} is already in flight", now)
-            return 0
+        if r.method.blocking or r.method.context:
+            key = (p.id, f.call_id)
+            if key in self.inflight:
+                # Call ids are unique among a client's calls in flight (docs/wire.md); a
+                # reused one would take the first call's place in the table, and that call
+                # could then lose its reply (at stop) or its end (when the client leaves).
+                self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
+                                  f"call id {f.call_id} is already in flight", now)
+                return 0
         if r.method.blocking:
-            self.inflight[(p.id, f.call_id)] = r
+            self.inflight[key] = r
             self.executor.submit(_run_in_worker, self, r)
             return 0
         if self.policy is not None:          # only the overload signal needs the timing
@@ -904,7 +907,7 @@ cdef class ServerCore:
         body = self._execute(r, self.packer)
         if body is None:                     # deferred
             r.start_ns = 0                   # the reply's wait is not this thread's work
-            self.inflight[(p.id, f.call_id)] = r
+            self.inflight[key] = r           # only a context method defers: key is set
             return 0
         self._reply(r, r.kind, body, self.clock.now() if self.policy is not None else 0)
         return 0
