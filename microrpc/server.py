@@ -103,8 +103,10 @@ class Server:
     * ``max_output_per_connection`` (4 MiB, at least one reply of ``max_message_size``):
       reply bytes the client has not read; past it its requests wait and it is not read.
 
-    Requests are started round-robin across connections (one per connection in turn), and
-    the I/O thread takes at most 1 MiB and 128 frames from one connection per pass. Work of
+    Requests are started first come, first served, but at most 8 of one connection's wait
+    in that shared line (its further requests join it one at a time as its own start), so a
+    flooding connection delays another's request by at most 8 handlers; and the I/O thread
+    takes at most 1 MiB and 128 frames from one connection per pass. Work of
     a connection that closed is dropped, not run. Two bounds refuse instead, with an ERROR
     ``BAD_REQUEST`` (``ProtocolError`` at the client), and the connection stays open:
 
