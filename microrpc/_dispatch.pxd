@@ -83,6 +83,7 @@ cdef class ServerCore:
     cdef object line               # deque of Request
     cdef readonly Py_ssize_t line_share
     cdef Py_ssize_t nqueued        # requests read and not started, every peer
+    cdef readonly Py_ssize_t queued_bytes   # their name + body bytes
     cdef Py_ssize_t nrunnable      # of those, the ones of peers not held
     cdef list global_waiting       # peers paused because nqueued reached max_queued
     cdef list dirty
@@ -95,6 +96,8 @@ cdef class ServerCore:
     cdef readonly Py_ssize_t max_message_size
     cdef readonly Py_ssize_t out_limit               # max_output_per_connection
     cdef readonly Py_ssize_t max_queued
+    cdef readonly Py_ssize_t max_queued_bytes
+    cdef readonly Py_ssize_t max_connections
     cdef readonly Py_ssize_t max_queued_per_connection
     cdef readonly Py_ssize_t max_queued_bytes_per_connection
     cdef readonly Py_ssize_t max_sessions_per_connection
@@ -112,11 +115,12 @@ cdef class ServerCore:
     cdef readonly uint64_t paused_reads        # times a peer was paused at a queue bound
     cdef readonly uint64_t session_rejects     # requests refused: too many sessions
     cdef readonly uint64_t undecodable         # requests whose arguments were refused
+    cdef readonly uint64_t connections_refused # new connections closed at max_connections
     cdef readonly Py_ssize_t queued_peak, queued_peak_per_connection
     cdef readonly Py_ssize_t output_peak_per_connection
 
     # -- the driver's interface
-    cpdef add_peer(self, Peer p, str label)
+    cpdef bint add_peer(self, Peer p, str label) except -1
     cpdef bint feed(self, Peer p, Frame f, int64_t now) except -1
     cpdef protocol_error(self, Peer p)
     cpdef bint over_limit(self, Peer p) except -1
@@ -140,6 +144,8 @@ cdef class ServerCore:
     cdef int _hold(self, Peer p, Request r) except -1
     cdef int _wake_waiting(self, Peer p) except -1
     cdef bint _may_resume(self, Peer p) noexcept
+    cdef bint _global_full(self) noexcept
+    cdef bint _global_drained(self) noexcept
     cdef int _cancel(self, Peer p, uint64_t call_id) except -1
     cdef int _pong(self, Peer p, Frame f, int64_t now) except -1
     cdef object _session_id(self, Peer p, uint32_t session, int64_t now)

@@ -29,7 +29,9 @@ bound (issue #10: one connection that sent faster than its requests ran, and nev
 its replies, grew a server from 25 MB to 3.5 GB). Everything a peer can make the server
 hold is bounded: its replies not yet sent (``max_output_per_connection``), its requests
 read and not started (``max_queued_per_connection``, and their bytes,
-``max_queued_bytes_per_connection``), everyone's requests not started (``max_queued``),
+``max_queued_bytes_per_connection``), everyone's requests not started (``max_queued``, and
+their bytes, ``max_queued_bytes``), the connections (``max_connections``: past it a new one
+is closed at once),
 its sessions (``max_sessions_per_connection``, refused with BAD_REQUEST past it) and the
 objects one msgpack body may decode to (``decode_limits``). At a queue bound the core marks
 the peer waiting and puts it on the dirty list again once its queue (or the global one) has
@@ -92,6 +94,13 @@ DEFAULT_MAX_QUEUED_PER_CONNECTION = 1024
 DEFAULT_MAX_QUEUED_BYTES = 16 * 1024 * 1024
 # Every connection's: 64 connections at their bound. Hitting it pauses every reader.
 DEFAULT_MAX_QUEUED = 65536
+# Their bytes, every connection's: 16 connections at their byte bound. Without it the
+# per-connection byte bound times the connections was the only limit (64 GiB).
+DEFAULT_MAX_QUEUED_BYTES_TOTAL = 256 * 1024 * 1024
+# Open connections. Each costs a few hundred bytes idle, but up to its bounds (16 MiB of
+# requests, one reply of max_message_size) when busy; 4096 is far past what a server
+# thread serves at microsecond latency, and far under the default fd limit of many hosts.
+DEFAULT_MAX_CONNECTIONS = 4096
 # Breakwater sessions per connection (microrpc's clients use one). Each costs a policy
 # record and, once it sent a request, a share of the credit pool (issue #10: 100,000
 # sessions on one connection inflated the pool to ~200,000 credits).
@@ -375,6 +384,8 @@ cdef class ServerCore:
                  Py_ssize_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
                  bint send_tracebacks=False,
                  Py_ssize_t max_queued=DEFAULT_MAX_QUEUED,
+                 Py_ssize_t max_queued_bytes=DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+                 Py_ssize_t max_connections=DEFAULT_MAX_CONNECTIONS,
                  Py_ssize_t max_queued_per_connection=DEFAULT_MAX_QUEUED_PER_CONNECTION,
                  Py_ssize_t max_queued_bytes_per_connection=DEFAULT_MAX_QUEUED_BYTES,
                  Py_ssize_t max_output_per_connection=DEFAULT_MAX_OUTPUT,
@@ -384,6 +395,8 @@ cdef class ServerCore:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         for name, value in (("max_queued", max_queued),
+                            ("max_queued_bytes", max_queued_bytes),
+                            ("max_connections", max_connections),
                             ("max_queued_per_connection", max_queued_per_connection),
                             ("max_queued_bytes_per_connection",
                              max_queued_bytes_per_connection),
@@ -418,6 +431,8 @@ cdef class ServerCore:
         # At least one whole reply must fit, or a peer could never be served again.
         self.out_limit = max(max_output_per_connection, max_message_size + HEADER_SIZE)
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.max_connections = max_connections
         self.max_queued_per_connection = max_queued_per_connection
         self.max_queued_bytes_per_connection = max_queued_bytes_per_connection
         self.max_sessions_per_connection = max_sessions_per_connection
@@ -429,15 +444,20 @@ cdef class ServerCore:
 
     # -- peers --------------------------------------------------------------------------
 
-    cpdef add_peer(self, Peer p, str label):
-        """Register a new connection. ``p`` is fresh (a Peer or a driver's subclass)."""
+    cpdef bint add_peer(self, Peer p, str label) except -1:
+        """Register a new connection. ``p`` is fresh (a Peer or a driver's subclass).
+        False: the server has max_connections already; the driver closes the new one."""
         _check_peer(p)
         if p.id:
             raise ValueError(f"{p!r} is already registered")
+        if len(self.peers) >= self.max_connections:
+            self.connections_refused += 1
+            return False
         p.id = self.next_peer_id
         self.next_peer_id += 1
         p.label = label
         self.peers[p.id] = p
+        return True
 
     cpdef close_peer(self, Peer p, int64_t now):
         """The connection is gone. Requests that were waiting for it end silently (their
@@ -454,6 +474,7 @@ cdef class ServerCore:
         if not p.held:
             self.nrunnable -= p.nqueued
         self.nqueued -= p.nqueued
+        self.queued_bytes -= p.queued_bytes
         for r in self._line_pull(p):
             self._finish_silently(r, now)
         for r in p.queue:
@@ -498,12 +519,12 @@ cdef class ServerCore:
             p.waiting = False
         if (p.nqueued < self.max_queued_per_connection
                 and p.queued_bytes < self.max_queued_bytes_per_connection
-                and self.nqueued < self.max_queued):
+                and not self._global_full()):
             return False
         if not p.waiting:
             p.waiting = True
             self.paused_reads += 1
-        if self.nqueued >= self.max_queued and not p.in_global_wait:
+        if self._global_full() and not p.in_global_wait:
             p.in_global_wait = True          # its own queue may be empty: wake it from here
             self.global_waiting.append(p)
         return True
@@ -573,6 +594,7 @@ cdef class ServerCore:
 
     cdef int _enqueue(self, Peer p, Request r) except -1:
         cdef Frame f = r.frame
+        cdef Py_ssize_t n
         if p.held:
             p.queue.append(r)
         else:
@@ -585,7 +607,9 @@ cdef class ServerCore:
         if p.queued is not None:
             p.queued[f.call_id] = r
         p.nqueued += 1
-        p.queued_bytes += PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        n = PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        p.queued_bytes += n
+        self.queued_bytes += n
         self.nqueued += 1
         if p.nqueued > self.queued_peak_per_connection:
             self.queued_peak_per_connection = p.nqueued
@@ -596,15 +620,18 @@ cdef class ServerCore:
     cdef int _taken(self, Peer p, Request r) except -1:
         """``r``, a request of ``p`` not held, leaves the queues to start."""
         cdef Frame f = r.frame
+        cdef Py_ssize_t n
         if p.queued is not None and p.queued.get(f.call_id) is r:
             del p.queued[f.call_id]
         p.nqueued -= 1
-        p.queued_bytes -= PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        n = PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        p.queued_bytes -= n
+        self.queued_bytes -= n
         self.nqueued -= 1
         self.nrunnable -= 1
         if p.waiting:
             self._wake_waiting(p)
-        if self.global_waiting and self.nqueued <= self.max_queued // 2:
+        if self.global_waiting and self._global_drained():
             waiting = self.global_waiting
             self.global_waiting = []
             for q in waiting:
@@ -624,7 +651,16 @@ cdef class ServerCore:
     cdef bint _may_resume(self, Peer p) noexcept:
         return (p.nqueued <= self.max_queued_per_connection // 2
                 and p.queued_bytes <= self.max_queued_bytes_per_connection // 2
-                and self.nqueued <= self.max_queued // 2)
+                and self._global_drained())
+
+    cdef bint _global_full(self) noexcept:
+        """Everyone's requests not started are at max_queued or max_queued_bytes."""
+        return self.nqueued >= self.max_queued or self.queued_bytes >= self.max_queued_bytes
+
+    cdef bint _global_drained(self) noexcept:
+        """... and have drained to half of both since."""
+        return (self.nqueued <= self.max_queued // 2
+                and self.queued_bytes <= self.max_queued_bytes // 2)
 
     # -- frames in ----------------------------------------------------------------------
 
@@ -1104,6 +1140,7 @@ cdef class ServerCore:
             p.nqueued = 0
             p.queued_bytes = 0
         self.nqueued = 0
+        self.queued_bytes = 0
         self.nrunnable = 0
         for r in waiting:
             self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",

@@ -535,7 +535,9 @@ cdef class ServerLoop:
                     s.detach()
             except OSError:
                 label = "?"
-            self.core.add_peer(c, label)
+            if not self.core.add_peer(c, label):
+                close(fd)                    # at max_connections: the client sees it closed
+                continue
             self.conns[fd] = c
             self.connections_accepted += 1
             self._ctl(EPOLL_CTL_ADD, fd, EPOLLIN)

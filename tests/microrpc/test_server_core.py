@@ -858,3 +858,27 @@ def test_a_closed_peer_leaves_the_line():
     assert h.core.queued() == 1
     h.core.run(h.clock.t, 100 * MS)
     assert log == ["s"] and h.core.queue_depth() == 0
+
+
+def test_queued_bytes_of_every_peer_are_bounded_together():
+    h = Harness(max_queued_bytes=1000)
+    h.register("echo", lambda x: x)
+    a, b = h.peer("a"), h.peer("b")
+    h.call(a, 1, "echo", b"x" * 600, codec=_core.RAW)
+    assert not h.core.over_limit(b)
+    h.call(b, 1, "echo", b"y" * 600, codec=_core.RAW)
+    assert h.core.queued_bytes >= 1200
+    assert h.core.over_limit(a) and h.core.over_limit(b)   # each under its own bound
+    h.step()
+    assert not h.core.over_limit(a) and not h.core.over_limit(b)
+    assert h.core.queued_bytes == 0
+
+
+def test_connections_past_max_connections_are_refused():
+    h = Harness(max_connections=2)
+    a, b = h.peer("a"), h.peer("b")
+    extra = _dispatch.Peer()
+    assert h.core.add_peer(extra, "extra") is False
+    assert h.core.connections_refused == 1 and h.core.peer_count() == 2
+    h.core.close_peer(a, h.clock.t)
+    assert h.core.add_peer(_dispatch.Peer(), "later") is True
