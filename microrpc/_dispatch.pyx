@@ -39,15 +39,16 @@ drained to half the bound, so the driver looks at it and reads again: TCP backpr
 not an error. The driver bounds the rest: the bytes its parser buffers per peer, and how
 many frames of one peer it feeds per pass.
 
-Requests start first come, first served, with a cap per peer: the core's *line* holds at
-most ``line_share`` (default 8) requests of each peer, and a peer's further requests wait in
-its own queue, joining the line's end one at a time as its requests in the line start. A
-peer within its share (every honest client sending a few calls at a time) is served in
-arrival order with everyone else, which is what keeps the tail short and what the overload
-signal measures; a peer with a thousand queued requests delays another peer's request by
-at most line_share handlers, not a thousand (round-robin, line_share=1, did that too but
-served a burst on one connection behind later requests of the others, which cost the
-overload bench's p99 a quarter; docs/breakwater.md). CANCEL finds a request by call id in O(1).
+Requests start first come, first served while each peer stays within its share, and
+round-robin for a peer over it. The core's *line* holds at most ``line_share`` (default 8)
+requests of a peer; a peer with more keeps the rest in its own queue, and from then until
+that queue has drained it has one request at a time in the line: when it starts, the
+peer's next one joins the line's end. So peers sending a few calls at a time (and a burst
+of up to line_share) are served in arrival order, which keeps the tail short and is what
+the overload signal measures; and a peer with a thousand queued requests delays another
+peer's request by about one handler, not a thousand (plain round-robin did that too but
+also served every burst behind later requests of other peers, which cost the overload
+bench's p99 a quarter; docs/breakwater.md). CANCEL finds a request by call id in O(1).
 Worker threads and deferred replies hand their results back through a thread-safe queue and
 call the ``wake`` callable the driver gave; the driver then calls ``drain_completions``.
 
@@ -107,8 +108,8 @@ DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_MAX_SESSIONS = 1024
 # Requests of one peer in the shared line (the module docstring says why a line with a
 # cap). 8: a client keeping a few calls in flight never meets it, so honest clients are
-# served in arrival order; a flooding connection delays the others' requests by at most
-# 8 handlers.
+# served in arrival order; a flooding connection meets it at once and from then on has one
+# request at a time in the line.
 DEFAULT_LINE_SHARE = 8
 
 # Always accepted: they carry data only. Pickle runs code on decode, so only when asked.
@@ -598,7 +599,7 @@ cdef class ServerCore:
         if p.held:
             p.queue.append(r)
         else:
-            if p.nline < self.line_share:
+            if p.nline < self.line_share and not p.queue:
                 self.line.append(r)
                 p.nline += 1
             else:
@@ -817,20 +818,19 @@ cdef class ServerCore:
         """What admission control sees for a request of ``p``: the wait it will have. Within
         p's share it joins the line's end and waits for the line, the same for every peer:
         queue_delay() without the requests of peers over their share. Past the share it
-        first waits in p's queue for k of p's requests to start (k: its place there), and
-        the line serves one of p's line_share requests in every len(line) / line_share
-        started: about len(line) * (1 + k / line_share) requests ahead of it, capped by every
-        runnable request (issue #10: with the whole queue as the signal, a session flood of
-        1024 requests on one connection got an honest client on another rejected)."""
+        joins p's queue, behind k others, and p gets one request into the line per pass
+        through it: after the pass that starts p's requests now in the line, k + 1 more,
+        so about len(line) * (k + 2) requests go first, capped by every runnable request
+        (issue #10: with the whole queue as the signal, a session flood of 1024 requests on
+        one connection got an honest client on another rejected)."""
         cdef Request head
         cdef int64_t d = 0, ahead
         cdef Py_ssize_t n = len(self.line)
-        cdef Py_ssize_t k = p.nqueued - self.line_share + 1
         if n:
             head = self.line[0]
             d = now - head.arrival_ns
-        if k > 0:
-            n += n * k // self.line_share
+        if p.queue or p.nline >= self.line_share:
+            n *= len(p.queue) + 2
             if n > self.nrunnable:
                 n = self.nrunnable
         ahead = n * self.per_request_ns
@@ -908,9 +908,11 @@ cdef class ServerCore:
             if p.out.end - p.out.start > self.out_limit:
                 self._hold(p, r)             # run once the peer has read its replies
                 continue
-            if p.queue:                      # its next request joins the line's end
+            if p.queue and not p.nline:
+                # Over its share: one request at a time in the line, its next one at the
+                # line's end, until its queue has drained.
                 self.line.append(p.queue.popleft())
-                p.nline += 1
+                p.nline = 1
             self._taken(p, r)
             self._run_one(r, now)
             n += 1
