@@ -59,7 +59,7 @@ def fmt_spread(s: dict | None, digits: int = 1, scale: float = 1.0, missing: str
 
     med = f(s["median"])
     lo, hi = f(s["min"]), f(s["max"])
-    if s.get("n", 1) > 1 and lo != hi:
+    if lo != hi:
         return f"{med} ({lo}..{hi})"
     return med
 
