@@ -577,8 +577,8 @@ def report(out: dict) -> None:
                      f"{fmt_spread(res['empty_function_call_ns'])} ns.")
     for name in res["enabled_ns"]:
         r = ratios.get(f"{name}_vs_nanolog_enabled")
-        t.add_row(name, fmt_spread(res["enabled_ns"][name]),
-                  fmt_spread(r) if r else "1", fmt_spread(res["disabled_ns"][name]),
+        t.add_row(name, fmt_spread(res["enabled_ns"][name], None),
+                  fmt_spread(r, None) if r else "1", fmt_spread(res["disabled_ns"][name], None),
                   f"{res['bytes_per_record'][name]:.1f}")
     console.print(t)
     for name, why in out["skipped"].items():
@@ -589,8 +589,8 @@ def report(out: dict) -> None:
                legend="Lower is better for the loggers; stdlib / nanolog: higher means nanolog "
                       "is further ahead.")
     for name, s in res["two_threads_ns_per_record"].items():
-        t2.add_row(name, fmt_spread(s))
-    t2.add_row("stdlib / nanolog", fmt_spread(ratios["two_threads_stdlib_vs_nanolog"]))
+        t2.add_row(name, fmt_spread(s, None))
+    t2.add_row("stdlib / nanolog", fmt_spread(ratios["two_threads_stdlib_vs_nanolog"], None))
     console.print(t2)
 
     report_decoder(console, res["decoder"])

@@ -11,11 +11,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions
 from rich.table import Table
+from rich.text import Text
 
 SUMMARY_FILE_ENV = "BENCH_SUMMARY_FILE"
 # Piped to a file or a CI log, with no COLUMNS to go by: wide enough that the suites' widest
@@ -35,24 +36,56 @@ def make_console() -> Console:
     return console
 
 
+class _WordTable(Table):
+    """A rich Table that keeps each column at least as wide as the longest word of its
+    header and cells when every column can have that: rich then wraps a cell between words
+    ("Client + / callback") rather than inside one ("callba / ck"). When they cannot all
+    have it, no column keeps a minimum and rich folds inside words: a minimum it cannot
+    meet pushes the table past the terminal's edge, where the terminal cuts it."""
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:
+        for column, cell in zip(self.columns, cells):
+            if isinstance(cell, str):
+                column.min_width = max(column.min_width or 0, _longest_word(cell))
+        super().add_row(*cells, **kwargs)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Any:
+        # One space of padding each side of a cell (the default), plus the borders.
+        needed = sum((c.min_width or 0) + 2 for c in self.columns) + self._extra_width
+        if needed > options.max_width:
+            for column in self.columns:
+                column.min_width = None
+        yield from super().__rich_console__(console, options)
+
+
+def _longest_word(markup: str) -> int:
+    return max((len(word) for word in Text.from_markup(markup).plain.split()), default=0)
+
+
 def table(title: str, columns: Iterable[str], *, legend: str | None = None, left: int = 1,
           plain: bool = False) -> Table:
     """A table whose every column folds a long cell onto more lines instead of cutting it
     with an ellipsis; the first ``left`` columns are labels (left-aligned), the rest figures.
     ``legend`` goes under the table: what is better, against which peer."""
-    t = Table(title=title, caption=legend, caption_justify="left", title_justify="left",
-              box=box.ASCII if plain else box.SIMPLE_HEAD)
+    t = _WordTable(title=title, caption=legend, caption_justify="left", title_justify="left",
+                   box=box.ASCII if plain else box.SIMPLE_HEAD)
     for i, name in enumerate(columns):
-        t.add_column(name, justify="left" if i < left else "right", overflow="fold")
+        t.add_column(name, justify="left" if i < left else "right", overflow="fold",
+                     min_width=_longest_word(name))
     return t
 
 
-def fmt_spread(s: dict | None, digits: int = 1, scale: float = 1.0, missing: str = "-") -> str:
-    """A spread over repetitions ({"min", "median", "max", "n"}) as "median (min..max)", or
-    the median alone when every repetition agreed. Parentheses, not brackets: rich reads
-    "[min..max]" as markup and drops it."""
+def fmt_spread(s: dict | None, digits: int | None = 1, scale: float = 1.0,
+               missing: str = "-") -> str:
+    """A spread over repetitions ({"min", "median", "max"}) as "median (min..max)", or the
+    median alone when every repetition agreed. Parentheses, not brackets: rich reads
+    "[min..max]" as markup and drops it. ``digits=None``: as many decimals as a figure of
+    that size needs to show three significant digits, and none from 100 up."""
     if not s:
         return missing
+    if digits is None:
+        size = abs(s["median"] * scale)
+        digits = 0 if size >= 100 else 1 if size >= 10 else 2
 
     def f(v: float) -> str:
         return f"{v * scale:,.{digits}f}"

@@ -53,6 +53,10 @@ def test_a_spread_keeps_its_brackets_and_a_single_value_stands_alone():
         == "0.066 (0.064..0.070)"
     assert reporting.fmt_spread({"min": 2, "median": 2, "max": 2, "n": 3}, 0) == "2"
     assert reporting.fmt_spread(None) == "-"
+    assert reporting.fmt_spread({"min": 14099.2, "median": 24119.4, "max": 36204.4}, None) \
+        == "24,119 (14,099..36,204)"
+    assert reporting.fmt_spread({"min": 27.4, "median": 41.8, "max": 49.04}, None) \
+        == "41.8 (27.4..49.0)"
     assert reporting.fmt_spread({"min": .1, "median": .2, "max": .3, "n": 2}, 1, 100) \
         == "20.0 (10.0..30.0)"
 
