@@ -477,7 +477,7 @@ class Target:
     text: str
     limit: float
     at_most: bool  # True: value <= limit is met; False: value >= limit is met
-    gate: str  # the placement the issue means
+    gate: str  # the placement the target is judged at
     # (ratios, placement) -> (min/median/max over rounds or None, what was compared)
     value: Callable[[dict, str], tuple[dict | None, str]]
 
@@ -529,7 +529,7 @@ def evaluate_targets(ratios: dict, placement: str) -> list[dict]:
             verdict = "met" if (value <= t.limit if t.at_most else value >= t.limit) else "not met"
         out.append({"id": t.id, "target": t.text, "limit": t.limit, "at_most": t.at_most,
                     "value": value,
-                    "spread": sp, "compared": what, "verdict": verdict, "issue_placement": t.gate})
+                    "spread": sp, "compared": what, "verdict": verdict, "judged_at": t.gate})
     return out
 
 
@@ -566,8 +566,8 @@ def _per_round(rounds: list[dict], key: str, digits: int) -> str:
 
 
 def _where(placement: str, tg: dict) -> str:
-    return placement if tg["issue_placement"] == placement else \
-        f"{placement} (judged at {tg['issue_placement']})"
+    return placement if tg["judged_at"] == placement else \
+        f"{placement} (judged at {tg['judged_at']})"
 
 
 def _targets_table(console: Any, title: str, rows: list[tuple[str, dict]]) -> None:
@@ -596,7 +596,7 @@ def summary(report: dict) -> list[str]:
         op = "<=" if tg["at_most"] else ">="
         why = (f"no value: needs {tg['compared']}" if met is None else
                f"{tg['value']:.3g} ({tg['compared']}), needs {op} {tg['limit']:g}")
-        targets.append(reporting.Target(f"{tg['target']} (at {tg['issue_placement']})", met, why))
+        targets.append(reporting.Target(f"{tg['target']} (at {tg['judged_at']})", met, why))
     not_run = sorted({t.gate for t in TARGETS} - set(report["placements"]))
     notes = []
     if not_run:
@@ -684,7 +684,7 @@ def print_report(report: dict) -> None:
         console.print(f"Noise during '{placement}': other processes {_fmt_spread(n['other_cpu'], 2)} CPUs, "
                       f"host steal {_fmt_spread(n['steal_cpu'], 2)} CPUs (median (min..max) over case runs).")
     # The verdict that counts: each target at the placement it names, when measured.
-    gated = [(tg["issue_placement"], tg) for tg in report["targets"]]
+    gated = [(tg["judged_at"], tg) for tg in report["targets"]]
     if gated:
         _targets_table(console, "Targets, each at the placement it is judged at (the verdict)", gated)
     console.print(f"Noise over the whole run: other processes {report['noise']['other_cpu']:.2f} CPUs on average, "

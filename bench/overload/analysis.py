@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-# Convergence rule of the issue: goodput >= 0.9 of its steady value and p99 <= SLO, for
+# Convergence rule of the targets: goodput >= 0.9 of its steady value and p99 <= SLO, for
 # this many consecutive buckets (each 10 x SLO wide).
 CONVERGE_BUCKETS = 5
 CONVERGE_GOODPUT = 0.9
@@ -27,12 +27,12 @@ def converged_after(series: list[dict], from_s: float, until_s: float, slo_us: f
     time is that of the first bucket starting a run of CONVERGE_BUCKETS buckets with
     goodput >= 0.9 x steady and p99 <= SLO, measured from ``from_s``. None if never.
 
-    One refinement of the issue's rule: a bucket offered less than the steady goodput is
+    One refinement of that rule: a bucket offered less than the steady goodput is
     held to 0.9 of what it was offered instead. After a step *down* to 0.5 mu a bucket holds
     ~85 requests, so Poisson noise alone moves its offered count by +-10 %: under the plain
     rule a quarter of the buckets of a perfectly served light load failed, and "recovery"
     measured that noise (no-control and AQM-only alike) rather than the server. After a
-    step up the offered load is far above the steady goodput and the rule is the issue's.
+    step up the offered load is far above the steady goodput and the rule is as stated.
     """
     window = [r for r in series if from_s <= r["t_s"] and r["t_s"] + bucket_s <= until_s]
     # ``why`` is printed as is in the step table's cell when no time could be given.
