@@ -12,6 +12,10 @@ from microrpc.errors import RpcError
 from microrpc.loadgen.engine import LoadSpec, make_generator, pin
 from microrpc.loadgen.result import AccountingError, LoadResult, Tally
 
+# A run in which more than this fraction of calls ended in an error (not a reject, not a
+# timeout: a refusal, a lost connection, a handler's exception) is marked invalid.
+ERROR_TOLERANCE = 0.001
+
 __all__ = ["run", "fetch_server_stats"]
 
 
@@ -43,19 +47,7 @@ def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
     if sum(t.offered for t in tallies) != merged.offered:
         raise AccountingError("merged offered count differs from the processes' sum")
     measured_s = spec.measured_s
-    reasons = []
-    lag = merged.send_lag
-    if lag.get_total_count():
-        p99 = lag.get_value_at_percentile(99.0)
-        limit = spec.max_lag_fraction * spec.slo * 1e9
-        if p99 > limit:
-            reasons.append(f"generator fell behind its schedule: p99 send lag "
-                           f"{p99 / 1e3:.0f} us > {limit / 1e3:.0f} us "
-                           f"({spec.max_lag_fraction:g} x SLO)")
-    if merged.connections_lost:
-        reasons.append(f"{merged.connections_lost} connection(s) lost")
-    if merged.stray_frames:
-        reasons.append(f"{merged.stray_frames} replies to unknown calls (server bug?)")
+    reasons = invalid_reasons(merged, spec)
     per_process = [{"offered": t.offered, "outcomes": dict(t.counts), "good": t.good,
                     "latency_count": t.latency.get_total_count(),
                     "send_lag_p99_us": (t.send_lag.get_value_at_percentile(99.0) / 1e3
@@ -79,3 +71,27 @@ def fetch_server_stats(address: str, method: str, timeout: float = 5.0) -> dict:
     if not isinstance(stats, dict):
         raise RpcError(f"{method} returned {type(stats).__name__}, not a dict")
     return stats
+
+
+def invalid_reasons(merged: Tally, spec: LoadSpec) -> list[str]:
+    """Why a run does not measure what it claims (empty: it does)."""
+    reasons = []
+    lag = merged.send_lag
+    if lag.get_total_count():
+        p99 = lag.get_value_at_percentile(99.0)
+        limit = spec.max_lag_fraction * spec.slo * 1e9
+        if p99 > limit:
+            reasons.append(f"generator fell behind its schedule: p99 send lag "
+                           f"{p99 / 1e3:.0f} us > {limit / 1e3:.0f} us "
+                           f"({spec.max_lag_fraction:g} x SLO)")
+    if merged.connections_lost:
+        reasons.append(f"{merged.connections_lost} connection(s) lost")
+    if merged.stray_frames:
+        reasons.append(f"{merged.stray_frames} replies to unknown calls (server bug?)")
+    errors = merged.counts["error"]
+    if errors > ERROR_TOLERANCE * max(merged.offered, 1):
+        kinds = ", ".join(f"{name} {n}" for name, n in sorted(merged.error_types.items()))
+        reasons.append(f"{errors / merged.offered:.1%} of calls ended in an error other "
+                       f"than a reject or a timeout ({kinds or 'untyped'}): the run "
+                       f"measures those failures, not the server's service")
+    return reasons

@@ -362,3 +362,19 @@ def test_public_drivers_refuse_what_they_cannot_run():
         LoadSpec(address="tcp://127.0.0.1:1", driver="client", closed=4, clients=4)
     with pytest.raises(ValueError, match="at most 64"):
         LoadSpec(address="tcp://127.0.0.1:1", driver="asyncio", clients=1000)
+
+
+def test_a_run_whose_calls_fail_is_invalid_and_says_why():
+    from microrpc.loadgen.runner import invalid_reasons
+    spec = LoadSpec(address="tcp://127.0.0.1:1", rate=1000, duration=1.0, slo=0.01)
+    t = Tally(slo_ns=10_000_000, bucket_ns=100_000_000, n_buckets=10)
+    t.offered = 10_000
+    t.counts["ok"] = 9_995
+    t.counts["error"] = 5                     # 0.05 %: within the tolerance
+    t.error_types["ProtocolError"] = 5
+    assert invalid_reasons(t, spec) == []
+    t.counts["ok"] = 4_000
+    t.counts["error"] = 6_000                 # a refusal the run did not mean to measure
+    t.error_types["ProtocolError"] = 6_000
+    (why,) = invalid_reasons(t, spec)
+    assert "60.0% of calls ended in an error" in why and "ProtocolError 6000" in why
