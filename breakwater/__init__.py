@@ -54,3 +54,16 @@ __all__ = [
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_WAIT_NS",
 ]
+
+
+def __getattr__(name: str):
+    # The same lookup as microrpc.__version__ (see microrpc/__init__.py for why it is lazy
+    # and where the version is written); each package asks the distribution itself rather
+    # than importing another package for one string.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return version("microrpc-toolkit")
+        except PackageNotFoundError:
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

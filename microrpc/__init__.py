@@ -49,8 +49,23 @@ def __getattr__(name: str):
         from microrpc import loadgen
         globals()["bench"] = loadgen
         return loadgen
+    if name == "__version__":
+        return _distribution_version()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"bench"})
+    return sorted(set(globals()) | {"bench", "__version__"})
+
+
+def _distribution_version() -> str:
+    # The version is written once, in pyproject.toml, and read back from the installed
+    # distribution's metadata (the three packages ship as one distribution, so they share
+    # it; nanolog and breakwater ask the same way). Looked up on first use because
+    # importlib.metadata costs ~40 ms of imports that a program making calls need not pay.
+    # A source tree on sys.path without an install has no metadata: "0+unknown" says so.
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("microrpc-toolkit")
+    except PackageNotFoundError:
+        return "0+unknown"

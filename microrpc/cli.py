@@ -83,6 +83,7 @@ def _service(value: str | None) -> str | None:
 
 
 @click.group()
+@click.version_option(package_name="microrpc-toolkit", prog_name="microrpc")
 def main() -> None:
     """microrpc tools: an open-loop load generator and a synthetic server."""
 

@@ -626,8 +626,47 @@ cdef class Decoder:
                 check_header(self._buf, self.path)
             left = len(self._buf) - self._pos
             if left:
-                self._damage_at(self._pos, self._truncation_message(left))
+                message = self._truncation_message(left)
+                self._damage_at(self._torn_tail(left), message)
         self._close_round()
+
+    cdef Py_ssize_t _torn_tail(self, Py_ssize_t left) except -1:
+        """Take the whole records of a RECORDS chunk cut short at the end of the input and
+        return where the damage starts: the first record not taken, or the chunk itself.
+        (A record's encoding ends itself, so one that parses in the bytes present is the
+        one the writer wrote, although no checksum vouches for it; nanolog.reference does
+        the same.)"""
+        cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(self._buf)
+        cdef Py_ssize_t start = self._pos, pos = self._pos + 5, end, first, stop, block
+        cdef uint32_t length
+        cdef uint64_t number, rnd, ts
+        if left < CHUNK_FRAMING or p[start] != K_RECORDS or not self._in_session:
+            return start
+        memcpy(&length, p + start + 1, 4)   # at most MAX_CHUNK: _parse checked it
+        end = min(pos + <Py_ssize_t>length, PyBytes_GET_SIZE(self._buf))
+        try:
+            _varint(p, &pos, end, &number)
+            _varint(p, &pos, end, &rnd)
+            _varint(p, &pos, end, &ts)
+        except _Malformed:
+            return start
+        ti_obj = self._thread_ids.get(number)
+        if ti_obj is None:
+            return start
+        if self._round is not None and self._round != rnd:
+            self._close_round()
+        self._round = rnd
+        first = self._n
+        self._blocks.append(self._buf)
+        block = self._block_base + len(self._blocks) - 1
+        stop = pos
+        try:
+            self._entries_of(p, pos, end, block, ts, <int>ti_obj, &stop)
+        except _Malformed:
+            pass  # cut in the record at ``stop`` (or bad from there on)
+        if self._n > first:
+            self._add_run(first, self._n)
+        return stop
 
     cdef _truncation_message(self, Py_ssize_t left):
         cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(self._buf) + self._pos
@@ -752,7 +791,7 @@ cdef class Decoder:
     cdef int _records(self, const uint8_t* p, Py_ssize_t pos, Py_ssize_t end,
                       Py_ssize_t block) except -1:
         cdef uint64_t number, rnd, ts
-        cdef Py_ssize_t first = self._n
+        cdef Py_ssize_t first = self._n, mark
         cdef int ti
         _varint(p, &pos, end, &number)
         _varint(p, &pos, end, &rnd)
@@ -766,7 +805,7 @@ cdef class Decoder:
             first = self._n
         self._round = rnd
         try:
-            self._entries_of(p, pos, end, block, ts, ti)
+            self._entries_of(p, pos, end, block, ts, ti, &mark)
         except _Malformed:
             self._n = first  # the chunk is rejected whole
             raise
@@ -775,8 +814,10 @@ cdef class Decoder:
         return 0
 
     cdef int _entries_of(self, const uint8_t* p, Py_ssize_t pos, Py_ssize_t end,
-                         Py_ssize_t block, uint64_t ts, int ti) except -1:
-        """Check every record of a RECORDS payload and add an entry for each it keeps."""
+                         Py_ssize_t block, uint64_t ts, int ti, Py_ssize_t* mark) except -1:
+        """Check every record of a RECORDS payload and add an entry for each it keeps.
+        ``mark`` is left where the record being checked starts (``end`` when all passed),
+        so a caller that catches ``_Malformed`` knows which records were whole."""
         cdef uint64_t fid, delta
         cdef int fi
         cdef int64_t since, wall
@@ -784,6 +825,7 @@ cdef class Decoder:
         cdef Entry* e
         fmts = self._fmts
         while pos < end:
+            mark[0] = pos
             _varint(p, &pos, end, &fid)
             _varint(p, &pos, end, &delta)
             if ts > _MAX_TIME or delta > _MAX_TIME - ts:
@@ -810,6 +852,7 @@ cdef class Decoder:
             e.thread = ti
             e.block = block
             self._n += 1
+        mark[0] = pos
         return 0
 
     cdef int _grow(self) except -1:

@@ -28,6 +28,8 @@ EXIT_NOT_A_LOG = 3    # empty, not a nanolog file, or an unsupported format vers
 EXIT_IO = 4           # the operating system refused (permissions, I/O error)
 EXIT_INTERNAL = 5     # not the file's fault: out of memory, or a bug in nanolog
 
+FORMATS = ("text", "json", "csv")  # what `decode` writes; text is the default
+
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  every input decoded completely
@@ -38,6 +40,8 @@ Exit codes:
   4  an input could not be read (operating-system error)
   5  decoding failed for a reason that is not the input's (out of
      memory, or a bug in nanolog: NANOLOG_DEBUG=1 shows the traceback)
+A reader that stops early (nanolog decode app.nlog | head) ends the
+command quietly with 0: what was not read was not checked either.
 """
 
 
@@ -107,12 +111,28 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort,
-                BrokenPipeError):
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            _reader_left()
         except Exception as e:
             _internal_error(e)
             sys.exit(EXIT_INTERNAL)
+
+
+def _reader_left() -> None:
+    """``nanolog decode app.nlog | head``: the reader took what it wanted and closed the
+    pipe. That is no error of the file's or ours, so exit 0 without a word, as ``head``'s
+    user expects (141, the shell's SIGPIPE status, would fail a ``set -o pipefail``
+    script). Every command ends here, whatever click version is installed (click < 8.2
+    exits 1). stdout is pointed at /dev/null first: Python flushes it at exit, and a
+    flush into the closed pipe would print "Exception ignored ... BrokenPipeError"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    sys.exit(EXIT_OK)
 
 
 def _records(path, dec: Decoder):
@@ -149,8 +169,10 @@ def main():
 
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "-f", "fmt", type=click.Choice(["text", "json", "csv"]),
-              default="text", show_default=True, help="Output format.")
+@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS),
+              help="Output format (default: text).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: the same as -f json.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV: the same as -f csv.")
 @click.option("--level", "-l", help="Lowest level to show (name or number).")
 @click.option("--since", help="Only records at or after this time (epoch seconds or ISO).")
 @click.option("--until", help="Only records at or before this time (epoch seconds or ISO).")
@@ -160,8 +182,9 @@ def main():
               "into time order (faster; each thread stays in order).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
               help="Write here instead of stdout.")
-def decode(files, fmt, level, since, until, pattern, unordered, output):
+def decode(files, fmt, as_json, as_csv, level, since, until, pattern, unordered, output):
     """Decode FILES (in the order given) to text, JSON lines or CSV."""
+    fmt = _output_format(fmt, as_json, as_csv)
     min_level = _level_arg(level)
     t_from, t_to = _time_arg(since), _time_arg(until)
     try:
@@ -209,18 +232,23 @@ def decode(files, fmt, level, since, until, pattern, unordered, output):
                 if dec.damage is not None:
                     failures.report(dec.damage)
             except BrokenPipeError:
-                raise
+                raise  # the reader left: _reader_left(), not a failure of this file
             except Exception as e:  # the file's, the system's, or (exit 5) nanolog's fault
                 failures.report(e, path)
             out.flush()
-    except BrokenPipeError:
-        # `nanolog decode big.nlog | head`: the reader left; not an error of ours.
-        sys.stderr.close()
-        os._exit(EXIT_OK)
     finally:
         if output:
             out.close()
     sys.exit(failures.code)
+
+
+def _output_format(fmt: str | None, as_json: bool, as_csv: bool) -> str:
+    """One output format from ``-f``, ``--json`` and ``--csv``; two different ones are a
+    usage error (not a silent choice of one)."""
+    asked = {f for f, on in ((fmt, fmt is not None), ("json", as_json), ("csv", as_csv)) if on}
+    if len(asked) > 1:
+        raise click.UsageError(f"choose one output format, not {' and '.join(sorted(asked))}")
+    return asked.pop() if asked else "text"
 
 
 def _decode_text(path, dec: Decoder, out) -> None:
@@ -266,7 +294,7 @@ def tail(file, count, follow, interval, level):
                     dec.complete_round()
                 last.extend(dec.take_text().splitlines(keepends=True))
             except BrokenPipeError:
-                raise
+                raise  # the reader left: _reader_left()
             except Exception as e:  # the file's, the system's, or (exit 5) nanolog's fault
                 failures.report(e, file)
                 sys.exit(failures.code)
@@ -277,9 +305,6 @@ def tail(file, count, follow, interval, level):
                     failures.report(dec.damage)
                 sys.exit(failures.code)
             _follow(file, f, dec, out, interval, min_level, failures)
-    except BrokenPipeError:
-        sys.stderr.close()
-        os._exit(EXIT_OK)
     except KeyboardInterrupt:
         sys.exit(failures.code)
 

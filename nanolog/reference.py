@@ -79,10 +79,11 @@ class _Malformed(Exception):
 
 
 class _Cursor:
-    __slots__ = ("buf", "pos", "end")
+    __slots__ = ("buf", "pos", "end", "mark")
 
     def __init__(self, buf, pos, end):
         self.buf, self.pos, self.end = buf, pos, end
+        self.mark = pos  # where the item being parsed started
 
     def varint(self) -> int:
         result = shift = 0
@@ -142,6 +143,64 @@ def _arg(cur: _Cursor):
     raise _Malformed(f"unknown argument tag {tag}")
 
 
+def _records_header(cur: _Cursor, threads: dict):
+    """A RECORDS payload's header -> (round, base timestamp, (native id, thread name))."""
+    number = cur.varint()
+    rnd = cur.varint()
+    ts = cur.varint()
+    if number not in threads:
+        raise _Malformed(f"unknown thread {number}")
+    return rnd, ts, threads[number]
+
+
+def _records(cur: _Cursor, ts: int, formats: dict, thread: tuple, session: tuple,
+             batch: list) -> None:
+    """Append the records of a RECORDS payload to ``batch``, checking each; raise
+    ``_Malformed`` at the first bad one (``cur.mark`` is where it starts)."""
+    native, tname = thread
+    mono0, real0, pid = session
+    while cur.pos < cur.end:
+        cur.mark = cur.pos
+        fid = cur.varint()
+        ts += cur.varint()
+        if ts > MAX_TIME:
+            raise _Malformed("timestamp past 2**63 - 1 ns")
+        if real0 + ts - mono0 > MAX_TIME:
+            raise _Malformed("wall-clock time past 2**63 - 1 ns")
+        if fid not in formats:
+            raise _Malformed(f"unknown format id {fid}")
+        level, flags, nargs, fmt, file, line, accept = formats[fid]
+        args, text_at = [], []
+        for i in range(nargs):
+            tag, value = _arg(cur)
+            if not (accept[i] >> tag) & 1 or (
+                    tag == T_FLOAT and accept[i] & A_FINITE and not math.isfinite(value)):
+                raise _Malformed(misfit(fid, i, tag))
+            args.append(value)
+            if tag == T_TEXT:
+                text_at.append(i)
+        batch.append(Record(real0 + ts - mono0, level, native, tname, pid, fmt,
+                            tuple(args), file, line, flags, frozenset(text_at)))
+    cur.mark = cur.pos
+
+
+def _torn_records(cur: _Cursor, formats: dict, threads: dict, session: tuple):
+    """The whole records at the start of a RECORDS payload cut short (``cur.end`` is where
+    the bytes stop): (round, records, file offset of the first record not taken), or None
+    if even the payload's header is not whole or names an unknown thread."""
+    try:
+        rnd, ts, thread = _records_header(cur, threads)
+    except _Malformed:
+        return None
+    batch: list = []
+    cur.mark = cur.pos
+    try:
+        _records(cur, ts, formats, thread, session, batch)
+    except _Malformed:
+        pass  # cut in this record (or bad from here on): the damage starts at cur.mark
+    return rnd, batch, cur.mark
+
+
 def check_header(data: bytes, path: str | None) -> None:
     """Raise the right error for a file that is not a readable nanolog file."""
     if not data:
@@ -197,10 +256,23 @@ def read_reference(source, *, ordered: bool = True, path: str | None = None) -> 
         body = pos + CHUNK_HEADER.size
         end = body + length
         if end + CHUNK_TRAILER.size > n:
+            # A torn tail. Its whole records are still what the writer wrote (a record's
+            # encoding ends itself, so a record that parses in the bytes present is the one
+            # written), though no checksum vouches for them: keep them, and put the damage
+            # at the first record that is not whole.
+            offset = start
+            if kind == K_RECORDS and session is not None:
+                torn = _torn_records(_Cursor(data, body, min(end, n)), formats, threads,
+                                     session)
+                if torn is not None:
+                    rnd, batch, offset = torn
+                    if rnd != pending_round:
+                        yield from flush_round()
+                    pending.extend(batch)
             yield from flush_round()
             raise DamagedLogError(f"truncated: chunk at offset {start} needs "
                                   f"{end + CHUNK_TRAILER.size - start} bytes, the file has "
-                                  f"{n - start} left", path, start)
+                                  f"{n - start} left", path, offset)
         (crc,) = CHUNK_TRAILER.unpack_from(data, end)
         if zlib.crc32(data[start:end]) != crc:
             yield from flush_round()
@@ -245,36 +317,9 @@ def read_reference(source, *, ordered: bool = True, path: str | None = None) -> 
             elif kind == K_DROPS:
                 cur.varint(), cur.varint(), cur.varint()
             else:  # K_RECORDS
-                number = cur.varint()
-                rnd = cur.varint()
-                ts = cur.varint()
-                if number not in threads:
-                    raise _Malformed(f"unknown thread {number}")
-                native, tname = threads[number]
-                mono0, real0, pid = session
+                rnd, ts, thread = _records_header(cur, threads)
                 batch = []
-                while cur.pos < end:
-                    fid = cur.varint()
-                    ts += cur.varint()
-                    if ts > MAX_TIME:
-                        raise _Malformed("timestamp past 2**63 - 1 ns")
-                    if real0 + ts - mono0 > MAX_TIME:
-                        raise _Malformed("wall-clock time past 2**63 - 1 ns")
-                    if fid not in formats:
-                        raise _Malformed(f"unknown format id {fid}")
-                    level, flags, nargs, fmt, file, line, accept = formats[fid]
-                    args, text_at = [], []
-                    for i in range(nargs):
-                        tag, value = _arg(cur)
-                        if not (accept[i] >> tag) & 1 or (
-                                tag == T_FLOAT and accept[i] & A_FINITE
-                                and not math.isfinite(value)):
-                            raise _Malformed(misfit(fid, i, tag))
-                        args.append(value)
-                        if tag == T_TEXT:
-                            text_at.append(i)
-                    batch.append(Record(real0 + ts - mono0, level, native, tname, pid, fmt,
-                                        tuple(args), file, line, flags, frozenset(text_at)))
+                _records(cur, ts, formats, thread, session, batch)
                 if rnd != pending_round:
                     yield from flush_round()
                     pending_round = rnd

@@ -51,7 +51,8 @@ def check_appendable(fd: int, path: Path) -> int:
 
     A file whose last writer died in the middle of a write ends in a torn chunk. Appending
     after it would hide everything new behind the damage (a decoder stops there), so the
-    torn bytes, which no decoder can use, are cut off first, with a warning.
+    torn chunk is made whole first, with a warning: a torn RECORDS chunk keeps the whole
+    records a decoder reads from it (``_seal_torn_records``), anything else is cut off.
     """
     size = os.fstat(fd).st_size
     if size == 0:
@@ -63,29 +64,92 @@ def check_appendable(fd: int, path: Path) -> int:
     if version != VERSION:
         raise UnsupportedVersion(f"refusing to append to format version {version} "
                                  f"(this writer writes version {VERSION})", str(path), version)
-    end = _whole_chunks_end(fd, size)
+    end, session_at = _whole_chunks_end(fd, size)
     if end < size:
-        warnings.warn(f"{path}: cut a torn tail of {size - end} bytes at offset {end} "
-                      "(a previous writer stopped in the middle of a write)", stacklevel=4)
-        os.ftruncate(fd, end)
-        size = end
+        sealed = _seal_torn_records(fd, path, end, size, session_at)
+        if sealed > end:
+            warnings.warn(f"{path}: kept the whole records of a torn chunk at offset {end} "
+                          f"and cut the {size + CHUNK_TRAILER.size - sealed} bytes after them (a "
+                          "previous writer stopped in the middle of a write)", stacklevel=4)
+        else:
+            warnings.warn(f"{path}: cut a torn tail of {size - end} bytes at offset {end} "
+                          "(a previous writer stopped in the middle of a write)", stacklevel=4)
+            os.ftruncate(fd, end)
+        size = sealed
     return size
 
 
-def _whole_chunks_end(fd: int, size: int) -> int:
-    """Offset just past the last chunk whose framing fits in the file (lengths only:
-    reading every header is cheap, checking every CRC would read the whole file)."""
+def _whole_chunks_end(fd: int, size: int) -> tuple[int, int | None]:
+    """Offset just past the last chunk whose framing fits in the file, and the offset of
+    the last SESSION chunk (lengths only: reading every header is cheap, checking every
+    CRC would read the whole file)."""
     pos = FILE_HEADER.size
+    session_at = None
     with open(fd, "rb", buffering=1 << 20, closefd=False) as f:
         while pos + CHUNK_HEADER.size + CHUNK_TRAILER.size <= size:
             f.seek(pos)
             header = f.read(CHUNK_HEADER.size)
-            _, length = CHUNK_HEADER.unpack(header)
+            kind, length = CHUNK_HEADER.unpack(header)
             end = pos + CHUNK_HEADER.size + length + CHUNK_TRAILER.size
             if length > MAX_CHUNK or end > size:
                 break
+            if kind == K_SESSION:
+                session_at = pos
             pos = end
-    return pos
+    return pos, session_at
+
+
+def _seal_torn_records(fd: int, path: Path, torn_at: int, size: int,
+                       session_at: int | None) -> int:
+    """Make a torn RECORDS chunk at ``torn_at`` whole with the records a decoder keeps
+    from it (``docs/nanolog-format.md``, "A torn RECORDS chunk"), so that appending does
+    not lose what ``nanolog decode`` would show; return the new end of the file, or
+    ``torn_at`` if there is nothing to keep (then the caller cuts the chunk off).
+
+    Which records are whole takes the session's dictionary, so the decoder reads the
+    file from its last SESSION chunk: the cost of a crash, paid once by the next writer.
+    """
+    if session_at is None or os.pread(fd, 1, torn_at) != bytes([K_RECORDS]):
+        return torn_at
+    from nanolog._decode import Decoder  # only after a crash: the writer never decodes
+
+    dec = Decoder(min_level=1 << 16)  # above every level: check records, build none
+    dec.feed(os.pread(fd, FILE_HEADER.size, 0))
+    pos = session_at
+    while pos < size:
+        block = os.pread(fd, min(4 << 20, size - pos), pos)
+        if not block:
+            break
+        dec.feed(block)
+        dec.take_records()  # lets the decoder drop the blocks it has checked
+        pos += len(block)
+    dec.finish()
+    if dec.damage is None:
+        return torn_at
+    stop = dec.damage.offset - FILE_HEADER.size + session_at  # first byte not decoded
+    # The payload starts with three varints (thread, round, base time); records follow.
+    head = os.pread(fd, 30, torn_at + CHUNK_HEADER.size)
+    i = 0
+    for _ in range(3):
+        while i < len(head) and head[i] & 0x80:
+            i += 1
+        i += 1
+    if stop <= torn_at + CHUNK_HEADER.size + i:  # damage before it, or no whole record
+        return torn_at
+    # The trailer goes in before the length is made honest: a crash in between leaves a
+    # torn chunk again (its length still runs past the end), never a corrupt one.
+    payload = os.pread(fd, stop - torn_at - CHUNK_HEADER.size, torn_at + CHUNK_HEADER.size)
+    header = CHUNK_HEADER.pack(K_RECORDS, len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(header))
+    # A descriptor of its own: the writer's is O_APPEND, where pwrite() appends anyway.
+    wfd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(wfd, CHUNK_TRAILER.pack(crc), stop)
+        os.ftruncate(wfd, stop + CHUNK_TRAILER.size)
+        os.pwrite(wfd, header, torn_at)
+    finally:
+        os.close(wfd)
+    return stop + CHUNK_TRAILER.size
 
 
 class Writer:

@@ -173,3 +173,78 @@ def test_tail_follow_prints_new_records(tmp_path):
         proc.kill()
         proc.wait(timeout=10)
         log.close()
+
+
+# --- a reader that leaves early (`nanolog decode app.nlog | head -1`) ----------------------
+
+@pytest.fixture(scope="module")
+def big_log(tmp_path_factory):
+    """Distinct formats, so that every command's output (stats too) is several times a
+    pipe's 64 KiB buffer: the command is still writing when the reader leaves."""
+    path = tmp_path_factory.mktemp("pipe") / "big.nlog"
+    import nanolog
+    with nanolog.Logger(path, mode="w") as log:
+        for i in range(3000):
+            log.info(f"format {i:04d} with argument %d and some padding text", i)
+    return path
+
+
+@pytest.mark.parametrize("args", [
+    ["decode", "-f", "json"], ["decode", "--json"], ["decode"], ["decode", "--csv"],
+    ["decode", "--grep", "format"], ["tail", "-n", "3000"], ["stats"],
+], ids=" ".join)
+def test_closed_pipe_ends_quietly_with_0(big_log, args):
+    proc = subprocess.Popen([sys.executable, "-m", "nanolog.cli", *args, str(big_log)],
+                            cwd=big_log.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = _readline(proc, 30)
+        proc.stdout.close()  # what `head -1` does after its line
+        assert proc.wait(timeout=60) == 0
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert first.strip()
+
+
+def test_tail_follow_ends_quietly_when_its_reader_leaves(tmp_path):
+    path = tmp_path / "live.nlog"
+    import nanolog
+    log = nanolog.Logger(path, flush_interval=0.05)
+    log.info("before %d", 0)
+    log.flush()
+    proc = subprocess.Popen([sys.executable, "-m", "nanolog.cli", "tail", "-f", "--interval",
+                             "0.02", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert b"before 0" in _readline(proc, 30)
+        proc.stdout.close()
+        # tail -f notices only when it next writes: keep logging until it has (bounded).
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            log.info("after %d", 1)
+            log.flush()
+            try:
+                proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        assert proc.returncode == 0
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_json_and_csv_flags_are_the_format_option(logs):
+    for flag, fmt in (("--json", "json"), ("--csv", "csv")):
+        by_flag = nanolog_cli(["decode", flag, "app.nlog"], logs)
+        by_option = nanolog_cli(["decode", "-f", fmt, "app.nlog"], logs)
+        assert by_flag.returncode == 0 and by_flag.stdout.count(b"\n") >= 9
+        assert by_flag.stdout == by_option.stdout
+    both = nanolog_cli(["decode", "--json", "-f", "csv", "app.nlog"], logs)
+    assert both.returncode == 2 and b"choose one output format" in both.stderr
+    same = nanolog_cli(["decode", "--json", "-f", "json", "app.nlog"], logs)
+    assert same.returncode == 0
+    help_text = nanolog_cli(["decode", "--help"], logs).stdout
+    assert b"--json" in help_text and b"--csv" in help_text

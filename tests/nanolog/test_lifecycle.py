@@ -206,3 +206,35 @@ def test_appending_after_a_torn_tail_cuts_it_and_keeps_both_runs(logpath):
     assert logpath.stat().st_size > whole
     msgs = [r.message for r in read(logpath)]   # no damage left: both runs decode
     assert msgs == ["first run 0", "first run 1", "first run 2", "second run 9"]
+
+
+def test_appending_after_a_torn_records_chunk_keeps_its_whole_records(logpath):
+    # What `nanolog decode` recovers from a torn chunk is what the next run keeps.
+    with nanolog.Logger(logpath) as log:
+        for i in range(50):
+            log.info("first run %d", i)
+    data = logpath.read_bytes()
+    cut = len(data) - 7            # the trailer and part of the last record
+    logpath.write_bytes(data[:cut])
+    recovered = list(read(logpath, strict=False))
+    assert 0 < len(recovered) < 50
+    with pytest.warns(UserWarning, match="kept the whole records of a torn chunk"):
+        log = nanolog.Logger(logpath)
+    log.info("second run %d", 9)
+    log.close()
+    msgs = [r.message for r in read(logpath)]     # no damage left
+    assert msgs == [r.message for r in recovered] + ["second run 9"]
+    assert [r.message for r in read_reference(logpath)] == msgs
+
+
+def test_a_torn_chunk_with_no_whole_record_is_cut(logpath):
+    with nanolog.Logger(logpath) as log:
+        log.info("only %d", 1)
+    data = logpath.read_bytes()
+    logpath.write_bytes(data[:-6])  # the record's argument and the trailer are gone
+    assert list(read(logpath, strict=False)) == []
+    with pytest.warns(UserWarning, match="cut a torn tail"):
+        log = nanolog.Logger(logpath)
+    log.info("second run %d", 2)
+    log.close()
+    assert [r.message for r in read(logpath)] == ["second run 2"]
