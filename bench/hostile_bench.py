@@ -39,12 +39,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from hdrh.histogram import HdrHistogram                 # noqa: E402
-from rich.console import Console                        # noqa: E402
-from rich.table import Table                            # noqa: E402
 
 import microrpc                                         # noqa: E402
 from microrpc.loadgen.synthetic import encode_service   # noqa: E402
 from overload import analysis, servers                  # noqa: E402
+from reporting import (Target, emit_summary, fmt_spread, make_console,  # noqa: E402
+                       summary_lines, table)
 
 DEFAULT_JSON = HERE / "results" / "hostile_bench.json"
 ATTACKERS = HERE / "hostile" / "attackers.py"
@@ -141,20 +141,34 @@ def run_attack(kind: str, seconds: float, server_cpu: int | None,
         peak_kib = rss_kib(pid, "VmHWM") if survived else None
     ratio = beside["p99_us"] / alone["p99_us"] if alone["p99_us"] else None
     rss_mib = (peak_kib - idle_kib) / 1024 if peak_kib is not None else None
-    met = (survived and beside["failed"] == 0 and ratio is not None
-           and ratio <= P99_RATIO_MAX and rss_mib is not None and rss_mib <= RSS_MAX_MIB
-           and next_ms is not None and next_ms <= NEXT_CALL_MAX_MS)
-    return {"attack": kind, "policy": POLICY.get(kind, "none"), "alone": alone,
-            "beside": beside, "p99_ratio": ratio, "rss_above_idle_mib": rss_mib,
-            "next_call_ms": next_ms, "server_survived": survived, "met": met}
+    r = {"attack": kind, "policy": POLICY.get(kind, "none"), "alone": alone,
+         "beside": beside, "p99_ratio": ratio, "rss_above_idle_mib": rss_mib,
+         "next_call_ms": next_ms, "server_survived": survived}
+    r["misses"] = misses(r)
+    r["met"] = not r["misses"]
+    return r
 
 
-def fmt(s: dict | None, digits: int = 1) -> str:
-    if s is None:
-        return "-"
-    if s["min"] == s["max"]:
-        return f"{s['median']:.{digits}f}"
-    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}..{s['max']:.{digits}f}]"
+def misses(r: dict) -> list[str]:
+    """The targets one attack run missed, each with its measured value (empty: all met)."""
+    out = []
+    if not r["server_survived"]:
+        out.append("the server died")
+    if r["beside"]["failed"]:
+        out.append(f"{r['beside']['failed']} of {r['beside']['calls']} calls failed")
+    ratio = r["p99_ratio"]
+    if ratio is None or ratio > P99_RATIO_MAX:
+        out.append("p99 beside / alone " + ("not measured" if ratio is None else
+                                            f"{ratio:.2f} > {P99_RATIO_MAX:g}"))
+    rss = r["rss_above_idle_mib"]
+    if rss is None or rss > RSS_MAX_MIB:
+        out.append("RSS above idle " + ("not measured" if rss is None else
+                                        f"{rss:.0f} MiB > {RSS_MAX_MIB:g}"))
+    nxt = r["next_call_ms"]
+    if nxt is None or nxt > NEXT_CALL_MAX_MS:
+        out.append("next answer " + (f"none within {NEXT_CALL_BOUND_S:g} s" if nxt is None
+                                     else f"{nxt:.1f} ms > {NEXT_CALL_MAX_MS:g}"))
+    return out
 
 
 def main() -> int:
@@ -207,29 +221,35 @@ def main() -> int:
             "next_call_ms": spread(kind, lambda r: r["next_call_ms"]),
             "all_survived": all(r["server_survived"] for r in runs[kind]),
             "met": all(r["met"] for r in runs[kind]),
+            "misses": [f"rep {i}: {'; '.join(r['misses'])}" if len(runs[kind]) > 1
+                       else "; ".join(r["misses"])
+                       for i, r in enumerate(runs[kind]) if r["misses"]],
         }
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=170)
-    table = Table(title=f"A well-behaved client beside each attacker (closed loop, 20 us of "
-                        f"work per call; median [min..max] of {reps} rep(s); lower is better "
-                        f"in every column)")
-    for col in ("attacker", "server", "p99 alone us", "p50 beside us", "p99 beside us",
-                "p99 beside / alone (<= 2)", "failed calls (0)", "RSS above idle MiB (<= 256)",
-                "next answer ms (<= 100)", "targets"):
-        table.add_column(col, overflow="fold")
+    console = make_console()
+    t = table(f"A well-behaved client beside each attacker (closed loop, 20 us of work per "
+              f"call; latencies in us; median (min..max) of {reps} rep(s))",
+              ["attacker", "server", "p99 alone", "p50 beside", "p99 beside", "p99 ratio",
+               "failed calls", "RSS MiB", "next ms", "targets"], left=2,
+              legend="Lower is better in every column. Compared against the same client alone "
+                     "on the same server, just before the attacker started. p99 ratio: p99 "
+                     "beside / p99 alone; RSS: the server's peak above its idle RSS; next: "
+                     "until a call answers after the attacker left. Targets: p99 ratio <= "
+                     f"{P99_RATIO_MAX:g}, no failed call, RSS <= {RSS_MAX_MIB:g} MiB, next "
+                     f"<= {NEXT_CALL_MAX_MS:g} ms.")
     for kind, s in summary.items():
-        table.add_row(kind, POLICY.get(kind, "none"), fmt(s["alone_p99_us"], 0),
-                      fmt(s["beside_p50_us"], 0), fmt(s["beside_p99_us"], 0),
-                      fmt(s["p99_ratio"], 2), fmt(s["failed"], 0),
-                      fmt(s["rss_above_idle_mib"], 0), fmt(s["next_call_ms"], 1),
-                      ("met" if s["met"] else "NOT MET")
-                      + ("" if s["all_survived"] else " (server died)"))
-    console.print(table)
-    missed = [k for k, s in summary.items() if not s["met"]]
-    console.print(f"hostile: {len(attacks) - len(missed)} of {len(attacks)} attackers within "
-                  f"every target" + (f"; not met: {', '.join(missed)}" if missed else ""))
+        t.add_row(kind, POLICY.get(kind, "none"), fmt_spread(s["alone_p99_us"], 0),
+                  fmt_spread(s["beside_p50_us"], 0), fmt_spread(s["beside_p99_us"], 0),
+                  fmt_spread(s["p99_ratio"], 2), fmt_spread(s["failed"], 0),
+                  fmt_spread(s["rss_above_idle_mib"], 0), fmt_spread(s["next_call_ms"], 1),
+                  ("met" if s["met"] else "NOT MET")
+                  + ("" if s["all_survived"] else " (server died)"))
+    console.print(t)
+    # Every attack run is valid: nothing here can fall behind a schedule (closed loop).
+    emit_summary(console, summary_lines(
+        "hostile", sum(len(r) for r in runs.values()), [],
+        [Target(f"beside {kind}", s["met"], " | ".join(s["misses"]))
+         for kind, s in summary.items()]))
 
     out = {
         "suite": "hostile_bench", "quick": args.quick, "reps": reps, "seconds": seconds,

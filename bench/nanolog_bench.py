@@ -25,7 +25,7 @@ every case alike), in one process:
 A repetition's figure for a case is the fastest of three loops of calls (per-call mean of
 each loop); "net" = minus the median empty ``for`` loop of the run (as in
 ``shared/notes/nanolog.md``). A call to an empty Python function with the same arguments
-is reported as the floor. Reported: min / median / max over repetitions, and ratios
+is reported as the floor. Reported: median (min..max) over repetitions, and ratios
 taken within each repetition (peer time / nanolog time, both gross), then their median. Placement: the
 process is pinned to one CPU with ``--pin`` (the writer thread then shares it), else the
 scheduler places the main and writer threads on the machine's cores. Results go to
@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import nanolog
+from reporting import Target, emit_summary, fmt_spread, make_console, summary_lines, table
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "nanolog_bench.json"
@@ -58,7 +59,7 @@ BRACE_FMT = "request {} from {} took {:f} us"
 IP = "10.0.0.1"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
-# Targets from the issue (ratios are against peers measured in the same repetition).
+# Targets (ratios are against peers measured in the same repetition).
 TARGETS = {
     "enabled_ns_max": 100.0,
     "x_vs_stdlib_min": 50.0,
@@ -483,28 +484,43 @@ def run(args) -> dict:
         p.unlink()
     tmp.rmdir()
 
-    checks = {}
+    # Each check with what was measured for it, for the targets table and the summary.
+    checks: dict[str, bool] = {}
+    measured: dict[str, str] = {}
+
+    def check(name: str, ok: bool, value: str) -> None:
+        checks[name] = ok
+        measured[name] = value
+
     if "nanolog" in enabled:
-        checks["enabled_median_ns <= 100 (gross)"] = (
-            results["enabled_ns"]["nanolog"]["median"] <= TARGETS["enabled_ns_max"])
-        checks["enabled_median_ns <= 100 (net of loop)"] = (
-            results["enabled_net_ns"]["nanolog"]["median"] <= TARGETS["enabled_ns_max"])
-        if "stdlib_vs_nanolog_enabled" in ratios:
-            checks[">= 50x stdlib"] = (ratios["stdlib_vs_nanolog_enabled"]["median"]
-                                      >= TARGETS["x_vs_stdlib_min"])
-        if "picologging_vs_nanolog_enabled" in ratios:
-            checks[">= 30x picologging"] = (ratios["picologging_vs_nanolog_enabled"]["median"]
-                                           >= TARGETS["x_vs_picologging_min"])
-        checks["disabled_median_ns <= 40 (gross)"] = (
-            results["disabled_ns"]["nanolog"]["median"] <= TARGETS["disabled_ns_max"])
+        med = results["enabled_ns"]["nanolog"]["median"]
+        check("enabled_median_ns <= 100 (gross)", med <= TARGETS["enabled_ns_max"],
+              f"{med:.1f} ns")
+        med = results["enabled_net_ns"]["nanolog"]["median"]
+        check("enabled_median_ns <= 100 (net of loop)", med <= TARGETS["enabled_ns_max"],
+              f"{med:.1f} ns")
+        for peer, key in (("stdlib", "x_vs_stdlib_min"), ("picologging", "x_vs_picologging_min")):
+            if f"{peer}_vs_nanolog_enabled" in ratios:
+                x = ratios[f"{peer}_vs_nanolog_enabled"]["median"]
+                check(f">= {TARGETS[key]:g}x {peer}", x >= TARGETS[key],
+                      f"{x:.1f}x ({peer} time / nanolog time)")
+        med = results["disabled_ns"]["nanolog"]["median"]
+        check("disabled_median_ns <= 40 (gross)", med <= TARGETS["disabled_ns_max"],
+              f"{med:.1f} ns")
         if "bytes_nanolog_over_stdlib" in ratios:
-            checks["bytes <= 0.35x stdlib"] = (ratios["bytes_nanolog_over_stdlib"]
-                                              <= TARGETS["bytes_ratio_max"])
+            x = ratios["bytes_nanolog_over_stdlib"]
+            check("bytes <= 0.35x stdlib", x <= TARGETS["bytes_ratio_max"],
+                  f"{x:.3f}x (nanolog bytes / stdlib text bytes)")
     d = results["decoder"]
-    checks["decoder text >= 2M rec/s"] = d["text"]["median"] >= TARGETS["text_rec_per_s_min"]
-    checks["decoder records >= 10M rec/s"] = (d["records"]["median"]
-                                             >= TARGETS["records_rec_per_s_min"])
-    checks["nothing lost"] = bool(results["nothing_lost"].get("ok"))
+    check("decoder text >= 2M rec/s", d["text"]["median"] >= TARGETS["text_rec_per_s_min"],
+          f"{d['text']['median'] / 1e6:.2f} M rec/s")
+    check("decoder records >= 10M rec/s",
+          d["records"]["median"] >= TARGETS["records_rec_per_s_min"],
+          f"{d['records']['median'] / 1e6:.2f} M rec/s")
+    nl = results["nothing_lost"]
+    check("nothing lost", bool(nl.get("ok")),
+          f"{nl.get('records', 0):,} of {nl.get('expected', 0):,} records" if "records" in nl
+          else "the child failed")
 
     return {
         "suite": "nanolog_bench",
@@ -519,23 +535,19 @@ def run(args) -> dict:
         "results": results,
         "ratios": ratios,
         "checks": checks,
+        "measured": measured,
     }
 
 
-def _fmt3(s, scale=1.0, digits=0):
-    return " / ".join(f"{v / scale:,.{digits}f}" for v in (s["min"], s["median"], s["max"]))
-
-
 def report_decoder(console, d: dict) -> None:
-    from rich.table import Table
     for title, rates in (("the benchmark message", d), ("mixed formats", d.get("mixed"))):
         if rates is None:
             continue
-        t3 = Table(title=f"decoder: records/s over a {rates['records_in_file']:,}-record file "
-                         f"of {title} (min / median / max)")
-        t3.add_column("path")
-        t3.add_column("M records/s", justify="right")
-        t3.add_column("x reference", justify="right")
+        t3 = table(f"decoder: records/s over a {rates['records_in_file']:,}-record file "
+                   f"of {title}, median (min..max)",
+                   ["path", "M records/s", "x reference decoder"],
+                   legend="Higher is better in both columns. x reference decoder: median "
+                          "over the pure-Python reference decoder's, same file, same run.")
         ref = rates["reference"]["median"]
         for key, label in (("records", "nanolog.read (records, no formatting)"),
                            ("text", "nanolog.write_text (sorted text)"),
@@ -544,44 +556,41 @@ def report_decoder(console, d: dict) -> None:
                             "baseline: iterate lines of the stdlib text log")):
             if key == "text_lines_baseline" and rates is not d:
                 continue  # the stdlib text log holds the benchmark message only
-            t3.add_row(label, _fmt3(rates[key], scale=1e6, digits=2),
+            t3.add_row(label, fmt_spread(rates[key], 2, scale=1e-6),
                        f"{rates[key]['median'] / ref:.1f}")
         console.print(t3)
 
 
 def report(out: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    # Piped output stays plain (no colour) but wide enough for the min/median/max columns.
-    console = Console(width=None if sys.stdout.isatty() else 150)
+    console = make_console()
     res, ratios = out["results"], out["ratios"]
 
-    fmt3 = _fmt3
-    t = Table(title=f"nanolog_bench: ns per call (min / median / max over {out['reps']} reps)",
-              caption=f"placement: {out['placement']}; net = minus empty loop "
-                      f"({res['empty_loop_ns']['median']:.1f} ns); floor: empty Python "
-                      f"function call {fmt3(res['empty_function_call_ns'], digits=1)} ns")
-    for col in ("logger", "enabled", "enabled net", "x slower than nanolog",
-                "disabled", "disabled net", "bytes/record"):
-        t.add_column(col, justify="left" if col == "logger" else "right")
+    loop = res["empty_loop_ns"]["median"]
+    # Net figures (minus the empty loop) are in the JSON: each is the gross one minus the
+    # same constant, given in the legend, so columns of them would only widen the table.
+    t = table(f"nanolog_bench: ns per call, median (min..max) over {out['reps']} reps",
+              ["logger", "enabled ns", "x slower than nanolog", "disabled ns", "bytes/record"],
+              legend="Lower is better: ns and bytes/record. x slower than nanolog: the logger's "
+                     "enabled time over nanolog's, per repetition (higher: nanolog is further "
+                     f"ahead). Placement: {out['placement']}. Net of the loop: subtract the "
+                     f"empty loop, {loop:.1f} ns. Floor: an empty Python function call, "
+                     f"{fmt_spread(res['empty_function_call_ns'])} ns.")
     for name in res["enabled_ns"]:
         r = ratios.get(f"{name}_vs_nanolog_enabled")
-        t.add_row(name, fmt3(res["enabled_ns"][name], digits=1),
-                  fmt3(res["enabled_net_ns"][name], digits=1),
-                  fmt3(r, digits=1) if r else "1",
-                  fmt3(res["disabled_ns"][name], digits=1),
-                  fmt3(res["disabled_net_ns"][name], digits=1),
+        t.add_row(name, fmt_spread(res["enabled_ns"][name], None),
+                  fmt_spread(r, None) if r else "1", fmt_spread(res["disabled_ns"][name], None),
                   f"{res['bytes_per_record'][name]:.1f}")
     console.print(t)
     for name, why in out["skipped"].items():
         console.print(f"skipped {name}: {why}")
 
-    t2 = Table(title="two threads logging at once: ns per record (wall clock)")
-    t2.add_column("logger")
-    t2.add_column("min / median / max", justify="right")
+    t2 = table("two threads logging at once: ns per record (wall clock)",
+               ["logger", "median (min..max)"],
+               legend="Lower is better for the loggers; stdlib / nanolog: higher means nanolog "
+                      "is further ahead.")
     for name, s in res["two_threads_ns_per_record"].items():
-        t2.add_row(name, fmt3(s, digits=1))
-    t2.add_row("stdlib / nanolog", fmt3(ratios["two_threads_stdlib_vs_nanolog"], digits=1))
+        t2.add_row(name, fmt_spread(s, None))
+    t2.add_row("stdlib / nanolog", fmt_spread(ratios["two_threads_stdlib_vs_nanolog"], None))
     console.print(t2)
 
     report_decoder(console, res["decoder"])
@@ -592,16 +601,17 @@ def report(out: dict) -> None:
                   f"{'kept' if nl.get('in_per_thread_order') else 'BROKEN'}: "
                   f"{'ok' if nl.get('ok') else 'FAILED'}"
                   + (f" (write {nl['write_s']:.1f} s, decode+check {nl['decode_s']:.1f} s)"
-                     if nl.get("ok") else f" {nl.get('error', '')}"))
+                     if nl.get("ok") else f" {nl.get('error', '')}"), markup=False)
     if "bytes_nanolog_over_stdlib" in ratios:
-        console.print(f"bytes per record, nanolog / stdlib text: "
+        console.print(f"bytes per record, nanolog / stdlib text (lower is better): "
                       f"{ratios['bytes_nanolog_over_stdlib']:.3f}")
-    t4 = Table(title="targets")
-    t4.add_column("target")
-    t4.add_column("met", justify="center")
+    t4 = table("targets", ["target", "measured", "met"])
     for name, ok in out["checks"].items():
-        t4.add_row(name, "yes" if ok else "NO")
+        t4.add_row(name, out["measured"][name], "yes" if ok else "NO")
     console.print(t4)
+    emit_summary(console, summary_lines(
+        "nanolog", out["reps"], [],
+        [Target(name, ok, out["measured"][name]) for name, ok in out["checks"].items()]))
 
 
 # Checks whose failure fails the suite (exit 1). The speed targets depend on the machine
@@ -634,9 +644,7 @@ def main(argv=None) -> int:
             args.json = DEFAULT_DECODE_JSON
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
-        from rich.console import Console
-        report_decoder(Console(width=None if sys.stdout.isatty() else 150),
-                       out["results"]["decoder"])
+        report_decoder(make_console(), out["results"]["decoder"])
         print(f"results written to {args.json}")
         return 0
     out = run(args)

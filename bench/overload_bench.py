@@ -44,13 +44,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from rich import box                                    # noqa: E402
-from rich.console import Console                        # noqa: E402
-from rich.table import Table                            # noqa: E402
-
 from microrpc import loadgen                            # noqa: E402
 from overload import analysis, servers                  # noqa: E402
 from overload.plot import plot                          # noqa: E402
+from reporting import (Target, emit_summary, fmt_spread, make_console,  # noqa: E402
+                       summary_lines, table)
 
 DEFAULT_JSON = HERE / "results" / "overload_bench.json"
 SERVICE_US = 100.0
@@ -64,8 +62,9 @@ POLICY_ORDER = ["breakwater", "none", "aqm", "limit"]
 # The rows driven through the public clients: a few client objects in one process.
 PUBLIC_CLIENTS = 4
 PUBLIC_LOADS = [2.0, 4.0]
-DRIVER_TEXT = {"client": "Client.call_async + done-callback", "asyncio": "AsyncClient (asyncio)",
-               "uvloop": "AsyncClient (uvloop)"}
+# Short: the first column of a table that must fit 80 columns (the legend says the rest).
+DRIVER_TEXT = {"client": "Client + callback", "asyncio": "AsyncClient asyncio",
+               "uvloop": "AsyncClient uvloop"}
 
 
 class Ctx:
@@ -202,22 +201,45 @@ def run_step(ctx: Ctx, policy: str) -> dict:
 
 
 def fmt(s: dict | None, digits: int = 2, pct: bool = False) -> str:
-    if s is None:
-        return "-"
-    k = 100 if pct else 1
-    med = f"{k * s['median']:.{digits}f}"
-    if s["n"] > 1 and s["min"] != s["max"]:
-        return f"{med} [{k * s['min']:.{digits}f}..{k * s['max']:.{digits}f}]"
-    return med
+    return fmt_spread(s, digits, scale=100 if pct else 1)
 
 
-def make_table(title: str, columns: list[str], rows: list[list[str]], plain: bool) -> Table:
-    table = Table(title=title, box=box.ASCII if plain else box.SIMPLE_HEAD)
-    for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i < 2 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
+def fmt_settle(runs: list[dict], key: str) -> str:
+    """A step's convergence (``key`` "converge") or recovery time over repetitions, in SLO
+    units: the spread of the repetitions that settled, and why when some or all did not."""
+    values = [r[key]["slo_units"] for r in runs]
+    settled = analysis.spread(values)
+    whys = sorted({r[key]["why"] for r in runs if r[key]["slo_units"] is None})
+    if settled is None:
+        return "; ".join(whys) or "-"
+    text = fmt(settled, 0)
+    if whys:
+        text += f" ({len(runs) - settled['n']} of {len(runs)} {'; '.join(whys)})"
+    return text
+
+
+def settle_why(runs: list[dict], key: str) -> str | None:
+    """Why a step target has no median: the reasons of the repetitions that did not settle."""
+    whys = sorted({r[key]["why"] for r in runs if r[key]["slo_units"] is None})
+    return "; ".join(whys) or None
+
+
+def placement_warning(cpus: set[int], server_cpu: int | None, gen_cpu: int | None) -> str | None:
+    """Why the load generator cannot have a core of its own, or None when it can. On a
+    shared core the generator falls behind its schedule and the server loses time to it:
+    the numbers measure the machine as much as the overload control."""
+    if len(cpus) < 2:
+        return (f"only {len(cpus)} usable CPU ({sorted(cpus)}): the load generator and the "
+                "server share it")
+    if server_cpu is not None and server_cpu == gen_cpu:
+        return f"the server and the load generator are both pinned to CPU {server_cpu}"
+    return None
+
+
+def invalid_runs(named_runs: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+    """(run name, reason) for each run the generator could not drive on schedule."""
+    return [(name, "; ".join(s["invalid_reasons"]) or "marked invalid")
+            for name, s in named_runs if not s["valid"]]
 
 
 def main() -> int:
@@ -253,10 +275,15 @@ def main() -> int:
     unknown = set(ctx.drivers) - set(DRIVER_TEXT)
     if unknown:
         ap.error(f"unknown drivers {sorted(unknown)}; choose from {list(DRIVER_TEXT)}")
-    console = Console()
+    console = make_console()
     plain = not console.is_terminal
-    if plain:
-        console = Console(width=170)    # piped: wide enough that no cell is truncated
+    warning = placement_warning(cpus, ctx.server_cpu, ctx.gen_cpu)
+    if warning:
+        # Up front, on the report's own stream: every table below is read in its light.
+        console.print(f"WARNING: the load generator has no core of its own: {warning}. "
+                      "Runs will likely be INVALID (the generator falls behind) and the "
+                      "numbers are the machine's as much as the overload control's.",
+                      markup=False, highlight=False)
     t_start = time.monotonic()
 
     log("measuring the unloaded round trip and capacity mu ...")
@@ -323,6 +350,8 @@ def main() -> int:
                   for l, runs in table.items()} for p, table in raw.items()}
     step_summary = {p: {"converge_slo": analysis.spread([s["converge"]["slo_units"] for s in runs]),
                         "recover_slo": analysis.spread([s["recover"]["slo_units"] for s in runs]),
+                        "converge_why": settle_why(runs, "converge"),
+                        "recover_why": settle_why(runs, "recover"),
                         "goodput_mu": analysis.spread([s["goodput_mu"] for s in runs]),
                         "p99_slo": analysis.spread([s["p99_slo"] for s in runs])}
                     for p, runs in steps.items()}
@@ -338,53 +367,92 @@ def main() -> int:
                   for l, runs in table.items() if runs} for d, table in public_raw.items()}
     targets = analysis.evaluate(points, step_summary.get("breakwater"), many_summary, ctx.loads,
                                 public)
-    invalid = sum(1 for tables in (raw, public_raw) for table in tables.values()
-                  for runs in table.values() for s in runs if not s["valid"])
+    named_runs = ([(f"{p} {l:g}x rep {i}", s) for p, t in raw.items() for l, runs in t.items()
+                   for i, s in enumerate(runs)]
+                  + [(f"{DRIVER_TEXT[d]} {l:g}x rep {i}", s) for d, t in public_raw.items()
+                     for l, runs in t.items() for i, s in enumerate(runs)]
+                  + [(f"step {p} rep {i}", s) for p, runs in steps.items()
+                     for i, s in enumerate(runs)]
+                  + [(f"10,000 clients 2x rep {i}", s) for i, s in enumerate(many)])
+    invalid = invalid_runs(named_runs)
 
     # ---- tables
-    rows = []
+    peers = {"breakwater": "Breakwater", "none": "no control", "aqm": "AQM only",
+             "limit": f"a static limit of {args.limit} in flight"}
+    against = ", ".join(peers[p] for p in policies)
+    sweep = table(
+        f"overload sweep: mu {ctx.mu:.0f}/s, SLO {ctx.slo_s * 1e6:.0f} us, {CLIENTS} clients, "
+        f"median (min..max) of {ctx.reps} rep(s)",
+        ["policy", "load", "goodput / mu", "p99 / SLO", "reject p99 / SLO", "rejects %",
+         "timeouts %"], left=2, plain=plain,
+        legend=f"Each policy on the same server, in the same run: {against}. Higher is "
+               "better: goodput/mu. Lower is better: p99/SLO, reject p99/SLO, timeouts %. "
+               "rejects %: the load shed (expected above 1x mu; lower is better below it).")
+    diag = table(
+        "overload sweep, costs and the generator's health (same runs)",
+        ["policy", "load", "credit msg/req", "gen lag p99 us", "gen CPU share",
+         "server CPU share"], left=2, plain=plain,
+        legend=f"Lower is better: credit msg/req (standalone credit messages per completed "
+               f"request). gen lag: how late the generator sent (a run is INVALID when its p99 "
+               f"is above 0.1 x SLO, {ctx.slo_s * 1e5:.0f} us); CPU shares are for reading the "
+               "others, not better or worse.")
     for p in policies:
         for l in ctx.loads:
             pt = points[p][l]
-            rows.append([p, f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
-                         fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
-                         fmt(pt["timeout_frac"], 3, True), fmt(pt["credit_per_req"], 3),
+            sweep.add_row(p, f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
+                          fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
+                          fmt(pt["timeout_frac"], 3, True))
+            diag.add_row(p, f"{l:g}x", fmt(pt["credit_per_req"], 3),
                          fmt(pt["send_lag_p99_us"], 0), fmt(pt["gen_cpu_share"], 2),
-                         fmt(pt["server_cpu_share"], 3)])
-    console.print(make_table(
-        f"overload sweep: mu {ctx.mu:.0f}/s, SLO {ctx.slo_s * 1e6:.0f} us, {CLIENTS} clients, "
-        f"median [min..max] of {ctx.reps} rep(s)",
-        ["policy", "load", "goodput/mu", "p99/SLO", "reject p99/SLO", "rejects %",
-         "timeouts %", "credit msg/req", "gen lag p99 us", "gen CPU share",
-         "server CPU share"], rows, plain))
+                         fmt(pt["server_cpu_share"], 3))
+    console.print(sweep)
+    console.print(diag)
     if any(public.values()):
-        console.print(make_table(
+        t = table(
             f"Breakwater through the public clients ({PUBLIC_CLIENTS} clients, a connection "
             f"each, in one process; {pctx.service}: mu {pctx.mu:.0f}/s, SLO "
-            f"{pctx.slo_s * 1e6:.0f} us), median [min..max] of {ctx.reps} rep(s)",
-            ["client", "load", "goodput/mu", "p99/SLO", "reject p99/SLO", "rejects %",
-             "timeouts %", "gen lag p99/SLO", "gen CPU share"],
-            [[DRIVER_TEXT[d], f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
-              fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
-              fmt(pt["timeout_frac"], 3, True), fmt(pt["send_lag_slo"], 3),
-              fmt(pt["gen_cpu_share"], 2)]
-             for d, table in public.items() for l, pt in table.items()], plain))
+            f"{pctx.slo_s * 1e6:.0f} us), median (min..max) of {ctx.reps} rep(s)",
+            ["client", "load", "goodput / mu", "p99 / SLO", "reject p99 / SLO", "rejects %",
+             "timeouts %", "gen lag p99 / SLO", "gen CPU share"], left=2, plain=plain,
+            legend="The same Breakwater server as the sweep, driven by an application's "
+                   "clients instead of the load generator's engine (Client + callback: "
+                   "Client.call_async with a done-callback). Higher is better: "
+                   "goodput/mu. Lower is better: p99/SLO, reject p99/SLO, timeouts %, gen lag "
+                   "p99/SLO (above 0.2 the row measures the client, not Breakwater).")
+        for d, tbl in public.items():
+            for l, pt in tbl.items():
+                t.add_row(DRIVER_TEXT[d], f"{l:g}x", fmt(pt["goodput_mu"]), fmt(pt["p99_slo"]),
+                          fmt(pt["reject_p99_slo"]), fmt(pt["reject_frac"], 2, True),
+                          fmt(pt["timeout_frac"], 3, True), fmt(pt["send_lag_slo"], 3),
+                          fmt(pt["gen_cpu_share"], 2))
+        console.print(t)
     if steps:
-        console.print(make_table(
-            "step 0.5 -> 2 -> 0.5 x mu (buckets of 10 x SLO)",
-            ["policy", "", "converge (SLO units)", "recover (SLO units)", "goodput/mu",
-             "p99/SLO"],
-            [[p, "", fmt(s["converge_slo"], 0), fmt(s["recover_slo"], 0),
-              fmt(s["goodput_mu"]), fmt(s["p99_slo"])] for p, s in step_summary.items()],
-            plain))
-    console.print(make_table(
-        "targets: Breakwater (engine and public clients) against the bars they must meet", ["target", "", "value", "limit", "met"],
-        [[t["target"], t["detail"], "-" if t["value"] is None else f"{t['value']:.3f}",
-          f"{t['op']} {t['limit']:g}", "met" if t["met"] else "NOT MET"] for t in targets],
-        plain))
-    if invalid:
-        console.print(f"{invalid} run(s) INVALID: the generator fell behind its schedule "
-                      "(see the JSON); their numbers are less trustworthy.")
+        t = table(
+            f"step 0.5 -> 2 -> 0.5 x mu ({ctx.step_segment:g} s each, buckets of 10 x SLO), "
+            f"median (min..max) of {ctx.reps} rep(s)",
+            ["policy", "converge (SLO units)", "recover (SLO units)", "goodput / mu",
+             "p99 / SLO"],
+            plain=plain,
+            legend=f"converge: from the step up to the first of {analysis.CONVERGE_BUCKETS} "
+                   f"buckets in a row with goodput >= {analysis.CONVERGE_GOODPUT:g} x steady and "
+                   "p99 <= SLO; recover: the same after the step down. Lower is better: "
+                   "converge, recover, p99/SLO. Higher is better: goodput/mu.")
+        for p, sm in step_summary.items():
+            t.add_row(p, fmt_settle(steps[p], "converge"), fmt_settle(steps[p], "recover"),
+                      fmt(sm["goodput_mu"]), fmt(sm["p99_slo"]))
+        console.print(t)
+    t = table("targets: Breakwater (engine and public clients) against the bars it must meet",
+              ["target", "measured as", "value", "bar", "verdict"], left=2, plain=plain,
+              legend="Rows that name no control or AQM only compare Breakwater with that "
+                     "policy in the same run.")
+    for tg in targets:
+        t.add_row(tg["target"], tg["detail"], "-" if tg["value"] is None else f"{tg['value']:.3f}",
+                  f"{tg['op']} {tg['limit']:g}", "met" if tg["met"] else "NOT MET")
+    console.print(t)
+    emit_summary(console, summary_lines(
+        "overload", len(named_runs), invalid,
+        [Target(tg["target"], tg["met"], tg["why"]) for tg in targets],
+        note="the generator had no core of its own" if warning else ""))
 
     out = {
         "suite": "overload_bench", "quick": ctx.quick, "reps": ctx.reps,
@@ -405,7 +473,8 @@ def main() -> int:
                            "slo_us": pctx.slo_s * 1e6, "points": {
             d: {str(l): v for l, v in t.items()} for d, t in public.items()},
             "runs": {d: {str(l): v for l, v in t.items()} for d, t in public_raw.items()}},
-        "targets": targets, "invalid_runs": invalid,
+        "targets": targets, "invalid_runs": [name for name, _ in invalid],
+        "placement_warning": warning,
         "elapsed_s": time.monotonic() - t_start,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,9 @@ from typing import Any, Callable
 
 from hdrh.histogram import HdrHistogram
 
+import reporting
+from reporting import emit_summary, fmt_spread, make_console, summary_lines, table
+
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "rpc"
 C_SOURCES = HERE / "c"
@@ -474,7 +477,7 @@ class Target:
     text: str
     limit: float
     at_most: bool  # True: value <= limit is met; False: value >= limit is met
-    gate: str  # the placement the issue means
+    gate: str  # the placement the target is judged at
     # (ratios, placement) -> (min/median/max over rounds or None, what was compared)
     value: Callable[[dict, str], tuple[dict | None, str]]
 
@@ -524,8 +527,9 @@ def evaluate_targets(ratios: dict, placement: str) -> list[dict]:
             verdict = "n/a"
         else:
             verdict = "met" if (value <= t.limit if t.at_most else value >= t.limit) else "not met"
-        out.append({"id": t.id, "target": t.text, "limit": t.limit, "value": value,
-                    "spread": sp, "compared": what, "verdict": verdict, "issue_placement": t.gate})
+        out.append({"id": t.id, "target": t.text, "limit": t.limit, "at_most": t.at_most,
+                    "value": value,
+                    "spread": sp, "compared": what, "verdict": verdict, "judged_at": t.gate})
     return out
 
 
@@ -553,11 +557,7 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 
 def _fmt_spread(s: dict | None, digits: int = 1) -> str:
-    if not s:
-        return "-"
-    if s["n"] == 1:
-        return _fmt(s["median"], digits)
-    return f"{_fmt(s['median'], digits)} ({_fmt(s['min'], digits)}..{_fmt(s['max'], digits)})"
+    return fmt_spread(s, digits)
 
 
 def _per_round(rounds: list[dict], key: str, digits: int) -> str:
@@ -565,27 +565,50 @@ def _per_round(rounds: list[dict], key: str, digits: int) -> str:
     return ", ".join(_fmt(r[key], digits) if r.get("status") == "ok" else "x" for r in rounds)
 
 
-def _targets_table(console: Any, title: str, rows: list[tuple[str, dict]]) -> None:
-    from rich.table import Table
+def _where(placement: str, tg: dict) -> str:
+    return placement if tg["judged_at"] == placement else \
+        f"{placement} (judged at {tg['judged_at']})"
 
-    t = Table(title=title, title_justify="left")
-    for col in ("target", "placement", "measured, median (min..max)", "verdict", "compared"):
-        t.add_column(col)
+
+def _targets_table(console: Any, title: str, rows: list[tuple[str, dict]]) -> None:
+    t = table(title, ("target", "placement", "compared", "measured, median (min..max)",
+                      "verdict"), left=3,
+              legend="Each target states its bar (<= or >=); 'compared' names the two cases "
+                     "whose ratio (or difference) was taken, in the same round and placement.")
     for placement, tg in rows:
         style = {"met": "green", "not met": "red"}.get(tg["verdict"], "dim")
-        where = placement if tg["issue_placement"] == placement else f"{placement} (issue: {tg['issue_placement']})"
-        t.add_row(tg["target"], where, _fmt_spread(tg["spread"], 2), f"[{style}]{tg['verdict']}[/{style}]",
-                  tg["compared"])
+        t.add_row(tg["target"], _where(placement, tg), tg["compared"],
+                  _fmt_spread(tg["spread"], 2), f"[{style}]{tg['verdict']}[/{style}]")
     console.print(t)
 
 
-def print_report(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def summary(report: dict) -> list[str]:
+    """The suite's summary: case runs that completed, and the targets judged at the
+    placement each names (the others are listed as not run)."""
+    runs = [r for pl in report["placements"].values() for c in pl["cases"].values()
+            for r in c.get("rounds", []) if r.get("status") in ("ok", "failed")]
+    failed = [(f"{f['case']} '{f['placement']}' round {f['round'] + 1}",
+               "failed: " + (f["error"].splitlines() or [""])[0][:160] + " (full error above)")
+              for f in report["failures"]]
+    targets = []
+    for tg in report["targets"]:
+        met = None if tg["verdict"] == "n/a" else tg["verdict"] == "met"
+        op = "<=" if tg["at_most"] else ">="
+        why = (f"no value: needs {tg['compared']}" if met is None else
+               f"{tg['value']:.3g} ({tg['compared']}), needs {op} {tg['limit']:g}")
+        targets.append(reporting.Target(f"{tg['target']} (at {tg['judged_at']})", met, why))
+    not_run = sorted({t.gate for t in TARGETS} - set(report["placements"]))
+    notes = []
+    if not_run:
+        n = sum(1 for t in TARGETS if t.gate in not_run)
+        notes.append(f"{n} target(s) judged at placements not run ({', '.join(not_run)})")
+    if report["noise"]["noisy"]:
+        notes.append("NOISY machine: repeat for numbers to quote")
+    return summary_lines("rpc", len(runs), failed, targets, note="; ".join(notes))
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=170)  # piped: no colour, but do not squeeze the tables
+
+def print_report(report: dict) -> None:
+    console = make_console()
     meta = report["meta"]
     console.print(f"[bold]rpc_bench[/bold]: {meta['calls']:,} timed calls per case after {meta['warmup']:,} warm-up, "
                   f"{meta['rounds']} interleaved round(s); throughput {INFLIGHT} in flight over {meta['tput_seconds']} s. "
@@ -593,10 +616,13 @@ def print_report(report: dict) -> None:
     for placement in meta["placements"]:
         pl = report["placements"][placement]
         skipped: list[tuple[str, str]] = []
-        title = f"Closed-loop latency, placement '{placement}' ({PLACEMENT_TEXT[placement]}), median (min..max) over rounds"
-        t = Table(title=title, title_justify="left")
-        for col in ("case", "p50 us", "p99 us", "p99.9 us", "p99/p50", "p50 vs REQ/REP", "p50 per round"):
-            t.add_column(col, justify="left" if col == "case" else "right")
+        t = table(f"Closed-loop latency, placement '{placement}' ({PLACEMENT_TEXT[placement]}), "
+                  "median (min..max) over rounds",
+                  ("case", "p50 us", "p99 us", "p99.9 us", "p99 / p50", "p50 / REQ/REP p50",
+                   "p50 per round"),
+                  legend="Lower is better in every column. p50 / REQ/REP p50: against pyzmq "
+                         "REQ/REP tcp (the reference row, 1.00) measured in the same round "
+                         "and placement.")
         for case in CASES:
             if case.kind != "latency" or case.name not in pl["cases"]:
                 continue
@@ -616,9 +642,11 @@ def print_report(report: dict) -> None:
         if t.row_count:
             console.print(t)
 
-        t = Table(title=f"Pipelined throughput, {INFLIGHT} in flight, placement '{placement}'", title_justify="left")
-        for col in ("case", "req/s", "vs pyzmq DEALER->ROUTER", "req/s per round"):
-            t.add_column(col, justify="left" if col == "case" else "right")
+        t = table(f"Pipelined throughput, {INFLIGHT} in flight, placement '{placement}'",
+                  ("case", "req/s", "x DEALER->ROUTER", "req/s per round"),
+                  legend="Higher is better in every column. x DEALER->ROUTER: req/s over "
+                         "pyzmq DEALER->ROUTER tcp's (the reference row, 1.00) in the same "
+                         "round and placement.")
         for case in CASES:
             if case.kind != "throughput" or case.name not in pl["cases"]:
                 continue
@@ -637,24 +665,28 @@ def print_report(report: dict) -> None:
         for name, why in skipped:
             console.print(f"  [dim]skipped {name}: {why}[/dim]")
         r = pl["ratios"]
-        t = Table(title=f"Ratios per round, median (min..max), placement '{placement}'", title_justify="left")
-        t.add_column("ratio")
-        t.add_column("value", justify="right")
-        t.add_row("microrpc raw adaptive (default) tcp p50 / grpcio p50", _fmt_spread(r["microrpc_raw_block_vs_grpc_p50"], 3))
-        t.add_row("microrpc raw spin tcp p50 / C busy-poll p50", _fmt_spread(r["microrpc_raw_spin_vs_c_busy_poll_p50"], 2))
-        t.add_row("msgpack - raw p50, block (us)", _fmt_spread(r["msgpack_minus_raw_p50_us"]["block"], 2))
-        t.add_row("msgpack - raw p50, spin (us)", _fmt_spread(r["msgpack_minus_raw_p50_us"]["spin"], 2))
+        t = table(f"Ratios per round, median (min..max), placement '{placement}'",
+                  ("ratio", "value", "better"),
+                  legend="Each ratio is taken per round between the two cases it names, "
+                         "measured in the same round and placement.")
+        t.add_row("microrpc raw adaptive (default) tcp p50 / grpcio p50",
+                  _fmt_spread(r["microrpc_raw_block_vs_grpc_p50"], 3), "lower")
+        t.add_row("microrpc raw spin tcp p50 / C busy-poll p50",
+                  _fmt_spread(r["microrpc_raw_spin_vs_c_busy_poll_p50"], 2), "lower")
+        t.add_row("msgpack - raw p50, block (us)", _fmt_spread(r["msgpack_minus_raw_p50_us"]["block"], 2), "lower")
+        t.add_row("msgpack - raw p50, spin (us)", _fmt_spread(r["msgpack_minus_raw_p50_us"]["spin"], 2), "lower")
         console.print(t)
 
-        _targets_table(console, f"Issue targets, placement '{placement}'",
+        _targets_table(console, f"Targets measured at placement '{placement}' (for information "
+                                "where a target is judged at another placement)",
                        [(placement, tg) for tg in pl["targets"]])
         n = pl["noise"]
         console.print(f"Noise during '{placement}': other processes {_fmt_spread(n['other_cpu'], 2)} CPUs, "
                       f"host steal {_fmt_spread(n['steal_cpu'], 2)} CPUs (median (min..max) over case runs).")
-    # The verdict that counts: each target at the placement the issue names, when measured.
-    gated = [(tg["issue_placement"], tg) for tg in report["targets"]]
+    # The verdict that counts: each target at the placement it names, when measured.
+    gated = [(tg["judged_at"], tg) for tg in report["targets"]]
     if gated:
-        _targets_table(console, "Issue targets at the placement each one names (the gate)", gated)
+        _targets_table(console, "Targets, each at the placement it is judged at (the verdict)", gated)
     console.print(f"Noise over the whole run: other processes {report['noise']['other_cpu']:.2f} CPUs on average, "
                   f"steal {report['noise']['steal_cpu']:.2f}"
                   + (f": [red]NOISY[/red], above {NOISY_OTHER_CPU}; repeat the run for numbers to quote."
@@ -662,7 +694,9 @@ def print_report(report: dict) -> None:
     if report["failures"]:
         console.print(f"[red]{len(report['failures'])} case run(s) failed:[/red]")
         for f in report["failures"][:20]:
-            console.print(f"  {f['placement']} round {f['round']} {f['case']}: {f['error']}")
+            console.print(f"  {f['placement']} round {f['round'] + 1} {f['case']}: {f['error']}",
+                          markup=False)
+    emit_summary(console, summary(report))
 
 
 # --------------------------------------------------------------------------- main

@@ -4,18 +4,26 @@
     python bench/run.py --quick         # every suite, short (a smoke run, a few minutes)
     python bench/run.py rpc nanolog     # only these suites
 
-Each suite prints its own table (with the peers it compares against, measured in the same
-run) and writes JSON to bench/results/<suite>.json. Run from the repository root, after
-`pip install '.[bench]'`; run as a script, not with `python -m`, so that the installed
-package, not the source tree, is imported.
+Each suite prints its own tables (with the peers it compares against, measured in the same
+run), ends with a summary (runs valid, targets met, why not) and writes JSON to
+bench/results/<suite>.json. At the end every suite's summary line is printed again.
+
+Exit status: 1 when a suite crashed (exited non-zero, or ended without its summary);
+targets that were not met are a measurement, not a crash, and leave it 0. Run from the
+repository root, after `pip install '.[bench]'`; run as a script, not with `python -m`, so
+that the installed package, not the source tree, is imported.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from reporting import SUMMARY_FILE_ENV
 
 HERE = Path(__file__).resolve().parent
 SUITES = {
@@ -46,24 +54,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_suite(name: str, quick: bool, workdir: Path) -> tuple[bool, str]:
+    """Runs one suite in its own process: (crashed, its summary line or why it crashed)."""
+    script = HERE / SUITES[name]
+    if not script.exists():
+        return True, f"{script.name} is missing"
+    summary_file = workdir / f"{name}.summary"
+    env = dict(os.environ, **{SUMMARY_FILE_ENV: str(summary_file)})
+    cmd = [sys.executable, str(script)] + (["--quick"] if quick else [])
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    started = time.monotonic()
+    try:
+        rc = subprocess.call(cmd, env=env)
+    except OSError as exc:
+        return True, f"could not start: {exc}"
+    print(f"== {name}: exit {rc} after {time.monotonic() - started:.0f} s", flush=True)
+    lines = summary_file.read_text().splitlines() if summary_file.exists() else []
+    if rc != 0:
+        return True, f"exit {rc}" + (f"; {lines[0]}" if lines else "")
+    if not lines:
+        return True, "ended without its summary (the report did not finish)"
+    return False, lines[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    failed = []
-    for name in args.suites:
-        script = HERE / SUITES[name]
-        if not script.exists():
-            print(f"== {name}: {script.name} is missing, skipped", flush=True)
-            failed.append(name)
-            continue
-        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
-        print(f"== {name}: {' '.join(cmd)}", flush=True)
-        started = time.monotonic()
-        rc = subprocess.call(cmd)
-        print(f"== {name}: exit {rc} after {time.monotonic() - started:.0f} s", flush=True)
-        if rc != 0:
-            failed.append(name)
+    results: dict[str, tuple[bool, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as tmp:
+        for name in args.suites:
+            results[name] = run_suite(name, args.quick, Path(tmp))
+    print("== summary", flush=True)
+    for name, (crashed, line) in results.items():
+        print(f"{name} CRASHED: {line}" if crashed else line, flush=True)
+    failed = [name for name, (crashed, _) in results.items() if crashed]
     if failed:
-        print(f"suites that failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"suites that crashed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -50,8 +50,13 @@ cdef class FrameParser:
     cdef Py_ssize_t end        # one past the last byte received
     cdef readonly Py_ssize_t max_message_size
     cdef readonly bint broken  # a protocol error was raised: the stream cannot be resynced
+    cdef Frame pending         # a frame whose large body is being read in place, or None
+    cdef Py_ssize_t pending_have   # bytes of that body received
 
-    cdef char* reserve(self, Py_ssize_t n) except NULL
+    cdef bint _filling(self) noexcept
+    cdef int _read_in_place(self, const uint8_t* h, Py_ssize_t name_len,
+                            Py_ssize_t body_len) except -1
+    cdef char* reserve(self, Py_ssize_t* n) except NULL
     cdef void commit(self, Py_ssize_t n) noexcept
     cdef Frame next_frame(self)
     cpdef Py_ssize_t buffered(self)

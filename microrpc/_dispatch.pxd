@@ -31,16 +31,17 @@ cdef class Peer:
     cdef readonly bint closed
     cdef bint dirty                # on the core's list of peers with new output
     cdef dict sessions             # wire session id -> policy session id
-    # Requests read and admitted but not started, in arrival order. They run round-robin
-    # with other peers' (the core's line of ready peers) and are held while `out` is over
-    # its limit.
-    cdef object queue              # deque of Request
-    cdef dict queued               # call id -> Request in `queue` (CANCEL in O(1)); None
+    # Requests read and admitted but not started. Up to the core's line_share of them wait
+    # in the core's shared line (first come, first served with everyone's); the rest wait
+    # here, in arrival order, and join the line one by one as the peer's requests in it
+    # start. While `out` is over its limit (held) they all wait here.
+    cdef object queue              # deque of Request: the ones not in the line
+    cdef dict queued               # call id -> Request not started (CANCEL in O(1)); None
                                    # until the peer's first CANCEL: most never send one
-    cdef readonly Py_ssize_t nqueued
-    cdef Py_ssize_t queued_bytes   # name + body bytes of the requests in `queue`
-    cdef bint ready                # in the core's line (implies nqueued > 0)
-    cdef Peer rprev, rnext         # neighbours in that line (a list threaded through peers)
+    cdef readonly Py_ssize_t nqueued   # not started: in the line and in `queue`
+    cdef Py_ssize_t nline          # of those, in the core's line
+    cdef Py_ssize_t queued_bytes   # name + body bytes of the requests not started
+    cdef bint held                 # `out` was over its limit: its requests wait for resume()
     cdef bint waiting              # over a queue bound: the driver stopped reading it
     cdef bint in_global_wait       # on ServerCore.global_waiting
 
@@ -77,12 +78,13 @@ cdef class ServerCore:
     cdef readonly int64_t tick_ns
     cdef readonly int64_t next_tick
     cdef object completions        # deque of Requests finished off this thread
-    # The line of peers with requests to start, served one request each in turn: a doubly
-    # linked list through Peer.rprev/rnext (no Python call per request, O(1) removal).
-    cdef Peer head, tail
-    cdef Py_ssize_t nready
+    # The line: requests to start, first come first served, at most line_share of each peer
+    # (a peer with more keeps the rest in Peer.queue: see the module docstring).
+    cdef object line               # deque of Request
+    cdef readonly Py_ssize_t line_share
     cdef Py_ssize_t nqueued        # requests read and not started, every peer
-    cdef Py_ssize_t nrunnable      # of those, the ones of peers on `ready`
+    cdef readonly Py_ssize_t queued_bytes   # their name + body bytes
+    cdef Py_ssize_t nrunnable      # of those, the ones of peers not held
     cdef list global_waiting       # peers paused because nqueued reached max_queued
     cdef list dirty
     cdef dict inflight             # (peer id, call id) -> Request on a worker or deferred
@@ -94,6 +96,8 @@ cdef class ServerCore:
     cdef readonly Py_ssize_t max_message_size
     cdef readonly Py_ssize_t out_limit               # max_output_per_connection
     cdef readonly Py_ssize_t max_queued
+    cdef readonly Py_ssize_t max_queued_bytes
+    cdef readonly Py_ssize_t max_connections
     cdef readonly Py_ssize_t max_queued_per_connection
     cdef readonly Py_ssize_t max_queued_bytes_per_connection
     cdef readonly Py_ssize_t max_sessions_per_connection
@@ -111,11 +115,12 @@ cdef class ServerCore:
     cdef readonly uint64_t paused_reads        # times a peer was paused at a queue bound
     cdef readonly uint64_t session_rejects     # requests refused: too many sessions
     cdef readonly uint64_t undecodable         # requests whose arguments were refused
+    cdef readonly uint64_t connections_refused # new connections closed at max_connections
     cdef readonly Py_ssize_t queued_peak, queued_peak_per_connection
     cdef readonly Py_ssize_t output_peak_per_connection
 
     # -- the driver's interface
-    cpdef add_peer(self, Peer p, str label)
+    cpdef bint add_peer(self, Peer p, str label) except -1
     cpdef bint feed(self, Peer p, Frame f, int64_t now) except -1
     cpdef protocol_error(self, Peer p)
     cpdef bint over_limit(self, Peer p) except -1
@@ -133,12 +138,14 @@ cdef class ServerCore:
     # -- inside
     cdef int _admit(self, Peer p, Frame f, int64_t now) except -1
     cdef int _enqueue(self, Peer p, Request r) except -1
-    cdef Request _dequeue(self, Peer p)
-    cdef int _make_ready(self, Peer p) except -1
-    cdef void _line_add(self, Peer p) noexcept
-    cdef void _line_drop(self, Peer p) noexcept
+    cdef int _taken(self, Peer p, Request r) except -1
+    cdef int _line_fill(self, Peer p) except -1
+    cdef list _line_pull(self, Peer p)
+    cdef int _hold(self, Peer p, Request r) except -1
     cdef int _wake_waiting(self, Peer p) except -1
     cdef bint _may_resume(self, Peer p) noexcept
+    cdef bint _global_full(self) noexcept
+    cdef bint _global_drained(self) noexcept
     cdef int _cancel(self, Peer p, uint64_t call_id) except -1
     cdef int _pong(self, Peer p, Frame f, int64_t now) except -1
     cdef object _session_id(self, Peer p, uint32_t session, int64_t now)

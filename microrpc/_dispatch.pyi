@@ -10,6 +10,9 @@ DEFAULT_MAX_QUEUED_PER_CONNECTION: int
 DEFAULT_MAX_QUEUED_BYTES: int
 DEFAULT_MAX_QUEUED: int
 DEFAULT_MAX_SESSIONS: int
+DEFAULT_MAX_QUEUED_BYTES_TOTAL: int
+DEFAULT_MAX_CONNECTIONS: int
+DEFAULT_LINE_SHARE: int
 
 class Clock:
     def __call__(self) -> int: ...
@@ -80,6 +83,10 @@ class ServerCore:
     cancelled: int
     deadline_skipped: int
     max_queued: int
+    max_queued_bytes: int
+    max_connections: int
+    queued_bytes: int
+    line_share: int
     max_queued_per_connection: int
     max_queued_bytes_per_connection: int
     max_sessions_per_connection: int
@@ -87,6 +94,7 @@ class ServerCore:
     paused_reads: int
     session_rejects: int
     undecodable: int
+    connections_refused: int
     queued_peak: int
     queued_peak_per_connection: int
     output_peak_per_connection: int
@@ -94,11 +102,12 @@ class ServerCore:
                  wake: Callable[[], Any], clock: Clock | Callable[[], int], policy: Any = ...,
                  accept_codecs: int = ..., max_message_size: int = ...,
                  send_tracebacks: bool = ..., max_queued: int = ...,
+                 max_queued_bytes: int = ..., max_connections: int = ...,
                  max_queued_per_connection: int = ...,
                  max_queued_bytes_per_connection: int = ...,
                  max_output_per_connection: int = ..., max_sessions_per_connection: int = ...,
-                 decode_limits: DecodeLimits | None = ...) -> None: ...
-    def add_peer(self, p: Peer, label: str) -> None: ...
+                 line_share: int = ..., decode_limits: DecodeLimits | None = ...) -> None: ...
+    def add_peer(self, p: Peer, label: str) -> bool: ...
     def feed(self, p: Peer, f: Frame, now: int) -> bool: ...
     def protocol_error(self, p: Peer) -> None: ...
     def over_limit(self, p: Peer) -> bool: ...

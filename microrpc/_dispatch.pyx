@@ -29,7 +29,9 @@ bound (issue #10: one connection that sent faster than its requests ran, and nev
 its replies, grew a server from 25 MB to 3.5 GB). Everything a peer can make the server
 hold is bounded: its replies not yet sent (``max_output_per_connection``), its requests
 read and not started (``max_queued_per_connection``, and their bytes,
-``max_queued_bytes_per_connection``), everyone's requests not started (``max_queued``),
+``max_queued_bytes_per_connection``), everyone's requests not started (``max_queued``, and
+their bytes, ``max_queued_bytes``), the connections (``max_connections``: past it a new one
+is closed at once),
 its sessions (``max_sessions_per_connection``, refused with BAD_REQUEST past it) and the
 objects one msgpack body may decode to (``decode_limits``). At a queue bound the core marks
 the peer waiting and puts it on the dirty list again once its queue (or the global one) has
@@ -37,9 +39,16 @@ drained to half the bound, so the driver looks at it and reads again: TCP backpr
 not an error. The driver bounds the rest: the bytes its parser buffers per peer, and how
 many frames of one peer it feeds per pass.
 
-Requests run round-robin across peers (a line of the peers with work: one request of each in
-turn), so a peer with a thousand queued requests delays another peer's request by about
-one handler, not a thousand. A peer's queue is indexed by call id, so CANCEL is O(1).
+Requests start first come, first served while each peer stays within its share, and
+round-robin for a peer over it. The core's *line* holds at most ``line_share`` (default 8)
+requests of a peer; a peer with more keeps the rest in its own queue, and from then until
+that queue has drained it has one request at a time in the line: when it starts, the
+peer's next one joins the line's end. So peers sending a few calls at a time (and a burst
+of up to line_share) are served in arrival order, which keeps the tail short and is what
+the overload signal measures; and a peer with a thousand queued requests delays another
+peer's request by about one handler, not a thousand (plain round-robin did that too but
+also served every burst behind later requests of other peers, which cost the overload
+bench's p99 a quarter; docs/breakwater.md). CANCEL finds a request by call id in O(1).
 Worker threads and deferred replies hand their results back through a thread-safe queue and
 call the ``wake`` callable the driver gave; the driver then calls ``drain_completions``.
 
@@ -87,10 +96,22 @@ DEFAULT_MAX_QUEUED_PER_CONNECTION = 1024
 DEFAULT_MAX_QUEUED_BYTES = 16 * 1024 * 1024
 # Every connection's: 64 connections at their bound. Hitting it pauses every reader.
 DEFAULT_MAX_QUEUED = 65536
+# Their bytes, every connection's: 16 connections at their byte bound. Without it the
+# per-connection byte bound times the connections was the only limit (64 GiB).
+DEFAULT_MAX_QUEUED_BYTES_TOTAL = 256 * 1024 * 1024
+# Open connections. Each costs a few hundred bytes idle, but up to its bounds (16 MiB of
+# requests, one reply of max_message_size) when busy; 4096 is far past what a server
+# thread serves at microsecond latency, and far under the default fd limit of many hosts.
+DEFAULT_MAX_CONNECTIONS = 4096
 # Breakwater sessions per connection (microrpc's clients use one). Each costs a policy
 # record and, once it sent a request, a share of the credit pool (issue #10: 100,000
 # sessions on one connection inflated the pool to ~200,000 credits).
 DEFAULT_MAX_SESSIONS = 1024
+# Requests of one peer in the shared line (the module docstring says why a line with a
+# cap). 8: a client keeping a few calls in flight never meets it, so honest clients are
+# served in arrival order; a flooding connection meets it at once and from then on has one
+# request at a time in the line.
+DEFAULT_LINE_SHARE = 8
 
 # Always accepted: they carry data only. Pickle runs code on decode, so only when asked.
 _SAFE_CODECS = (1 << CODEC_RAW) | (1 << CODEC_MSGPACK)
@@ -383,19 +404,25 @@ cdef class ServerCore:
                  Py_ssize_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
                  bint send_tracebacks=False,
                  Py_ssize_t max_queued=DEFAULT_MAX_QUEUED,
+                 Py_ssize_t max_queued_bytes=DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+                 Py_ssize_t max_connections=DEFAULT_MAX_CONNECTIONS,
                  Py_ssize_t max_queued_per_connection=DEFAULT_MAX_QUEUED_PER_CONNECTION,
                  Py_ssize_t max_queued_bytes_per_connection=DEFAULT_MAX_QUEUED_BYTES,
                  Py_ssize_t max_output_per_connection=DEFAULT_MAX_OUTPUT,
                  Py_ssize_t max_sessions_per_connection=DEFAULT_MAX_SESSIONS,
+                 Py_ssize_t line_share=DEFAULT_LINE_SHARE,
                  DecodeLimits decode_limits=None):
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         for name, value in (("max_queued", max_queued),
+                            ("max_queued_bytes", max_queued_bytes),
+                            ("max_connections", max_connections),
                             ("max_queued_per_connection", max_queued_per_connection),
                             ("max_queued_bytes_per_connection",
                              max_queued_bytes_per_connection),
                             ("max_output_per_connection", max_output_per_connection),
-                            ("max_sessions_per_connection", max_sessions_per_connection)):
+                            ("max_sessions_per_connection", max_sessions_per_connection),
+                            ("line_share", line_share)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not callable(wake):
@@ -410,6 +437,8 @@ cdef class ServerCore:
         self.tick_ns = policy.tick_interval_ns if policy is not None else 0
         self.next_tick = 0
         self.completions = collections.deque()
+        self.line = collections.deque()
+        self.line_share = line_share
         self.global_waiting = []
         self.dirty = []
         self.inflight = {}
@@ -422,6 +451,8 @@ cdef class ServerCore:
         # At least one whole reply must fit, or a peer could never be served again.
         self.out_limit = max(max_output_per_connection, max_message_size + HEADER_SIZE)
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.max_connections = max_connections
         self.max_queued_per_connection = max_queued_per_connection
         self.max_queued_bytes_per_connection = max_queued_bytes_per_connection
         self.max_sessions_per_connection = max_sessions_per_connection
@@ -433,15 +464,20 @@ cdef class ServerCore:
 
     # -- peers --------------------------------------------------------------------------
 
-    cpdef add_peer(self, Peer p, str label):
-        """Register a new connection. ``p`` is fresh (a Peer or a driver's subclass)."""
+    cpdef bint add_peer(self, Peer p, str label) except -1:
+        """Register a new connection. ``p`` is fresh (a Peer or a driver's subclass).
+        False: the server has max_connections already; the driver closes the new one."""
         _check_peer(p)
         if p.id:
             raise ValueError(f"{p!r} is already registered")
+        if len(self.peers) >= self.max_connections:
+            self.connections_refused += 1
+            return False
         p.id = self.next_peer_id
         self.next_peer_id += 1
         p.label = label
         self.peers[p.id] = p
+        return True
 
     cpdef close_peer(self, Peer p, int64_t now):
         """The connection is gone. Requests that were waiting for it end silently (their
@@ -455,10 +491,12 @@ cdef class ServerCore:
         self.peers.pop(p.id, None)
         # Its queued requests are dropped, not run (issue #10: a server went on running a
         # flood for 8-13 s after the flooder left).
-        if p.ready:
+        if not p.held:
             self.nrunnable -= p.nqueued
-            self._line_drop(p)
         self.nqueued -= p.nqueued
+        self.queued_bytes -= p.queued_bytes
+        for r in self._line_pull(p):
+            self._finish_silently(r, now)
         for r in p.queue:
             self._finish_silently(r, now)
         p.queue.clear()
@@ -501,12 +539,12 @@ cdef class ServerCore:
             p.waiting = False
         if (p.nqueued < self.max_queued_per_connection
                 and p.queued_bytes < self.max_queued_bytes_per_connection
-                and self.nqueued < self.max_queued):
+                and not self._global_full()):
             return False
         if not p.waiting:
             p.waiting = True
             self.paused_reads += 1
-        if self.nqueued >= self.max_queued and not p.in_global_wait:
+        if self._global_full() and not p.in_global_wait:
             p.in_global_wait = True          # its own queue may be empty: wake it from here
             self.global_waiting.append(p)
         return True
@@ -533,83 +571,93 @@ cdef class ServerCore:
 
     cpdef resume(self, Peer p):
         """The driver sent some of the peer's replies: if they are under the limit now, its
-        queued requests take their turns again. Cheap; call it after each send. The driver
+        held requests join the line again. Cheap; call it after each send. The driver
         then feeds what its parser kept, unless over_limit(p)."""
         _check_peer(p)
-        if not p.ready and p.nqueued and not p.closed:
-            self._make_ready(p)
+        if p.held and not p.closed and p.out.end - p.out.start <= self.out_limit:
+            p.held = False
+            self.nrunnable += p.nqueued
+            self._line_fill(p)
 
-    cdef int _make_ready(self, Peer p) except -1:
-        """Put ``p`` (with queued requests, not ready) in line, unless its unsent replies
-        are over the limit: then it waits for resume()."""
-        if p.out.end - p.out.start > self.out_limit:
-            return 0
-        self._line_add(p)
-        self.nrunnable += p.nqueued
+    cdef int _line_fill(self, Peer p) except -1:
+        """Move ``p``'s oldest waiting requests into the line, up to its share."""
+        cdef Request r
+        while p.nline < self.line_share and p.queue:
+            r = p.queue.popleft()
+            self.line.append(r)
+            p.nline += 1
         return 0
 
-    cdef void _line_add(self, Peer p) noexcept:
-        p.ready = True
-        p.rnext = None
-        p.rprev = self.tail
-        if self.tail is None:
-            self.head = p
-        else:
-            self.tail.rnext = p
-        self.tail = p
-        self.nready += 1
+    cdef list _line_pull(self, Peer p):
+        """Take ``p``'s requests out of the line, in order. A scan of the line, which holds at
+        most line_share requests of each peer; done when a peer is held or closed, each of
+        which costs the peer far more than that (4 MiB of unread replies; a connection)."""
+        cdef list mine = []
+        cdef list others
+        if p.nline:
+            others = []
+            for r in self.line:
+                (mine if (<Request>r).peer is p else others).append(r)
+            self.line = collections.deque(others)
+            p.nline = 0
+        return mine
 
-    cdef void _line_drop(self, Peer p) noexcept:
-        if p.rprev is None:
-            self.head = p.rnext
-        else:
-            p.rprev.rnext = p.rnext
-        if p.rnext is None:
-            self.tail = p.rprev
-        else:
-            p.rnext.rprev = p.rprev
-        p.rprev = None
-        p.rnext = None
-        p.ready = False
-        self.nready -= 1
+    cdef int _hold(self, Peer p, Request r) except -1:
+        """``r``, next in line, belongs to ``p``, whose unsent replies are over the limit: it
+        and p's other requests wait in p's queue, in order, until resume()."""
+        cdef list mine = self._line_pull(p)
+        mine.insert(0, r)
+        p.queue.extendleft(reversed(mine))
+        p.held = True
+        self.nrunnable -= p.nqueued
+        return 0
 
     cdef int _enqueue(self, Peer p, Request r) except -1:
         cdef Frame f = r.frame
-        p.queue.append(r)
+        cdef Py_ssize_t n
+        if p.held:
+            p.queue.append(r)
+        else:
+            if p.nline < self.line_share and not p.queue:
+                self.line.append(r)
+                p.nline += 1
+            else:
+                p.queue.append(r)
+            self.nrunnable += 1
         if p.queued is not None:
             p.queued[f.call_id] = r
         p.nqueued += 1
-        p.queued_bytes += PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        n = PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        p.queued_bytes += n
+        self.queued_bytes += n
         self.nqueued += 1
-        if p.ready:
-            self.nrunnable += 1
-        else:
-            self._make_ready(p)
         if p.nqueued > self.queued_peak_per_connection:
             self.queued_peak_per_connection = p.nqueued
         if self.nqueued > self.queued_peak:
             self.queued_peak = self.nqueued
         return 0
 
-    cdef Request _dequeue(self, Peer p):
-        """Take the oldest queued request of ``p`` (ready, so it has one)."""
-        cdef Request r = p.queue.popleft()
+    cdef int _taken(self, Peer p, Request r) except -1:
+        """``r``, a request of ``p`` not held, leaves the queues to start."""
         cdef Frame f = r.frame
+        cdef Py_ssize_t n
         if p.queued is not None and p.queued.get(f.call_id) is r:
             del p.queued[f.call_id]
         p.nqueued -= 1
-        p.queued_bytes -= PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        n = PyBytes_GET_SIZE(f.body) + PyBytes_GET_SIZE(f.name)
+        p.queued_bytes -= n
+        self.queued_bytes -= n
         self.nqueued -= 1
         self.nrunnable -= 1
         if p.waiting:
             self._wake_waiting(p)
-        if self.global_waiting and self.nqueued <= self.max_queued // 2:
+        if self.global_waiting and self._global_drained():
             waiting = self.global_waiting
             self.global_waiting = []
             for q in waiting:
                 (<Peer>q).in_global_wait = False
                 self._wake_waiting(<Peer>q)
-        return r
+        return 0
 
     cdef int _wake_waiting(self, Peer p) except -1:
         """Put a paused peer on the dirty list once its queue and the global one have
@@ -623,7 +671,16 @@ cdef class ServerCore:
     cdef bint _may_resume(self, Peer p) noexcept:
         return (p.nqueued <= self.max_queued_per_connection // 2
                 and p.queued_bytes <= self.max_queued_bytes_per_connection // 2
-                and self.nqueued <= self.max_queued // 2)
+                and self._global_drained())
+
+    cdef bint _global_full(self) noexcept:
+        """Everyone's requests not started are at max_queued or max_queued_bytes."""
+        return self.nqueued >= self.max_queued or self.queued_bytes >= self.max_queued_bytes
+
+    cdef bint _global_drained(self) noexcept:
+        """... and have drained to half of both since."""
+        return (self.nqueued <= self.max_queued // 2
+                and self.queued_bytes <= self.max_queued_bytes // 2)
 
     # -- frames in ----------------------------------------------------------------------
 
@@ -682,7 +739,9 @@ cdef class ServerCore:
         cdef Request r = None
         if p.nqueued:
             if p.queued is None:             # the first CANCEL of this peer: index its queue
-                p.queued = {(<Request>q).frame.call_id: q for q in p.queue}
+                p.queued = {(<Request>q).frame.call_id: q for q in self.line
+                            if (<Request>q).peer is p}
+                p.queued.update({(<Request>q).frame.call_id: q for q in p.queue})
             r = p.queued.get(call_id)
         if r is None:
             r = self.inflight.get((p.id, call_id))
@@ -761,14 +820,13 @@ cdef class ServerCore:
         call reject every short call of other sessions while it ran. Nor do the requests of
         a peer held back until it reads its replies.
 
-        With several peers in line the head measured is that of the peer whose turn is
-        next, not the oldest of all (finding that would cost a scan of the line per
-        request); the work-ahead term, which counts every runnable request, bounds the
-        difference."""
+        The head measured is the line's: the oldest request of a peer within its share,
+        which is the oldest of all unless some peer is over its share (then the work-ahead
+        term, which counts every runnable request, bounds the difference)."""
         cdef Request head
         cdef int64_t d = 0, ahead
-        if self.head is not None:
-            head = self.head.queue[0]
+        if self.line:
+            head = self.line[0]
             d = now - head.arrival_ns
         ahead = self.nrunnable * self.per_request_ns
         if ahead > d:
@@ -776,22 +834,24 @@ cdef class ServerCore:
         return d + self.loop_lag_ns
 
     cdef int64_t _peer_delay(self, Peer p, int64_t now) except -1:
-        """What admission control sees for a request of ``p``: the wait it will have
-        under round-robin. A request waits for the ones of its own peer ahead of it and,
-        for each of those, one turn of every other peer in line: about
-        min(all runnable, (its peer's queue + 1) x peers in line) requests, not the whole
-        run queue (issue #10: with the whole queue as the signal, a session flood of 1024
-        requests on one connection got an honest client on another rejected). With one
-        peer it is queue_delay(). The head is this peer's oldest request."""
+        """What admission control sees for a request of ``p``: the wait it will have. Within
+        p's share it joins the line's end and waits for the line, the same for every peer:
+        queue_delay() without the requests of peers over their share. Past the share it
+        joins p's queue, behind k others, and p gets one request into the line per pass
+        through it: after the pass that starts p's requests now in the line, k + 1 more,
+        so about len(line) * (k + 2) requests go first, capped by every runnable request
+        (issue #10: with the whole queue as the signal, a session flood of 1024 requests on
+        one connection got an honest client on another rejected)."""
         cdef Request head
         cdef int64_t d = 0, ahead
-        cdef Py_ssize_t lines = self.nready + (0 if p.ready else 1)
-        cdef Py_ssize_t n = (p.nqueued + 1) * lines
-        if p.nqueued:
-            head = p.queue[0]
+        cdef Py_ssize_t n = len(self.line)
+        if n:
+            head = self.line[0]
             d = now - head.arrival_ns
-        if n > self.nrunnable:
-            n = self.nrunnable
+        if p.queue or p.nline >= self.line_share:
+            n *= len(p.queue) + 2
+            if n > self.nrunnable:
+                n = self.nrunnable
         ahead = n * self.per_request_ns
         if ahead > d:
             d = ahead
@@ -849,29 +909,30 @@ cdef class ServerCore:
 
     cpdef bint has_work(self) noexcept:
         """Requests to start or completions to drain: the driver should not sleep."""
-        return self.head is not None or bool(self.completions)
+        return bool(self.line) or bool(self.completions)
 
     cpdef int run(self, int64_t now, int64_t budget_ns) except -1:
-        """Start queued requests, one per peer in turn, until none is left or ``budget_ns``
+        """Start requests from the line, in order, until none is left or ``budget_ns``
         has passed since ``now`` (at least one is started), so that replies go out and new
         requests are read (and the policy sees them) promptly. Returns how many were taken.
-        A peer whose unsent replies are over the limit leaves the line until resume()."""
+        A peer whose unsent replies are over the limit is held until resume()."""
         cdef int64_t end = now + budget_ns
         cdef int n = 0
         cdef Request r
         cdef Peer p
-        while self.head is not None:
-            p = self.head
+        while self.line:
+            r = self.line.popleft()
+            p = r.peer
+            p.nline -= 1
             if p.out.end - p.out.start > self.out_limit:
-                self.nrunnable -= p.nqueued  # run once the peer has read its replies
-                self._line_drop(p)
+                self._hold(p, r)             # run once the peer has read its replies
                 continue
-            r = self._dequeue(p)
-            if not p.nqueued:
-                self._line_drop(p)
-            elif p is not self.tail:         # its next request goes to the back
-                self._line_drop(p)
-                self._line_add(p)
+            if p.queue and not p.nline:
+                # Over its share: one request at a time in the line, its next one at the
+                # line's end, until its queue has drained.
+                self.line.append(p.queue.popleft())
+                p.nline = 1
+            self._taken(p, r)
             self._run_one(r, now)
             n += 1
             now = self.clock.now()
@@ -1101,14 +1162,21 @@ cdef class ServerCore:
             return True
         if now < self.stop_deadline:
             return False
+        waiting = list(self.line)
+        self.line.clear()
         for p in list(self.peers.values()):
-            if p.ready:
-                self._line_drop(p)
-            while p.nqueued:
-                r = self._dequeue(p)
-                self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
-                                  "the server stopped before the call finished", now)
+            waiting.extend(p.queue)
+            p.queue.clear()
+            p.queued = None
+            p.nline = 0
+            p.nqueued = 0
+            p.queued_bytes = 0
+        self.nqueued = 0
+        self.queued_bytes = 0
         self.nrunnable = 0
+        for r in waiting:
+            self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
+                              "the server stopped before the call finished", now)
         for r in list(self.inflight.values()):
             r.cancelled = True               # a worker that has not started it skips it
             self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",

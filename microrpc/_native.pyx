@@ -302,7 +302,8 @@ cdef class Channel:
         interrupt() ended the wait."""
         cdef ssize_t n
         cdef int err = 0
-        cdef char* dst = self.parser.reserve(RECV_CHUNK)
+        cdef Py_ssize_t room = RECV_CHUNK
+        cdef char* dst = self.parser.reserve(&room)
         cdef int64_t spin_until, t, budget
         cdef pollfd pfd[2]
         cdef int rc
@@ -310,7 +311,7 @@ cdef class Channel:
         cdef uint64_t junk
         cdef bint interrupted = False
         with nogil:
-            n = recv(self.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
+            n = recv(self.fd, dst, room, MSG_DONTWAIT)
             err = errno
             if n < 0 and (err == EAGAIN) and wait:
                 budget = 0
@@ -325,7 +326,7 @@ cdef class Channel:
                     if deadline and spin_until > deadline:
                         spin_until = deadline
                     while t < spin_until:
-                        n = recv(self.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
+                        n = recv(self.fd, dst, room, MSG_DONTWAIT)
                         err = errno
                         if n >= 0 or (err != EAGAIN and err != EINTR):
                             break
@@ -347,7 +348,7 @@ cdef class Channel:
                             read(self.wakefd, &junk, 8)
                             interrupted = True
                         if rc > 0 and pfd[0].revents:
-                            n = recv(self.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
+                            n = recv(self.fd, dst, room, MSG_DONTWAIT)
                             err = errno
                             if self.poll_mode == POLL_ADAPTIVE:
                                 adaptive_slept(&self.adaptive, now_ns() - t)
@@ -534,7 +535,9 @@ cdef class ServerLoop:
                     s.detach()
             except OSError:
                 label = "?"
-            self.core.add_peer(c, label)
+            if not self.core.add_peer(c, label):
+                close(fd)                    # at max_connections: the client sees it closed
+                continue
             self.conns[fd] = c
             self.connections_accepted += 1
             self._ctl(EPOLL_CTL_ADD, fd, EPOLLIN)
@@ -555,19 +558,20 @@ cdef class ServerLoop:
         cdef ssize_t n
         cdef int err = 0
         cdef char* dst
-        cdef Py_ssize_t total = 0
+        cdef Py_ssize_t total = 0, room
         if c.backlogged:
             return 0
         while total < READ_BUDGET:
-            dst = c.parser.reserve(RECV_CHUNK)
+            room = RECV_CHUNK
+            dst = c.parser.reserve(&room)
             with nogil:
-                n = recv(c.fd, dst, RECV_CHUNK, MSG_DONTWAIT)
+                n = recv(c.fd, dst, room, MSG_DONTWAIT)
                 err = errno
             if n > 0:
                 c.parser.commit(n)
                 total += n
                 self.bytes_in += n
-                if n < RECV_CHUNK:
+                if n < room:
                     break
                 continue
             if n == 0:

@@ -52,6 +52,8 @@ class ServerStatistics:
     overload: Any = None       # the overload policy's own statistics(), if any
     # The memory bounds (the Server options of the same names) and what they acted on.
     max_queued: int = 0
+    max_queued_bytes: int = 0
+    max_connections: int = 0
     max_queued_per_connection: int = 0
     max_queued_bytes_per_connection: int = 0
     max_output_per_connection: int = 0
@@ -65,6 +67,7 @@ class ServerStatistics:
     session_rejects: int = 0   # requests refused (BAD_REQUEST): too many sessions
     undecodable: int = 0       # requests refused (BAD_REQUEST): arguments malformed or
                                # over decode_limits
+    connections_refused: int = 0   # new connections closed at once: max_connections open
 
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain data (the policy's statistics as a dict too): what the
@@ -136,11 +139,14 @@ class Server:
       when the connection is under the bound).
     * ``max_queued`` (65536): requests read and not started, every connection together;
       at it, no connection is read.
+    * ``max_queued_bytes`` (256 MiB): their bytes, every connection together; the same.
     * ``max_output_per_connection`` (4 MiB, at least one reply of ``max_message_size``):
       reply bytes the client has not read; past it its requests wait and it is not read.
 
-    Requests are started round-robin across connections (one per connection in turn), and
-    the I/O thread takes at most 1 MiB and 128 frames from one connection per pass. Work of
+    Requests are started first come, first served, but at most 8 of one connection's wait
+    in that shared line (its further requests join it one at a time as its own start), so a
+    flooding connection delays another's request by at most 8 handlers; and the I/O thread
+    takes at most 1 MiB and 128 frames from one connection per pass. Work of
     a connection that closed is dropped, not run. Two bounds refuse instead, with an ERROR
     ``BAD_REQUEST`` (``ProtocolError`` at the client), and the connection stays open:
 
@@ -150,6 +156,9 @@ class Server:
     * ``decode_limits`` (a :class:`microrpc.DecodeLimits`; by default 262,144 objects,
       nesting 64): a msgpack argument body over them is refused before any object is
       built, so a 16 MiB body of millions of empty arrays costs microseconds, not seconds.
+
+    ``max_connections`` (4096) bounds the connections: one more is accepted and closed at
+    once (the client sees the connection closed), and counted in ``connections_refused``.
 
     ``statistics()`` reports the bounds and what they acted on (peaks, pauses, refusals).
     """
@@ -166,6 +175,8 @@ class Server:
         workers: int = 4,
         send_tracebacks: bool = False,
         max_queued: int = _dispatch.DEFAULT_MAX_QUEUED,
+        max_queued_bytes: int = _dispatch.DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+        max_connections: int = _dispatch.DEFAULT_MAX_CONNECTIONS,
         max_queued_per_connection: int = _dispatch.DEFAULT_MAX_QUEUED_PER_CONNECTION,
         max_queued_bytes_per_connection: int = _dispatch.DEFAULT_MAX_QUEUED_BYTES,
         max_output_per_connection: int = _dispatch.DEFAULT_MAX_OUTPUT,
@@ -192,7 +203,9 @@ class Server:
         self._workers = workers
         self._send_tracebacks = send_tracebacks
         self._bounds = dict(
-            max_queued=max_queued, max_queued_per_connection=max_queued_per_connection,
+            max_queued=max_queued, max_queued_bytes=max_queued_bytes,
+            max_connections=max_connections,
+            max_queued_per_connection=max_queued_per_connection,
             max_queued_bytes_per_connection=max_queued_bytes_per_connection,
             max_output_per_connection=max_output_per_connection,
             max_sessions_per_connection=max_sessions_per_connection)
@@ -383,7 +396,9 @@ class Server:
             cancelled=core.cancelled, deadline_skipped=core.deadline_skipped,
             service_time_ns=core.per_request_ns,
             overload=policy.statistics() if policy is not None else None,
-            max_queued=core.max_queued,
+            max_queued=core.max_queued, max_queued_bytes=core.max_queued_bytes,
+            max_connections=core.max_connections,
+            connections_refused=core.connections_refused,
             max_queued_per_connection=core.max_queued_per_connection,
             max_queued_bytes_per_connection=core.max_queued_bytes_per_connection,
             max_output_per_connection=core.out_limit,

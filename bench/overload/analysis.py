@@ -1,11 +1,11 @@
 """Numbers the overload benchmark derives from load-generator results: spreads over
-repetitions, convergence and recovery times of a step, and the issue's targets."""
+repetitions, convergence and recovery times of a step, and the targets."""
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
-# Convergence rule of the issue: goodput >= 0.9 of its steady value and p99 <= SLO, for
+# Convergence rule of the targets: goodput >= 0.9 of its steady value and p99 <= SLO, for
 # this many consecutive buckets (each 10 x SLO wide).
 CONVERGE_BUCKETS = 5
 CONVERGE_GOODPUT = 0.9
@@ -27,17 +27,19 @@ def converged_after(series: list[dict], from_s: float, until_s: float, slo_us: f
     time is that of the first bucket starting a run of CONVERGE_BUCKETS buckets with
     goodput >= 0.9 x steady and p99 <= SLO, measured from ``from_s``. None if never.
 
-    One refinement of the issue's rule: a bucket offered less than the steady goodput is
+    One refinement of that rule: a bucket offered less than the steady goodput is
     held to 0.9 of what it was offered instead. After a step *down* to 0.5 mu a bucket holds
     ~85 requests, so Poisson noise alone moves its offered count by +-10 %: under the plain
     rule a quarter of the buckets of a perfectly served light load failed, and "recovery"
     measured that noise (no-control and AQM-only alike) rather than the server. After a
-    step up the offered load is far above the steady goodput and the rule is the issue's.
+    step up the offered load is far above the steady goodput and the rule is as stated.
     """
     window = [r for r in series if from_s <= r["t_s"] and r["t_s"] + bucket_s <= until_s]
+    # ``why`` is printed as is in the step table's cell when no time could be given.
     if len(window) < 2 * CONVERGE_BUCKETS:
         return {"steady_goodput": None, "seconds": None, "slo_units": None,
-                "why": "segment too short for the rule"}
+                "why": f"n/a (run too short: {len(window)} buckets, the rule needs "
+                       f"{2 * CONVERGE_BUCKETS})"}
     tail = window[len(window) // 2:]
     steady = statistics.median(r["goodput"] for r in tail)
     ok = [r["goodput"] >= CONVERGE_GOODPUT * min(steady, r["offered"] / bucket_s)
@@ -48,15 +50,17 @@ def converged_after(series: list[dict], from_s: float, until_s: float, slo_us: f
             return {"steady_goodput": steady, "seconds": seconds,
                     "slo_units": seconds / (slo_us / 1e6), "why": None}
     return {"steady_goodput": steady, "seconds": None, "slo_units": None,
-            "why": "never 5 good buckets in a row"}
+            "why": f"never (no {CONVERGE_BUCKETS} good buckets in a row)"}
 
 
 def _median(s: dict | None) -> float | None:
     return None if s is None else s["median"]
 
 
-def target(name: str, value: float | None, limit: float, op: str, detail: str) -> dict:
-    """One target row: met when ``value op limit`` holds (a missing value is not met)."""
+def target(name: str, value: float | None, limit: float, op: str, detail: str,
+           missing: str = "no value was measured") -> dict:
+    """One target row: met when ``value op limit`` holds (a missing value is not met, and
+    ``missing`` says why there is none)."""
     if value is None:
         met = False
     elif op == ">=":
@@ -65,13 +69,14 @@ def target(name: str, value: float | None, limit: float, op: str, detail: str) -
         met = value <= limit
     else:
         raise ValueError(op)
+    why = missing if value is None else f"{value:.3g} ({detail}), needs {op} {limit:g}"
     return {"target": name, "value": value, "limit": limit, "op": op, "met": met,
-            "detail": detail}
+            "detail": detail, "why": why}
 
 
 def evaluate(points: dict, step: dict | None, many: dict | None, loads: list[float],
              public: dict | None = None) -> list[dict]:
-    """The issue's targets from the medians over repetitions. ``points[policy][load]`` holds
+    """The targets from the medians over repetitions. ``points[policy][load]`` holds
     spreads of goodput_mu, p99_slo, reject_p99_slo, timeout_frac, reject_frac, credit_per_req."""
     rows = []
     bw = points.get("breakwater", {})
@@ -124,9 +129,11 @@ def evaluate(points: dict, step: dict | None, many: dict | None, loads: list[flo
                                "Breakwater p99 / AQM p99"))
     if step is not None:
         rows.append(target("step to 2x: converged within 100 x SLO",
-                           _median(step.get("converge_slo")), 100.0, "<=", "SLO units"))
+                           _median(step.get("converge_slo")), 100.0, "<=", "SLO units",
+                           step.get("converge_why") or "no value was measured"))
         rows.append(target("step down: recovered within 100 x SLO",
-                           _median(step.get("recover_slo")), 100.0, "<=", "SLO units"))
+                           _median(step.get("recover_slo")), 100.0, "<=", "SLO units",
+                           step.get("recover_why") or "no value was measured"))
     if many is not None:
         rows.append(target("10,000 clients at 2x: goodput >= 0.80 mu",
                            _median(many.get("goodput_mu")), 0.80, ">=", "goodput / mu"))

@@ -47,7 +47,9 @@ def test_run_succeeds_and_prints_tables(quick):
     assert proc.returncode == 0, f"failures: {report['failures']}\n{proc.stderr[-3000:]}"
     assert report["failures"] == []
     assert "closed loop" in proc.stdout
-    assert "Issue targets" in proc.stdout
+    assert "Targets, each at the placement it is judged at" in proc.stdout
+    assert "rpc: runs valid" in proc.stdout
+    assert "…" not in proc.stdout          # no cell cut short
     assert report["meta"]["calls"] == CALLS
     assert report["meta"]["placements"] == [PLACEMENT]
 

@@ -1,6 +1,7 @@
-"""bench/run.py, the main job's entry point: which suites a command line selects, and that a
-failing suite fails the whole run. The suites themselves are replaced by a stub here (they
-take minutes); the rpc suite has its own smoke test."""
+"""bench/run.py, the main job's entry point: which suites a command line selects, that a
+crashing suite fails the whole run and a missed target does not, and the closing summary.
+The suites themselves are replaced by stubs here (they take minutes); the rpc suite has its
+own smoke test."""
 from __future__ import annotations
 
 import subprocess
@@ -13,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import run as bench_run                            # noqa: E402
+from reporting import SUMMARY_FILE_ENV             # noqa: E402
 
 
 def test_no_suite_named_means_every_suite():
@@ -40,9 +42,12 @@ def test_an_unknown_suite_is_a_usage_error_that_names_it_and_the_choices(capsys)
 def _record_calls(monkeypatch, failing: set[str]) -> list[list[str]]:
     calls: list[list[str]] = []
 
-    def fake_call(cmd, *args, **kwargs):
+    def fake_call(cmd, *args, env, **kwargs):
         calls.append(cmd)
-        return 1 if Path(cmd[1]).name in failing else 0
+        name = Path(cmd[1]).name
+        Path(env[SUMMARY_FILE_ENV]).write_text(f"{name}: runs valid 1/1; targets met 0/1\n"
+                                               "  NOT MET something: measured 2, needs <= 1\n")
+        return 1 if name in failing else 0
 
     monkeypatch.setattr(bench_run.subprocess, "call", fake_call)
     return calls
@@ -61,7 +66,53 @@ def test_a_failing_suite_fails_the_run_but_the_others_still_run(monkeypatch, cap
     calls = _record_calls(monkeypatch, failing={"nanolog_bench.py"})
     assert bench_run.main([]) == 1
     assert len(calls) == len(bench_run.SUITES)
-    assert "suites that failed: nanolog" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "suites that crashed: nanolog" in err
+    assert "nanolog CRASHED: exit 1; nanolog_bench.py: runs valid 1/1" in out
+
+
+def test_missed_targets_alone_exit_0_and_every_summary_line_is_repeated(monkeypatch, capsys):
+    _record_calls(monkeypatch, failing=set())
+    assert bench_run.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    closing = out[out.index("== summary"):].splitlines()[1:]
+    assert closing == [f"{script}: runs valid 1/1; targets met 0/1"
+                       for script in bench_run.SUITES.values()]
+
+
+def _stub_suites(monkeypatch, tmp_path, scripts: dict[str, str]) -> None:
+    """Real suites replaced by tiny scripts, run as real child processes."""
+    suites = {}
+    for name, body in scripts.items():
+        path = tmp_path / f"{name}.py"
+        path.write_text(body)
+        suites[name] = str(path)     # absolute: HERE / it is it
+    monkeypatch.setattr(bench_run, "SUITES", suites)
+
+
+GOOD_SUITE = f"""
+import os, pathlib
+line = "good: runs valid 2/3 (INVALID: a); targets met 1/2"
+print(line)
+pathlib.Path(os.environ[{SUMMARY_FILE_ENV!r}]).write_text(line + "\\n")
+"""
+
+
+def test_a_suite_that_raises_makes_run_exit_non_zero(monkeypatch, tmp_path, capsys):
+    _stub_suites(monkeypatch, tmp_path, {
+        "boom": "raise RuntimeError('the suite broke')\n", "good": GOOD_SUITE})
+    assert bench_run.main(["boom", "good"]) == 1
+    out, err = capsys.readouterr()
+    assert "boom CRASHED: exit 1" in out
+    assert "good: runs valid 2/3 (INVALID: a); targets met 1/2" in out
+    assert "suites that crashed: boom" in err
+
+
+def test_a_suite_that_exits_0_without_its_summary_counts_as_crashed(monkeypatch, tmp_path, capsys):
+    _stub_suites(monkeypatch, tmp_path, {"silent": "print('a table')\n", "good": GOOD_SUITE})
+    assert bench_run.main(["silent", "good"]) == 1
+    assert "silent CRASHED: ended without its summary" in capsys.readouterr().out
+    assert bench_run.main(["good"]) == 0
 
 
 def test_the_script_run_as_a_command_parses_the_same_way():

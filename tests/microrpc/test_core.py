@@ -159,3 +159,42 @@ def test_error_codes_are_declared_once_and_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "wire.md").read_text()
     table = {m[2]: int(m[1]) for m in re.finditer(r"^\| (\d+) \| ([A-Z_]+) \|", doc, re.M)}
     assert table == core
+
+
+def _big_stream():
+    """Small frames around two bodies large enough to be read in place (and one just
+    under that size), with the byte strings a reader must get back."""
+    big1 = bytes(range(256)) * 1024                    # 256 KiB
+    big2 = b"\x90" * (3 * 1024 * 1024 + 7)
+    medium = b"m" * (128 * 1024 - 1)
+    frames = [
+        _core.encode_frame(_core.PING, 1),
+        _core.encode_frame(_core.REQUEST, 2, b"put", big1, codec=_core.RAW, session=5),
+        _core.encode_frame(_core.RESPONSE, 3, b"", b"small"),
+        _core.encode_frame(_core.REQUEST, 4, b"x", big2, codec=_core.MSGPACK, credit=9),
+        _core.encode_frame(_core.REQUEST, 5, b"y", medium),
+        _core.encode_frame(_core.CANCEL, 6),
+    ]
+    return b"".join(frames), [(1, b""), (2, big1), (3, b"small"), (4, big2), (5, medium),
+                              (6, b"")]
+
+
+@pytest.mark.parametrize("chunk", [1, 31, 33, 4096, 65536, 100_003, 1 << 30])
+def test_large_bodies_are_read_in_place_in_any_split(chunk):
+    data, expected = _big_stream()
+    frames = parse_chunks([data[i:i + chunk] for i in range(0, len(data), chunk)])
+    assert [(f.call_id, f.body) for f in frames] == expected
+    assert frames[1].name == b"put" and frames[1].session == 5
+    assert frames[3].credit == 9 and frames[3].codec == _core.MSGPACK
+
+
+def test_a_large_body_arriving_counts_as_buffered_until_its_frame_is_taken():
+    data, _ = _big_stream()
+    parser = _core.FrameParser()
+    cut = len(_core.encode_frame(_core.PING, 1)) + 40 + 200_000  # inside the first big body
+    parser.feed(data[:cut])
+    assert [f.call_id for f in parser.frames()] == [1]
+    assert parser.buffered() == cut - _core.HEADER    # the rest of the stream, not yet a frame
+    parser.feed(data[cut:])
+    assert [f.call_id for f in parser.frames()] == [2, 3, 4, 5, 6]
+    assert parser.buffered() == 0

@@ -308,3 +308,22 @@ def test_a_session_flood_leaves_an_honest_client_served(make_server):
         stop.set()
         reader.join()
         hog.close()
+
+
+def test_a_connection_past_max_connections_is_closed_and_the_others_go_on(make_server,
+                                                                           until):
+    server = make_server(max_connections=2)
+    first = microrpc.Client(server.address, timeout=5)
+    assert first.call("add", 1, 2) == 3
+    second = raw_socket(server.address)
+    second.sendall(request(1))
+    assert len(second.recv(4096)) > 0                # served: two connections are allowed
+    third = raw_socket(server.address)
+    assert third.recv(100) == b""                    # closed at once, nothing sent
+    until(lambda: server.statistics().connections_refused == 1, what="refusal counted")
+    stats = server.statistics()
+    assert stats.max_connections == 2 and stats.connections == 2
+    assert first.call("add", 2, 3) == 5
+    for s in (second, third):
+        s.close()
+    first.close()

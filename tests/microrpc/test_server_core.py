@@ -624,7 +624,20 @@ def test_queued_bytes_per_connection_are_bounded_but_one_frame_is_always_taken()
     assert not h.core.over_limit(p) and h.replies(p) == {1: b"x" * 500}
 
 
-def test_requests_run_round_robin_across_peers():
+def test_peers_within_their_share_are_served_in_arrival_order():
+    h = Harness()
+    log = []
+    h.register("t", ticking(h, log))
+    a, b, c = h.peer("a"), h.peer("b"), h.peer("c")
+    order = [(a, "a0"), (a, "a1"), (b, "b0"), (a, "a2"), (c, "c0"), (b, "b1"), (a, "a3")]
+    for i, (peer, tag) in enumerate(order):
+        h.call(peer, i, "t", tag)
+    h.core.run(h.clock.t, 100 * MS)
+    assert log == [tag for _, tag in order]           # first come, first served
+
+
+def test_a_flooding_peer_delays_another_by_at_most_its_line_share():
+    share = _dispatch.DEFAULT_LINE_SHARE
     h = Harness()
     log = []
     h.register("t", ticking(h, log))
@@ -632,9 +645,29 @@ def test_requests_run_round_robin_across_peers():
     for i in range(100):
         h.call(flood, i, "t", f"f{i}")
     h.call(honest, 1, "t", "h")
-    h.core.run(h.clock.t, 3 * MS)
-    assert log == ["f0", "h", "f1"]                   # not behind the 99 other flood calls
+    h.core.run(h.clock.t, (share + 2) * MS)
+    # Behind the flood's requests in the line (its share), not behind the 92 others.
+    assert log == [f"f{i}" for i in range(share)] + ["h", f"f{share}"]
     assert h.replies(honest) == {1: "h"}
+    h.core.run(h.clock.t, 200 * MS)
+    assert log[share + 1:] == [f"f{i}" for i in range(share, 100)]   # the flood, in order
+
+
+def test_a_line_share_of_one_is_round_robin():
+    h = Harness(line_share=1)
+    log = []
+    h.register("t", ticking(h, log))
+    flood, honest = h.peer("flood"), h.peer("honest")
+    for i in range(100):
+        h.call(flood, i, "t", f"f{i}")
+    h.call(honest, 1, "t", "h")
+    h.core.run(h.clock.t, 3 * MS)
+    assert log == ["f0", "h", "f1"]
+
+
+def test_line_share_must_be_positive():
+    with pytest.raises(ValueError, match="line_share"):
+        Harness(line_share=0)
 
 
 def test_a_peer_not_reading_its_replies_leaves_the_line_and_others_go_on():
@@ -770,7 +803,8 @@ def test_the_bounds_are_checked_and_reported():
     assert h.core.max_queued_per_connection == _dispatch.DEFAULT_MAX_QUEUED_PER_CONNECTION
 
 
-def test_admission_sees_the_wait_under_round_robin_not_the_whole_queue():
+def test_admission_sees_the_wait_in_the_line_not_the_whole_queue():
+    share = _dispatch.DEFAULT_LINE_SHARE
     policy = CountingPolicy()
     h = Harness(policy=policy)
     log = []
@@ -782,9 +816,69 @@ def test_admission_sees_the_wait_under_round_robin_not_the_whole_queue():
     for i in range(1, 101):
         h.call(flood, i, "t", i)
     h.call(honest, 1, "t", "h")
-    # The honest request waits for one flood request (and its own turn); the flood's next
-    # request waits for its 100 queued ones.
-    assert policy.delays[-1] <= 2 * MS
+    # The honest request waits for the flood's requests in the line (its share); the
+    # flood's next request waits for its 100 queued ones.
+    assert policy.delays[-1] == share * MS
     h.call(flood, 101, "t", 101)
     assert policy.delays[-1] >= 100 * MS
     assert h.core.queue_delay(h.clock.t) >= 101 * MS  # the control loop sees all the work
+
+
+def test_a_held_peer_resumes_its_requests_in_order():
+    h = Harness(max_message_size=1000, max_output_per_connection=1, line_share=2)
+    log = []
+    h.register("big", lambda tag: log.append(tag) or b"x" * 900)
+    slow, other = h.peer(), h.peer()
+    for i in range(6):
+        h.call(slow, i, "big", i)
+    h.call(other, 1, "big", "o")
+    h.core.run(h.clock.t, 10 * MS)
+    # Two replies pass the limit (the first fits; the second goes over it): then held.
+    assert log == [0, 1, "o"] and slow.nqueued == 4
+    assert h.core.queue_delay(h.clock.t) == 0        # held requests are not queueing delay
+    h.frames(slow)                                   # the driver sent its replies
+    h.core.resume(slow)
+    h.core.run(h.clock.t, 10 * MS)
+    h.frames(slow)
+    h.core.resume(slow)
+    h.core.run(h.clock.t, 10 * MS)
+    assert log == [0, 1, "o", 2, 3, 4, 5]            # in order across the hold
+    assert slow.nqueued == 0 and h.core.queue_depth() == 0
+
+
+def test_a_closed_peer_leaves_the_line():
+    h = Harness()
+    log = []
+    h.register("t", ticking(h, log))
+    gone, stays = h.peer("gone"), h.peer("stays")
+    for i in range(20):
+        h.call(gone, i, "t", f"g{i}")
+    h.call(stays, 1, "t", "s")
+    h.core.close_peer(gone, h.clock.t)
+    assert h.core.queued() == 1
+    h.core.run(h.clock.t, 100 * MS)
+    assert log == ["s"] and h.core.queue_depth() == 0
+
+
+def test_queued_bytes_of_every_peer_are_bounded_together():
+    h = Harness(max_queued_bytes=1000)
+    h.register("echo", lambda x: x)
+    a, b = h.peer("a"), h.peer("b")
+    h.call(a, 1, "echo", b"x" * 600, codec=_core.RAW)
+    assert not h.core.over_limit(b)
+    h.call(b, 1, "echo", b"y" * 600, codec=_core.RAW)
+    assert h.core.queued_bytes >= 1200
+    assert h.core.over_limit(a) and h.core.over_limit(b)   # each under its own bound
+    h.step()
+    assert not h.core.over_limit(a) and not h.core.over_limit(b)
+    assert h.core.queued_bytes == 0
+
+
+def test_connections_past_max_connections_are_refused():
+    h = Harness(max_connections=2)
+    a, b = h.peer("a"), h.peer("b")
+    extra = _dispatch.Peer()
+    assert h.core.add_peer(extra, "extra") is False
+    assert h.core.connections_refused == 1 and h.core.peer_count() == 2
+    h.core.close_peer(a, h.clock.t)
+    assert h.core.add_peer(_dispatch.Peer(), "later") is True
