@@ -40,6 +40,8 @@ __all__ = ["Finding", "TARGETS", "generate", "check", "pickle_guard"]
 HEADER = _core.HEADER
 _HEADER = struct.Struct("<2sBBBBHQIIII")
 MAGIC = b"\xb5R"
+KNOWN_FLAGS = 0b11          # docs/wire.md: bit 0 HAS_CREDIT, bit 1 KWARGS (REQUEST only)
+KWARGS = 0b10
 MAX_NAME = 255
 
 # Values that sit on the edges of the header's integer fields.
@@ -108,7 +110,8 @@ def any_frame(rng, kinds=range(1, 8), body=None):
     name = _method_name(rng) if kind == _core.REQUEST else b""
     if body is None:
         body = _rand_bytes(rng, _size(rng))
-    return raw_frame(kind, _u64(rng), name, body, flags=rng.choice((0, 1)),
+    flags = rng.choice((0, 1, 2, 3) if kind == _core.REQUEST else (0, 1))
+    return raw_frame(kind, _u64(rng), name, body, flags=flags,
                      codec=rng.choice((0, 1, 2)), session=_u32(rng),
                      deadline_us=_u32(rng), credit=_u32(rng))
 
@@ -201,7 +204,9 @@ def reference_frames(stream, max_size):
         if len(rest) < HEADER:
             return count, False
         _, _, kind, flags, codec, name_len, _, _, _, _, body_len = _HEADER.unpack(rest)
-        if not 1 <= kind <= 7 or flags & ~1 or codec > 2:
+        if not 1 <= kind <= 7 or flags & ~KNOWN_FLAGS or codec > 2:
+            return count, True
+        if kind != 1 and flags & KWARGS:
             return count, True
         if (kind == 1) != (name_len > 0) or name_len > MAX_NAME:
             return count, True
@@ -326,9 +331,35 @@ def hostile_body(rng):
         return msgpack.packb(_error_fields(rng))
     if r < 0.8:
         return rng.choice(_HOSTILE_PREFIXES) + _rand_bytes(rng, _size(rng, 8, 64))
-    if r < 0.9:
+    if r < 0.85:
         return pickle.dumps((rng.randrange(100), "x"), protocol=rng.randint(0, 5))
+    if r < 0.93:
+        return _kwargs_body(rng)
     return _rand_bytes(rng, _size(rng))
+
+
+def _kwargs_body(rng):
+    """A body shaped like a KWARGS request's ``[args, kwargs]`` (docs/wire.md), right or
+    wrong: non-str keys, a non-map, extra items, pickled."""
+    args = [_value(rng, 3) for _ in range(rng.randint(0, 2))]
+    kwargs = {"k" + str(i): _value(rng, 3) for i in range(rng.randint(0, 3))}
+    r = rng.random()
+    if r < 0.5:
+        shape = [args, kwargs]
+    elif r < 0.6:
+        shape = [args, {1: 2, b"b": 3}]
+    elif r < 0.7:
+        shape = [args, [kwargs]]
+    elif r < 0.8:
+        shape = [args, kwargs, None]
+    elif r < 0.9:
+        shape = [kwargs, args]
+    else:                                # plain values: every protocol pickles them
+        return pickle.dumps(((rng.randrange(100),), {"k": "v"}), protocol=rng.randint(0, 5))
+    try:
+        return msgpack.packb(shape)
+    except (TypeError, ValueError, OverflowError):
+        return msgpack.packb([args, {}])
 
 
 def _error_fields(rng):
@@ -371,7 +402,7 @@ class pickle_guard:
 
 
 def gen_codecs(rng):
-    side = rng.choice(("server", "client", "error_body"))
+    side = rng.choice(("server", "server_kwargs", "client", "error_body"))
     return (side, rng.choice((0, 1, 2)), rng.choice((0, 1, 2)), rng.random() < 0.5,
             hostile_body(rng))
 
@@ -385,6 +416,9 @@ def check_codecs(case):
     with pickle_guard() as guard:
         if side == "server":
             _check_server_body(frame_codec, flag, body)
+            allowed = flag and frame_codec == _core.PICKLE
+        elif side == "server_kwargs":
+            _check_server_kwargs_body(frame_codec, flag, body)
             allowed = flag and frame_codec == _core.PICKLE
         else:
             _check_client_body(codec, frame_codec, flag, body)
@@ -412,6 +446,29 @@ def _check_server_body(codec, accept_pickle, body):
         code = msgpack.unpackb(reply.body)[0]
         _expect(type(args) is not list or code == _core.BAD_REQUEST,
                 f"decodable msgpack arguments were refused with code {code}")
+
+
+def _check_server_kwargs_body(codec, accept_pickle, body):
+    """A KWARGS request: one reply; a response only to a well-formed ``[args, kwargs]``
+    (the echo of both), BAD_REQUEST for anything else, raw codec included."""
+    sim = ServerSim({"policy": None, "pickle": accept_pickle, "max": 1 << 16,
+                     "abandon": False})
+    ps = sim.add_peer()
+    sim.deliver(ps, raw_frame(_core.REQUEST, 5, b"echo", body, codec=codec, session=3,
+                              flags=KWARGS))
+    sim.settle()
+    (reply,) = _reply_frames(sim, ps, expect=1)
+    if reply.kind == _core.ERROR:
+        code = msgpack.unpackb(reply.body)[0]
+        _expect(code == _core.BAD_REQUEST, f"a KWARGS request was answered with code {code}")
+        return
+    _expect(codec != _core.RAW, "a raw-codec KWARGS request was run")
+    if codec == _core.MSGPACK:
+        args, kwargs = msgpack.unpackb(body)
+        _expect(type(kwargs) is dict and all(type(k) is str for k in kwargs),
+                f"keyword names {list(kwargs)!r} were accepted")
+        _expect(reply.body == msgpack.packb(_echo(*args, **kwargs)),
+                "the echo of keyword arguments is not what they decode to")
 
 
 def _reply_frames(sim, ps, expect):
@@ -638,8 +695,8 @@ class ServerSim:
         raise Finding(f"the core did not settle in {rounds} passes")
 
 
-def _echo(*args):
-    return list(args)
+def _echo(*args, **kwargs):
+    return [list(args), kwargs] if kwargs else list(args)
 
 
 def _fail(*args):
@@ -731,13 +788,16 @@ def _client_frame(rng, call_ids, sessions, methods):
     r = rng.random()
     if r < 0.6:
         codec = rng.choice((0, 1, 1, 1, 2))
-        if codec == _core.MSGPACK and rng.random() < 0.7:
+        flags = KWARGS if rng.random() < 0.15 else 0
+        if flags and rng.random() < 0.7:
+            body = _kwargs_body(rng)
+        elif codec == _core.MSGPACK and rng.random() < 0.7:
             body = msgpack.packb([_value(rng, 3) for _ in range(rng.randint(0, 3))])
         else:
             body = hostile_body(rng)
         call_id = call_ids.fresh() if isinstance(call_ids, _UniqueIds) else rng.choice(call_ids)
         return raw_frame(_core.REQUEST, call_id, _method_name(rng, methods), body,
-                         codec=codec, session=rng.choice(sessions),
+                         codec=codec, flags=flags, session=rng.choice(sessions),
                          deadline_us=rng.choice((0, 0, 1, 500, 10 ** 6, 0xFFFFFFFF)),
                          credit=_u32(rng))
     if r < 0.8:

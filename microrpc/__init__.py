@@ -18,6 +18,7 @@ from microrpc.aio import AsyncClient
 from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
 from microrpc.codecs import DecodeLimits
 from microrpc.server import CallContext, DeferredReply, Server, ServerStatistics
+from microrpc.service import expose
 
 __all__ = [
     "Client",
@@ -27,6 +28,7 @@ __all__ = [
     "ServerStatistics",
     "CallContext",
     "DeferredReply",
+    "expose",
     "DEFAULT_TIMEOUT",
     "DecodeLimits",
     "bench",

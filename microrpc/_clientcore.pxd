@@ -28,6 +28,7 @@ cdef class Call:
     cdef readonly object error         # the RpcError, once DONE with one
     cdef bytes name
     cdef bytes body
+    cdef int flags                     # the REQUEST's flags: KWARGS when it has keywords
     cdef int64_t deadline_ns           # monotonic; 0 = none
     cdef uint32_t deadline_us          # sent on the wire (relative)
     cdef bint by_default               # its deadline is now + the client's default timeout

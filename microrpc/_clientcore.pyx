@@ -27,7 +27,8 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from microrpc._core cimport (
     CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_NOT_FOUND,
-    ERR_OVERLOADED, ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, Frame,
+    ERR_OVERLOADED, ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, FLAG_KWARGS,
+    Frame,
     KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE,
     OutBuffer,
 )
@@ -229,13 +230,21 @@ cdef class ClientCore:
             self.names[method] = name
         return name
 
-    def prepare(self, Call call, method, tuple args, object timeout, int64_t now):
-        """Encode ``method(*args)`` into ``call`` and set its deadline. Bad arguments raise
-        TypeError/ValueError here; a body over the size limit raises MessageTooLarge.
-        Needs no lock: it touches nothing shared but the name cache."""
+    def prepare(self, Call call, method, tuple args, object timeout, int64_t now,
+                dict kwargs=None):
+        """Encode ``method(*args, **kwargs)`` into ``call`` and set its deadline. Bad
+        arguments raise TypeError/ValueError here; a body over the size limit raises
+        MessageTooLarge. Needs no lock: it touches nothing shared but the name cache.
+
+        Without keywords the body is the arguments alone, as it always was; with them the
+        REQUEST carries the KWARGS flag and its body is ``[args, kwargs]`` (docs/wire.md).
+        The raw codec has no keywords: its body is the one bytes argument."""
         cdef bytes body
         cdef int codec = self.codec
         if codec == CODEC_RAW:
+            if kwargs:
+                raise TypeError("the raw codec takes no keyword arguments (its body is one "
+                                "bytes argument): use the msgpack or pickle codec")
             if len(args) != 1:
                 raise TypeError("the raw codec takes exactly one bytes-like argument")
             arg = args[0]
@@ -247,11 +256,13 @@ cdef class ClientCore:
                 raise TypeError("the raw codec takes exactly one bytes-like argument")
         elif codec == CODEC_MSGPACK:
             try:
-                body = msgpack.packb(args)
+                body = msgpack.packb([args, kwargs] if kwargs else args)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise TypeError(f"argument cannot be sent with the msgpack codec: {exc}") from None
         else:
-            body = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+            body = pickle.dumps((args, kwargs) if kwargs else args,
+                                protocol=pickle.HIGHEST_PROTOCOL)
+        call.flags = FLAG_KWARGS if kwargs else 0
         self.prepare_body(call, method, body, timeout, now)
 
     cdef int _set_deadline(self, Call call, object timeout, int64_t now) except -1:
@@ -331,8 +342,9 @@ cdef class ClientCore:
         self.calls[cid] = call
         if self.credits is not None:
             demand = self.credits.demand()
-        self.out.put_frame(KIND_REQUEST, 0, self.codec, cid, self.session, call.deadline_us,
-                           demand, PyBytes_AS_STRING(call.name), PyBytes_GET_SIZE(call.name),
+        self.out.put_frame(KIND_REQUEST, call.flags, self.codec, cid, self.session,
+                           call.deadline_us, demand,
+                           PyBytes_AS_STRING(call.name), PyBytes_GET_SIZE(call.name),
                            PyBytes_AS_STRING(call.body), PyBytes_GET_SIZE(call.body))
         return 0
 

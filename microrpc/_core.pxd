@@ -12,6 +12,7 @@ cdef enum:
     KIND_PING = 6
     KIND_PONG = 7
     FLAG_HAS_CREDIT = 1
+    FLAG_KWARGS = 2            # REQUEST only: the body is [args, kwargs] (docs/wire.md)
     CODEC_RAW = 0
     CODEC_MSGPACK = 1
     CODEC_PICKLE = 2

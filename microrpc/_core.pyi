@@ -10,6 +10,7 @@ CANCEL: int
 PING: int
 PONG: int
 HAS_CREDIT: int
+KWARGS: int
 RAW: int
 MSGPACK: int
 PICKLE: int

@@ -29,7 +29,9 @@ Wire format, version 1 (also in docs/wire.md). Little-endian, 32-byte header::
     +---------------------------------------------------------------+
 
 kind: 1 REQUEST, 2 RESPONSE, 3 ERROR, 4 CREDIT, 5 CANCEL, 6 PING, 7 PONG.
-flags: bit 0 HAS_CREDIT (``credit`` is an absolute Breakwater window); other bits zero.
+flags: bit 0 HAS_CREDIT (``credit`` is an absolute Breakwater window); bit 1 KWARGS (a
+REQUEST whose body carries keyword arguments too; on any other kind a protocol error);
+other bits zero.
 codec: 0 raw, 1 msgpack, 2 pickle. credit: demand in a REQUEST, window otherwise.
 deadline_us: time the caller still waits, relative, 0 = none.
 """
@@ -46,8 +48,9 @@ DEF MAGIC0 = 0xB5
 DEF MAGIC1 = 0x52
 DEF VERSION = 1
 DEF KIND_MAX = 7
-DEF KNOWN_FLAGS = 1
 DEF MAX_NAME = 255
+cdef enum:
+    KNOWN_FLAGS = FLAG_HAS_CREDIT | FLAG_KWARGS
 # Below this the parser's buffer never shrinks; it is the usual size of a burst of frames.
 DEF INITIAL_CAPACITY = 65536
 # A body at least this large is read straight into the bytes object the Frame will carry
@@ -65,6 +68,7 @@ CANCEL = KIND_CANCEL
 PING = KIND_PING
 PONG = KIND_PONG
 HAS_CREDIT = FLAG_HAS_CREDIT
+KWARGS = FLAG_KWARGS
 RAW = CODEC_RAW
 MSGPACK = CODEC_MSGPACK
 PICKLE = CODEC_PICKLE
@@ -302,6 +306,9 @@ cdef class FrameParser:
         elif name_len != 0:
             self.broken = True
             _protocol_error(f"method name on a frame of kind {kind}")
+        elif flags & FLAG_KWARGS:
+            self.broken = True
+            _protocol_error(f"KWARGS flag on a frame of kind {kind}")
         if name_len + body_len > self.max_message_size:
             self.broken = True
             _protocol_error(f"frame of {name_len + body_len} bytes is over the "
@@ -433,6 +440,8 @@ cdef int _check_frame_args(int kind, int flags, int codec, Py_ssize_t name_len,
         raise ValueError(f"method name must be 1..{MAX_NAME} bytes")
     if kind != KIND_REQUEST and name_len:
         raise ValueError("only requests carry a method name")
+    if kind != KIND_REQUEST and flags & FLAG_KWARGS:
+        raise ValueError("only requests carry keyword arguments")
     if body_len > 0xFFFFFFFF:
         raise ValueError("body over 4 GiB")
     return 0

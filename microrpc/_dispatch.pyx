@@ -70,7 +70,8 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from breakwater._server cimport Breakwater
 from microrpc._core cimport (
     CODEC_MSGPACK, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_NOT_FOUND, ERR_OVERLOADED,
-    ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, HEADER_SIZE, KIND_CANCEL,
+    ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, FLAG_KWARGS, HEADER_SIZE,
+    KIND_CANCEL,
     KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE, Frame,
     OutBuffer,
 )
@@ -350,6 +351,24 @@ cdef bytes _encode_result(Request r, object result, object packer,
                            f"max_message_size limit of {max_message_size}", None)
     r.kind = KIND_RESPONSE
     return body
+
+
+cdef tuple _split_kwargs(object body, type args_type):
+    """``(args, kwargs)`` from the body of a KWARGS request: a 2-element array (msgpack) or
+    tuple (pickle) of the positional arguments and a map of str keyword names. Anything
+    else raises TypeError, which the caller answers with BAD_REQUEST."""
+    if len(body) != 2:
+        raise TypeError(f"a KWARGS body must be [args, kwargs], not {len(body)} items")
+    args, kwargs = body
+    if type(args) is not args_type:
+        raise TypeError(f"positional arguments must be a {args_type.__name__}, "
+                        f"not {type(args).__name__}")
+    if type(kwargs) is not dict:
+        raise TypeError(f"keyword arguments must be a map, not {type(kwargs).__name__}")
+    for key in kwargs:
+        if type(key) is not str:
+            raise TypeError(f"keyword names must be str, not {type(key).__name__}")
+    return args, kwargs
 
 
 def _run_in_worker(ServerCore core, Request r):
@@ -983,17 +1002,24 @@ cdef class ServerCore:
         cdef Method m = r.method
         cdef CallContext ctx
         fn = m.function
+        kwargs = None
         try:
             if codec == CODEC_MSGPACK:
                 args = self.decode_limits.unpack(f.body)
                 if type(args) is not list:
                     raise TypeError("arguments must be a msgpack array")
+                if f.flags & FLAG_KWARGS:
+                    args, kwargs = _split_kwargs(args, list)
             elif codec == CODEC_RAW:
+                if f.flags & FLAG_KWARGS:
+                    raise TypeError("the raw codec carries no keyword arguments")
                 args = None
             else:
                 args = pickle.loads(f.body)
                 if type(args) is not tuple:
                     raise TypeError("arguments must be a pickled tuple")
+                if f.flags & FLAG_KWARGS:
+                    args, kwargs = _split_kwargs(args, tuple)
         except Exception as exc:
             self.undecodable += 1
             r.kind = KIND_ERROR
@@ -1003,8 +1029,10 @@ cdef class ServerCore:
             if not m.context:
                 if args is None:
                     result = fn(f.body)
-                else:
+                elif kwargs is None:
                     result = fn(*args)
+                else:
+                    result = fn(*args, **kwargs)
             else:
                 ctx = CallContext.__new__(CallContext)
                 ctx._core = self
@@ -1013,8 +1041,10 @@ cdef class ServerCore:
                 try:
                     if args is None:
                         result = fn(ctx, f.body)
-                    else:
+                    elif kwargs is None:
                         result = fn(ctx, *args)
+                    else:
+                        result = fn(ctx, *args, **kwargs)
                 finally:
                     r.running = False
                 if r.deferred:

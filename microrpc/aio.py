@@ -234,7 +234,8 @@ class AsyncClient:
 
     # -- calls -------------------------------------------------------------------------
 
-    def _start(self, method: str, args: tuple, timeout: Any) -> tuple[Call, asyncio.Future]:
+    def _start(self, method: str, args: tuple, timeout: Any,
+               kwargs: dict[str, Any]) -> tuple[Call, asyncio.Future]:
         """Prepare and submit one call on the open connection; its future is completed with
         its outcome (already, if the credit queue refused it)."""
         core = self._core
@@ -242,7 +243,7 @@ class AsyncClient:
         call.watched = True
         now = _now()
         try:
-            core.prepare(call, method, args, timeout, now)
+            core.prepare(call, method, args, timeout, now, kwargs)
         except RpcError as exc:        # too large: it counts as a call that failed
             core.abort(call, exc)
             raise
@@ -262,9 +263,9 @@ class AsyncClient:
                 self._arm_timer()
         return call, fut
 
-    def call_async(self, method: str, *args: Any,
-                   timeout: float | None = _UNSET) -> asyncio.Future:
-        """Start ``method(*args)`` now and return an ``asyncio.Future`` of its outcome: the
+    def call_async(self, method: str, /, *args: Any, timeout: float | None = _UNSET,
+                   **kwargs: Any) -> asyncio.Future:
+        """Start ``method(*args, **kwargs)`` now and return an ``asyncio.Future`` of its outcome: the
         result, or the RpcError set on it. Costs no task. The client must be connected
         (``await client.connect()``, or ``async with``). Cancelling the future cancels the
         call at the server (best effort)."""
@@ -273,8 +274,8 @@ class AsyncClient:
             if self._closed:
                 raise ConnectionLost("the client is closed")
             # (Re)connecting needs the loop: wrap the awaitable form in a task.
-            return asyncio.ensure_future(self.call(method, *args, timeout=timeout))
-        call, fut = self._start(method, args, timeout)
+            return asyncio.ensure_future(self.call(method, *args, timeout=timeout, **kwargs))
+        call, fut = self._start(method, args, timeout, kwargs)
         if call.state < _DONE:
             fut.add_done_callback(lambda f, call=call: self._forget(f, call))
         return fut
@@ -285,8 +286,11 @@ class AsyncClient:
             if chan is not None and len(self._core.out):
                 self._flush_soon(chan)
 
-    async def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
-        """``await`` the result of ``method(*args)`` on the server, or an RpcError."""
+    async def call(self, method: str, /, *args: Any, timeout: float | None = _UNSET,
+                   **kwargs: Any) -> Any:
+        """``await`` the result of ``method(*args, **kwargs)`` on the server, or an RpcError.
+        ``timeout`` is this call's own deadline, never passed to the method; keyword
+        arguments need the msgpack or pickle codec (raw: TypeError, nothing sent)."""
         core = self._core
         if self._chan is None or not core.ready:
             try:
@@ -294,7 +298,7 @@ class AsyncClient:
             except RpcError as exc:
                 core.abort(Call(), exc)        # a call that could not start: counted once
                 raise
-        call, fut = self._start(method, args, timeout)
+        call, fut = self._start(method, args, timeout, kwargs)
         try:
             return await fut
         except asyncio.CancelledError:

@@ -229,5 +229,117 @@ def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed) -> N
         click.echo(json.dumps({"final_statistics": final}), err=True)
 
 
+# -- microrpc stats ---------------------------------------------------------------------------
+
+class _BadAddress(click.ClickException):
+    exit_code = 2                           # an argument error, on one line
+
+
+def _fetch_stats(client, address: str) -> dict:
+    """One statistics snapshot from the server's built-in method; a clear ClickException
+    (one line, exit 1) for anything that goes wrong."""
+    from microrpc.errors import ConnectionLost, MethodNotFound, RpcError
+    from microrpc.server import STATS_METHOD
+
+    try:
+        stats = client.call(STATS_METHOD)
+    except MethodNotFound:
+        raise click.ClickException(
+            f"the server at {address} does not expose its statistics (it was started "
+            f"with expose_stats=False)") from None
+    except ConnectionLost as exc:
+        raise click.ClickException(f"cannot reach {address}: {exc}") from None
+    except RpcError as exc:
+        raise click.ClickException(f"{address}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(stats, dict):
+        raise click.ClickException(f"{address} answered {STATS_METHOD} with a "
+                                   f"{type(stats).__name__}, not statistics")
+    return stats
+
+
+def _flatten(stats: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted name, value) rows: the policy's statistics and the decode limits are maps."""
+    rows = []
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def _stats_table(stats: dict, address: str):
+    from rich.table import Table
+
+    table = Table(title=f"microrpc server {address}", title_justify="left")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for name, value in _flatten(stats):
+        if value is None:
+            text = "-"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            text = str(value)
+        elif isinstance(value, int):
+            text = f"{value:,}"
+        else:
+            text = f"{value:,.3f}"
+        table.add_row(name, text)
+    return table
+
+
+@main.command()
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (one object per line with --watch) instead of a table.")
+@click.option("--watch", type=click.FloatRange(0, min_open=True), default=None,
+              metavar="SECONDS", help="Print again every SECONDS until Ctrl-C.")
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="With --watch: stop after N snapshots.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0,
+              show_default=True, help="Seconds to wait for the server.")
+def stats(address, as_json, watch, count, timeout) -> None:
+    """Print the statistics of the running microrpc server at ADDRESS (tcp://host:port or
+    unix:///path): calls, errors, connections, queues, bounds and the overload policy's
+    counters, read through its built-in `_microrpc.stats` method.
+
+    Exit status: 0, 1 when the server cannot be reached or does not expose its statistics
+    (Server(expose_stats=False)), 2 for bad arguments.
+    """
+    import time
+
+    from rich.console import Console
+
+    from microrpc.client import Client
+    from microrpc.errors import RpcError
+
+    if count is not None and watch is None:
+        raise click.UsageError("--count needs --watch")
+    try:
+        client = Client(address, timeout=timeout, connect_timeout=timeout)   # connects
+    except ValueError as exc:               # no scheme, unknown scheme, bad port
+        raise _BadAddress(str(exc)) from None
+    except RpcError as exc:                 # nobody listening, not a microrpc server
+        raise click.ClickException(str(exc)) from None
+    console = Console()
+    shown = 0
+    try:
+        with client:
+            while True:
+                snapshot = _fetch_stats(client, address)
+                shown += 1
+                if as_json:
+                    click.echo(json.dumps(snapshot, sort_keys=True))
+                else:
+                    if watch is not None and console.is_terminal:
+                        console.clear()
+                    console.print(_stats_table(snapshot, address))
+                if watch is None or (count is not None and shown >= count):
+                    return
+                sys.stdout.flush()
+                time.sleep(watch)           # the refresh interval the user asked for
+    except KeyboardInterrupt:               # how --watch is meant to end
+        return
+
+
 if __name__ == "__main__":
     main()

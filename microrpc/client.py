@@ -362,9 +362,10 @@ class Client:
             self._writing = False
         return ()
 
-    def _start(self, call: Call, method: str, args: tuple, timeout: Any) -> None:
+    def _start(self, call: Call, method: str, args: tuple, timeout: Any,
+               kwargs: dict[str, Any]) -> None:
         core = self._core
-        core.prepare(call, method, args, timeout, _now())
+        core.prepare(call, method, args, timeout, _now(), kwargs)
         ended = ()
         with self._lock:
             chan = self._channel_locked()
@@ -383,11 +384,14 @@ class Client:
 
     # -- calls -------------------------------------------------------------------------
 
-    def call(self, method: str, *args: Any, timeout: float | None = _UNSET) -> Any:
-        """Call ``method(*args)`` on the server and return its result, or raise an RpcError."""
+    def call(self, method: str, /, *args: Any, timeout: float | None = _UNSET,
+             **kwargs: Any) -> Any:
+        """Call ``method(*args, **kwargs)`` on the server and return its result, or raise an
+        RpcError. ``timeout`` is this call's own deadline, never passed to the method.
+        Keyword arguments need the msgpack or pickle codec (raw: TypeError, nothing sent)."""
         call = Call()
         try:
-            self._start(call, method, args, timeout)
+            self._start(call, method, args, timeout, kwargs)
         except RpcError as exc:
             self._core.abort(call, exc)
             raise
@@ -400,14 +404,15 @@ class Client:
                 del call               # the traceback keeps this frame: no cycle through it
         return call.value
 
-    def call_async(self, method: str, *args: Any,
-                   timeout: float | None = _UNSET) -> concurrent.futures.Future:
-        """Start ``method(*args)`` and return a Future for its outcome (an RpcError, even one
-        known at once such as a client-side Overloaded, is set on the Future, not raised).
-        Cancelling the Future tells the server (best effort) and frees the call."""
+    def call_async(self, method: str, /, *args: Any, timeout: float | None = _UNSET,
+                   **kwargs: Any) -> concurrent.futures.Future:
+        """Start ``method(*args, **kwargs)`` and return a Future for its outcome (an
+        RpcError, even one known at once such as a client-side Overloaded, is set on the
+        Future, not raised). Cancelling the Future tells the server (best effort) and frees
+        the call. Arguments are checked as by :meth:`call` (bad ones raise here)."""
         fut = CallFuture(self)
         try:
-            self._start(fut, method, args, timeout)
+            self._start(fut, method, args, timeout, kwargs)
         except RpcError as exc:
             # Every outcome of an asynchronous call, even an immediate one, is in its future.
             self._core.abort(fut, exc)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass
@@ -9,8 +10,10 @@ from typing import Any, Callable, Iterable
 
 from microrpc import _core, _decode, _dispatch, _native, transport
 from microrpc.codecs import DecodeLimits, codec_id
+from microrpc.service import exposed_methods
 
-__all__ = ["Server", "ServerStatistics", "CallContext", "DeferredReply"]
+__all__ = ["Server", "ServerStatistics", "CallContext", "DeferredReply", "STATS_METHOD",
+           "RESERVED_PREFIX"]
 
 # The call context and the deferred reply are the core's own classes (compiled).
 CallContext = _dispatch.CallContext
@@ -19,6 +22,12 @@ DeferredReply = _dispatch.DeferredReply
 # The default: the codecs that are always accepted (the server core adds them to any
 # choice); pickle only when named (it runs code on decode).
 _SAFE_CODECS = ("raw", "msgpack")
+
+# Method names under this prefix belong to microrpc itself; users cannot register them.
+RESERVED_PREFIX = "_microrpc."
+# The built-in statistics method (``Server(expose_stats=False)`` turns it off): returns
+# ``statistics().as_dict()``. Read by ``microrpc stats ADDRESS``.
+STATS_METHOD = RESERVED_PREFIX + "stats"
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,17 @@ class ServerStatistics:
                                # over decode_limits
     connections_refused: int = 0   # new connections closed at once: max_connections open
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every field as plain data (the policy's statistics as a dict too): what the
+        built-in ``_microrpc.stats`` method returns, safe for msgpack and JSON."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            out[f.name] = value
+        return out
+
 
 class Server:
     """Serve registered methods on ``address`` (``tcp://host:port`` or ``unix:///path``).
@@ -91,7 +111,23 @@ class Server:
     grace period end with an error (the client sees ConnectionLost), as other calls do.
 
     Only registered methods are callable. Tracebacks are sent to clients only with
-    ``send_tracebacks=True`` (they can reveal server internals).
+    ``send_tracebacks=True`` (they can reveal server internals). A name is registered once:
+    registering it again (``register``, ``method``, ``register_object``) raises ValueError
+    unless the call says ``replace=True``. :meth:`register_object` serves the methods of an
+    object that are marked with :func:`microrpc.expose` (a service as a class).
+
+    **Statistics from outside.** The built-in method ``_microrpc.stats`` (no arguments)
+    returns ``statistics().as_dict()``, so ``microrpc stats ADDRESS`` can show a running
+    server's counters. It is read-only and on by default; ``expose_stats=False`` turns it
+    off (a call then gets MethodNotFound). Names starting with ``_microrpc.`` are
+    microrpc's own and cannot be registered.
+
+    **Lifecycle.** :meth:`start` serves on a background thread, :meth:`serve_forever` on the
+    calling one, :meth:`stop` ends it; a stopped server cannot be started again. Used as a
+    context manager, ``with Server(...) as server:`` starts the server if it is not running
+    yet (so do not call ``start()`` inside the block: it raises, saying so) and stops it when
+    the block ends, also on an exception. Registering methods inside the block is fine:
+    methods registered while the server runs are served from their next call.
 
     **Bounds.** Whatever clients send, the server's memory stays bounded and one connection
     cannot take the server from the others (issue #10). When a connection reaches a queue
@@ -146,6 +182,7 @@ class Server:
         max_output_per_connection: int = _dispatch.DEFAULT_MAX_OUTPUT,
         max_sessions_per_connection: int = _dispatch.DEFAULT_MAX_SESSIONS,
         decode_limits: DecodeLimits | None = None,
+        expose_stats: bool = True,
     ):
         if poll not in _native.POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
@@ -185,6 +222,9 @@ class Server:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._entered = False            # the `with` block started it (start() says so)
+        if expose_stats:
+            self._methods[STATS_METHOD.encode()] = _dispatch.Method(self._stats_method)
 
     # -- registration ------------------------------------------------------------------
 
@@ -193,27 +233,68 @@ class Server:
         return str(self._bound)
 
     def register(self, name: str, function: Callable, *, blocking: bool = False,
-                 context: bool = False) -> Callable:
+                 context: bool = False, replace: bool = False) -> Callable:
         """Make ``function`` callable as ``name``. Returns ``function``.
 
         ``blocking``: run it on the worker pool. ``context``: pass it a
-        :class:`CallContext` first (see the class docstring)."""
+        :class:`CallContext` first (see the class docstring). A name already registered
+        raises ValueError unless ``replace=True``."""
         if not callable(function):
             raise TypeError(f"{function!r} is not callable")
-        raw = name.encode("utf-8") if isinstance(name, str) else b""
-        if not 1 <= len(raw) <= 255:
-            raise ValueError("a method name must be a str of 1..255 UTF-8 bytes")
+        raw = self._check_name(name, replace)
         self._methods[raw] = _dispatch.Method(function, blocking=bool(blocking),
                                               context=bool(context))
         return function
 
     def method(self, function: Callable | None = None, *, name: str | None = None,
-               blocking: bool = False, context: bool = False):
+               blocking: bool = False, context: bool = False, replace: bool = False):
         """Decorator: ``@server.method`` or ``@server.method(name=..., blocking=True,
-        context=True)``."""
+        context=True, replace=True)``."""
         def decorate(fn: Callable) -> Callable:
-            return self.register(name or fn.__name__, fn, blocking=blocking, context=context)
+            return self.register(name or fn.__name__, fn, blocking=blocking, context=context,
+                                 replace=replace)
         return decorate(function) if function is not None else decorate
+
+    def register_object(self, obj: Any, prefix: str = "", *,
+                        replace: bool = False) -> list[str]:
+        """Serve the methods of ``obj`` marked with :func:`microrpc.expose`, each as
+        ``prefix`` + its name (``expose(name=...)`` renames it; ``blocking`` and ``context``
+        as for :meth:`register`). Returns the names registered, in order. Nothing else of
+        ``obj`` is reachable. A marked name starting with ``_``, an object with no marked
+        method, or a name already registered (without ``replace=True``) raises ValueError,
+        and then nothing of ``obj`` is registered::
+
+            class Accounts:
+                @microrpc.expose
+                def balance(self, who): ...
+
+            server.register_object(Accounts(), prefix="accounts.")   # "accounts.balance"
+        """
+        found = exposed_methods(obj, prefix)
+        raws = [self._check_name(name, replace) for name, _, _, _ in found]
+        if len(set(raws)) != len(raws):
+            raise ValueError(f"{type(obj).__name__} exposes two methods under one name")
+        for raw, (_, bound, blocking, context) in zip(raws, found):
+            self._methods[raw] = _dispatch.Method(bound, blocking=blocking, context=context)
+        return [name for name, _, _, _ in found]
+
+    def _check_name(self, name: str, replace: bool) -> bytes:
+        """The wire name of ``name``, after the checks every registration makes."""
+        raw = name.encode("utf-8") if isinstance(name, str) else b""
+        if not 1 <= len(raw) <= 255:
+            raise ValueError("a method name must be a str of 1..255 UTF-8 bytes")
+        if name.startswith(RESERVED_PREFIX):
+            raise ValueError(f"method names starting with {RESERVED_PREFIX!r} are "
+                             f"microrpc's own: {name!r} cannot be registered")
+        if raw in self._methods and not replace:
+            raise ValueError(f"a method named {name!r} is already registered; pass "
+                             f"replace=True to replace it")
+        return raw
+
+    def _stats_method(self) -> dict[str, Any]:
+        # Runs on the I/O thread like any plain handler, so it reads the core's counters
+        # from the thread that writes them.
+        return self.statistics().as_dict()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -222,7 +303,12 @@ class Server:
             if self._stopped:
                 raise RuntimeError("this server was stopped; create a new one")
             if self._loop is not None:
-                raise RuntimeError("the server is already running")
+                if self._entered:
+                    raise RuntimeError(
+                        "the server is already running: its `with` block started it (and "
+                        "stops it at the end), so do not call start() inside the block")
+                raise RuntimeError("the server is already running: start() or "
+                                   "serve_forever() was called before; stop() ends it")
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self._workers, thread_name_prefix="microrpc-worker")
             # Dispatch lives in the core; the epoll loop only moves bytes and reads the clock.
@@ -282,8 +368,10 @@ class Server:
                 pass
 
     def __enter__(self) -> "Server":
+        """Start the server unless it runs already; the block's end stops it."""
         if self._loop is None:
             self.start()
+            self._entered = True
         return self
 
     def __exit__(self, *exc_info) -> None:

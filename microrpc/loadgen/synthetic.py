@@ -153,13 +153,7 @@ def register_synthetic(server: Any, default: ServiceTime, seed: int = 0) -> None
 
 def statistics_dict(stats: Any) -> dict:
     """A ServerStatistics (with its policy statistics) as plain msgpack-able data."""
-    out = {}
-    for f in dataclasses.fields(stats):
-        value = getattr(stats, f.name)
-        if dataclasses.is_dataclass(value):
-            value = dataclasses.asdict(value)
-        out[f.name] = value
-    return out
+    return stats.as_dict()
 
 
 # --------------------------------------------------------------------------- policies

@@ -48,8 +48,8 @@ class SyncConn:
     def __init__(self, client):
         self.client = client
 
-    def call(self, method, *args, timeout=5.0):
-        return self.client.call(method, *args, timeout=timeout)
+    def call(self, method, /, *args, timeout=5.0, **kwargs):
+        return self.client.call(method, *args, timeout=timeout, **kwargs)
 
     def statistics(self):
         return self.client.statistics()
@@ -59,8 +59,8 @@ class SyncConn:
 
 
 class FutureConn(SyncConn):
-    def call(self, method, *args, timeout=5.0):
-        fut = self.client.call_async(method, *args, timeout=timeout)
+    def call(self, method, /, *args, timeout=5.0, **kwargs):
+        fut = self.client.call_async(method, *args, timeout=timeout, **kwargs)
         try:
             return fut.result(timeout=bound_for(timeout))
         except concurrent.futures.TimeoutError as exc:
@@ -70,8 +70,8 @@ class FutureConn(SyncConn):
 class CallbackConn(SyncConn):
     """Reads the outcome only inside the done-callback; this thread never calls result()."""
 
-    def call(self, method, *args, timeout=5.0):
-        fut = self.client.call_async(method, *args, timeout=timeout)
+    def call(self, method, /, *args, timeout=5.0, **kwargs):
+        fut = self.client.call_async(method, *args, timeout=timeout, **kwargs)
         box = {}
         fired = threading.Event()
 
@@ -122,8 +122,9 @@ class AsyncConn:
         self.lt = loop_thread
         self.client = client
 
-    def call(self, method, *args, timeout=5.0):
-        return self.lt.run(self.client.call(method, *args, timeout=timeout), bound_for(timeout))
+    def call(self, method, /, *args, timeout=5.0, **kwargs):
+        return self.lt.run(self.client.call(method, *args, timeout=timeout, **kwargs),
+                           bound_for(timeout))
 
     def statistics(self):
         async def read():
@@ -203,6 +204,46 @@ def test_result_in_msgpack_and_raw(driver, server):
     with pytest.raises(TypeError, match="raw codec"):
         r.call("echo", "not bytes")          # refused before it is a call: not counted
     assert_counts(r, calls=2, ok=2, errors=0)
+
+
+def _keywords(a, b=2, *, c=3):
+    return [a, b, c]
+
+
+def _keywords_with_context(ctx, a, *, c=3):
+    return [ctx.call_id > 0, a, c]
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "pickle"])
+def test_keyword_arguments(driver, make_server, codec):
+    server = make_server(codec=("msgpack", "pickle"))
+    server.register("kw", _keywords)
+    server.register("kw_pool", _keywords, blocking=True)
+    server.register("kw_ctx", _keywords_with_context, context=True)
+    c = driver.connect(server.address, codec=codec, timeout=5)
+    assert list(c.call("kw", 1, c=30)) == [1, 2, 30]
+    assert list(c.call("kw", a=1, b=20)) == [1, 20, 3]
+    assert list(c.call("kw_pool", 1, 2, c=4)) == [1, 2, 4]
+    assert list(c.call("kw_ctx", a=5, c=6)) == [True, 5, 6]
+    assert list(c.call("kw", 7)) == [7, 2, 3]       # no keywords: the plain body
+    # A keyword the handler does not take is the handler's TypeError, as a local call's.
+    with pytest.raises(microrpc.RemoteError) as info:
+        c.call("kw", 1, d=4)
+    assert info.value.remote_type == "TypeError" and "'d'" in str(info.value)
+    # `timeout` is the call's own deadline, not a keyword for the method; `method` is
+    # positional-only, so a method may take a keyword of that name.
+    server.register("named", lambda *, method, timeout: [method, timeout])
+    with pytest.raises(microrpc.RemoteError, match="timeout"):
+        c.call("named", method="m", timeout=1.0)
+    assert_counts(c, calls=7, ok=5, errors=2)
+
+
+def test_keyword_arguments_with_the_raw_codec_are_refused_before_sending(driver, server):
+    c = driver.connect(server.address, codec="raw", timeout=5)
+    with pytest.raises(TypeError, match="keyword"):
+        c.call("echo", b"x", flag=True)
+    assert c.call("echo", b"x") == b"x"
+    assert server.statistics().calls == 1           # the refused call never left
 
 
 def test_remote_error_carries_type_and_message(driver, server):

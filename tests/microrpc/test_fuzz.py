@@ -110,6 +110,13 @@ def test_the_parser_check_knows_the_wire_rules():
     assert targets.reference_frames(targets.raw_frame(_core.RESPONSE, 1, b"x"), 64) == (0, True)
     assert targets.reference_frames(targets.raw_frame(_core.PING, 1, body_len=65), 64) == (
         0, True)
+    # KWARGS (flag bit 1) is a request's; on any other kind the frame is malformed.
+    kw = targets.raw_frame(_core.REQUEST, 1, b"f", b"\x92\x90\x80", flags=_core.KWARGS)
+    assert targets.reference_frames(kw, 64) == (1, False)
+    assert targets.reference_frames(targets.raw_frame(_core.PING, 1, flags=_core.KWARGS),
+                                    64) == (0, True)
+    assert targets.reference_frames(targets.raw_frame(_core.REQUEST, 1, b"f", flags=4),
+                                    64) == (0, True)
 
 
 def test_the_pickle_guard_sees_an_unpickling():

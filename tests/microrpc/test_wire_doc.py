@@ -1,5 +1,6 @@
 """A client written from docs/wire.md alone (struct and a plain socket, nothing of microrpc's
 frame code) interoperates with the server, credits included."""
+import pickle
 import socket
 import struct
 
@@ -14,6 +15,7 @@ import microrpc
 HEADER = struct.Struct("<2sBBBBHQIIII")
 REQUEST, RESPONSE, ERROR, CREDIT, CANCEL, PING, PONG = range(1, 8)
 HAS_CREDIT = 1
+KWARGS = 2
 RAW, MSGPACK, PICKLE = 0, 1, 2
 
 
@@ -111,4 +113,57 @@ def test_refused_and_unknown_codecs_as_documented(bw_server):
 def test_a_frame_only_servers_send_closes_the_connection(bw_server):
     c = WireClient(bw_server.address)
     c.send(frame(RESPONSE, 1, body=b"x"))
+    assert c.read() is None
+
+
+def _kw(a, b=0, *, c=0):
+    return [a, b, c]
+
+
+@pytest.mark.parametrize("codec, body, code", [
+    (MSGPACK, msgpack.packb([[1], {"c": 3}]), None),
+    (MSGPACK, msgpack.packb([[], {"a": 1, "b": 2}]), None),
+    (MSGPACK, msgpack.packb([[1], {}]), None),                 # the flag with no keyword
+    (MSGPACK, msgpack.packb([[1], {"d": 4}]), 1),              # the handler's TypeError
+    (MSGPACK, msgpack.packb([[1], {b"c": 3}]), 6),             # a keyword name not a str
+    (MSGPACK, msgpack.packb([[1], {1: 3}], strict_types=False), 6),
+    (MSGPACK, msgpack.packb([[1], [3]]), 6),                   # kwargs not a map
+    (MSGPACK, msgpack.packb([{"c": 3}, [1]]), 6),              # args not an array
+    (MSGPACK, msgpack.packb([[1], {"c": 3}, None]), 6),        # not 2 items
+    (MSGPACK, msgpack.packb([1]), 6),
+    (MSGPACK, msgpack.packb([[[[[1]]]], {"c": 3}]), 6),        # over the decode limits
+    (PICKLE, pickle.dumps(((1,), {"c": 3})), None),
+    (PICKLE, pickle.dumps(((1,), {2: 3})), 6),
+    (PICKLE, pickle.dumps(([1], {"c": 3})), 6),                # args not a tuple
+    (RAW, b"x", 6),                                            # raw has no keywords
+])
+def test_keyword_arguments_as_documented(codec, body, code):
+    limits = microrpc.DecodeLimits(max_depth=3)
+    with microrpc.Server("tcp://127.0.0.1:0", codec=("msgpack", "pickle"),
+                         decode_limits=limits) as server:
+        server.register("kw", _kw)
+        server.register("raw", lambda body: body)
+        c = WireClient(server.address)
+        c.send(frame(PING, 1))
+        c.read()
+        c.send(frame(REQUEST, 2, b"raw" if codec == RAW else b"kw", body, codec=codec,
+                     flags=KWARGS))
+        reply = c.read()
+        if code is None:
+            assert reply["kind"] == RESPONSE and reply["codec"] == codec
+            result = (msgpack.unpackb(reply["body"]) if codec == MSGPACK
+                      else pickle.loads(reply["body"]))
+            args, kwargs = (msgpack.unpackb(body) if codec == MSGPACK else pickle.loads(body))
+            assert list(result) == _kw(*args, **kwargs)
+        else:
+            assert reply["kind"] == ERROR
+            assert msgpack.unpackb(reply["body"])[0] == code
+        # Whatever the body, the connection stays open: a request without keywords works.
+        c.send(frame(REQUEST, 3, b"kw", msgpack.packb([9]), codec=MSGPACK))
+        assert msgpack.unpackb(c.read()["body"]) == [9, 0, 0]
+
+
+def test_the_kwargs_flag_on_a_frame_other_than_a_request_closes_the_connection(bw_server):
+    c = WireClient(bw_server.address)
+    c.send(frame(PING, 1, flags=KWARGS))
     assert c.read() is None
