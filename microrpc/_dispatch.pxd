@@ -42,6 +42,7 @@ cdef class Peer:
     cdef Py_ssize_t nline          # of those, in the core's line
     cdef Py_ssize_t queued_bytes   # name + body bytes of the requests not started
     cdef bint held                 # `out` was over its limit: its requests wait for resume()
+    cdef bint rejoining            # on the core's rejoin list
     cdef bint waiting              # over a queue bound: the driver stopped reading it
     cdef bint in_global_wait       # on ServerCore.global_waiting
 
@@ -81,6 +82,7 @@ cdef class ServerCore:
     # The line: requests to start, first come first served, at most line_share of each peer
     # (a peer with more keeps the rest in Peer.queue: see the module docstring).
     cdef object line               # deque of Request
+    cdef list rejoin               # peers over their share, to put their next in line
     cdef readonly Py_ssize_t line_share
     cdef Py_ssize_t nqueued        # requests read and not started, every peer
     cdef readonly Py_ssize_t queued_bytes   # their name + body bytes
@@ -140,6 +142,7 @@ cdef class ServerCore:
     cdef int _enqueue(self, Peer p, Request r) except -1
     cdef int _taken(self, Peer p, Request r) except -1
     cdef int _line_fill(self, Peer p) except -1
+    cdef int _rejoin(self) except -1
     cdef list _line_pull(self, Peer p)
     cdef int _hold(self, Peer p, Request r) except -1
     cdef int _wake_waiting(self, Peer p) except -1

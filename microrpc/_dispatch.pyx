@@ -43,10 +43,11 @@ Requests start first come, first served while each peer stays within its share, 
 round-robin for a peer over it. The core's *line* holds at most ``line_share`` (default 8)
 requests of a peer; a peer with more keeps the rest in its own queue, and from then until
 that queue has drained it has one request at a time in the line: when it starts, the
-peer's next one joins the line's end. So peers sending a few calls at a time (and a burst
-of up to line_share) are served in arrival order, which keeps the tail short and is what
-the overload signal measures; and a peer with a thousand queued requests delays another
-peer's request by about one handler, not a thousand (plain round-robin did that too but
+peer's next one joins the line's end at the next pass, behind what arrived meanwhile. So
+peers sending a few calls at a time (and a burst of up to line_share) are served in
+arrival order, which keeps the tail short and is what the overload signal measures; and a
+peer with a thousand queued requests delays another peer's request by about the one
+handler running when it arrives, not a thousand (plain round-robin did that too but
 also served every burst behind later requests of other peers, which cost the overload
 bench's p99 a quarter; docs/breakwater.md). CANCEL finds a request by call id in O(1).
 Worker threads and deferred replies hand their results back through a thread-safe queue and
@@ -438,6 +439,7 @@ cdef class ServerCore:
         self.next_tick = 0
         self.completions = collections.deque()
         self.line = collections.deque()
+        self.rejoin = []
         self.line_share = line_share
         self.global_waiting = []
         self.dirty = []
@@ -578,6 +580,25 @@ cdef class ServerCore:
             p.held = False
             self.nrunnable += p.nqueued
             self._line_fill(p)
+
+    cdef int _rejoin(self) except -1:
+        """Peers over their share put their next request at the line's end, one each. They
+        are put on the ``rejoin`` list when their request in the line starts, and rejoin at
+        the next pass (after the driver fed what arrived meanwhile), or at once if the line
+        ran dry. So a request that arrived while an over-share peer's request ran goes
+        before that peer's next one: a light client waits for the request running when it
+        arrives, not for the flood's next one too (start-time fair queueing, roughly)."""
+        cdef Peer p
+        cdef list peers = self.rejoin
+        if not peers:
+            return 0
+        self.rejoin = []
+        for p in peers:
+            p.rejoining = False
+            if p.queue and not p.nline and not p.held and not p.closed:
+                self.line.append(p.queue.popleft())
+                p.nline = 1
+        return 0
 
     cdef int _line_fill(self, Peer p) except -1:
         """Move ``p``'s oldest waiting requests into the line, up to its share."""
@@ -909,7 +930,7 @@ cdef class ServerCore:
 
     cpdef bint has_work(self) noexcept:
         """Requests to start or completions to drain: the driver should not sleep."""
-        return bool(self.line) or bool(self.completions)
+        return bool(self.line) or bool(self.rejoin) or bool(self.completions)
 
     cpdef int run(self, int64_t now, int64_t budget_ns) except -1:
         """Start requests from the line, in order, until none is left or ``budget_ns``
@@ -920,18 +941,21 @@ cdef class ServerCore:
         cdef int n = 0
         cdef Request r
         cdef Peer p
-        while self.line:
+        self._rejoin()
+        while self.line or self.rejoin:
+            if not self.line:
+                self._rejoin()
+                if not self.line:
+                    break
             r = self.line.popleft()
             p = r.peer
             p.nline -= 1
             if p.out.end - p.out.start > self.out_limit:
                 self._hold(p, r)             # run once the peer has read its replies
                 continue
-            if p.queue and not p.nline:
-                # Over its share: one request at a time in the line, its next one at the
-                # line's end, until its queue has drained.
-                self.line.append(p.queue.popleft())
-                p.nline = 1
+            if p.queue and not p.nline and not p.rejoining:
+                p.rejoining = True           # over its share: see _rejoin
+                self.rejoin.append(p)
             self._taken(p, r)
             self._run_one(r, now)
             n += 1
@@ -1164,10 +1188,12 @@ cdef class ServerCore:
             return False
         waiting = list(self.line)
         self.line.clear()
+        self.rejoin = []
         for p in list(self.peers.values()):
             waiting.extend(p.queue)
             p.queue.clear()
             p.queued = None
+            p.rejoining = False
             p.nline = 0
             p.nqueued = 0
             p.queued_bytes = 0

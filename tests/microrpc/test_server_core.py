@@ -882,3 +882,30 @@ def test_connections_past_max_connections_are_refused():
     assert h.core.connections_refused == 1 and h.core.peer_count() == 2
     h.core.close_peer(a, h.clock.t)
     assert h.core.add_peer(_dispatch.Peer(), "later") is True
+
+
+def test_a_request_arriving_while_a_flood_request_runs_goes_before_the_floods_next():
+    h = Harness(line_share=2)
+    log = []
+    h.register("t", ticking(h, log))
+    flood, honest = h.peer("flood"), h.peer("honest")
+    for i in range(10):
+        h.call(flood, i, "t", f"f{i}")
+    h.core.run(h.clock.t, 1 * MS)                     # f0
+    h.core.run(h.clock.t, 1 * MS)                     # f1: the flood is now over its share
+    h.call(honest, 1, "t", "h")                       # arrived while f1 ran
+    h.core.run(h.clock.t, 1 * MS)
+    assert log == ["f0", "f1", "h"]
+    h.core.run(h.clock.t, 100 * MS)                   # alone again: the flood, in order
+    assert log[3:] == [f"f{i}" for i in range(2, 10)]
+
+
+def test_a_lone_peer_over_its_share_is_served_in_one_pass():
+    h = Harness(line_share=2)
+    log = []
+    h.register("t", ticking(h, log))
+    p = h.peer()
+    for i in range(10):
+        h.call(p, i, "t", i)
+    assert h.core.run(h.clock.t, 100 * MS) == 10      # the line runs dry: it rejoins at once
+    assert log == list(range(10)) and not h.core.has_work()
