@@ -114,8 +114,13 @@ DEF POLL_ADAPTIVE = 2
 # frames (batching), small enough to stay in L2.
 DEF RECV_CHUNK = 65536
 # A connection's reads in one server pass stop after this many bytes, so one flooding
-# client cannot starve the others of the I/O thread.
+# client cannot starve the others of the I/O thread: 1 MiB when it is the only connection
+# with something to read and nothing waits to run (then it delays nobody), one recv
+# otherwise. Reading 1 MiB into a fresh body (a large request is read in place, its pages
+# faulted in as they fill) took 0.3-0.5 ms here, and a client beside a stream of 16 MiB
+# requests saw that in its p99 (issue #10).
 DEF READ_BUDGET = 1048576
+DEF SHARED_READ_BUDGET = RECV_CHUNK
 # And the frames of one connection fed to the core in one pass: 32-byte frames (a CANCEL, a
 # PING) fill the byte budget with 32,768 of them, some 30 ms of feeding. 128: twice the 64
 # requests a pipelining client keeps in flight, so a normal burst is fed in one pass; the
@@ -551,8 +556,8 @@ cdef class ServerLoop:
         close(c.fd)
         return 0
 
-    cdef int _read(self, _Conn c, int64_t now) except -1:
-        """Drain the socket (up to the read budget) and feed whole frames (up to the feed
+    cdef int _read(self, _Conn c, int64_t now, Py_ssize_t budget) except -1:
+        """Drain the socket (up to ``budget`` bytes) and feed whole frames (up to the feed
         budget). A backlogged connection is not read: its parser already holds frames, and
         the parser's bytes stay bounded by about READ_BUDGET plus one frame."""
         cdef ssize_t n
@@ -561,7 +566,7 @@ cdef class ServerLoop:
         cdef Py_ssize_t total = 0, room
         if c.backlogged:
             return 0
-        while total < READ_BUDGET:
+        while total < budget:
             room = RECV_CHUNK
             dst = c.parser.reserve(&room)
             with nogil:
@@ -693,7 +698,8 @@ cdef class ServerLoop:
             if ev & EPOLLOUT:
                 self.core._mark_dirty(c)
             if ev & EPOLLIN:
-                self._read(c, t1)
+                self._read(c, t1, READ_BUDGET if n == 1 and not self.core.has_work()
+                           else SHARED_READ_BUDGET)
         return n
 
     cdef int _feed_backlog(self, int64_t now) except -1:
