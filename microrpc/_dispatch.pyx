@@ -941,13 +941,22 @@ cdef class ServerCore:
         cdef int n = 0
         cdef Request r
         cdef Peer p
+        cdef Py_ssize_t popped = 0
+        # The requests in line before this pass's rejoins: of peers within their share, or
+        # of over-share peers already waiting. Once they have started, the pass ends before
+        # the rejoined ones (if there are others), so that their replies go out first: a
+        # light client's reply does not wait for a flood's next request to run.
+        cdef Py_ssize_t before_rejoin = len(self.line)
         self._rejoin()
         while self.line or self.rejoin:
             if not self.line:
                 self._rejoin()
                 if not self.line:
                     break
+            elif popped == before_rejoin and n:
+                break
             r = self.line.popleft()
+            popped += 1
             p = r.peer
             p.nline -= 1
             if p.out.end - p.out.start > self.out_limit:

@@ -10,6 +10,7 @@ import breakwater
 from microrpc import _core, _dispatch
 
 MS = 1_000_000
+US = 1_000
 
 
 class FakeClock:
@@ -909,3 +910,17 @@ def test_a_lone_peer_over_its_share_is_served_in_one_pass():
         h.call(p, i, "t", i)
     assert h.core.run(h.clock.t, 100 * MS) == 10      # the line runs dry: it rejoins at once
     assert log == list(range(10)) and not h.core.has_work()
+
+
+def test_a_pass_ends_before_a_rejoining_flood_request_so_earlier_replies_go_out():
+    h = Harness(line_share=1)
+    log = []
+    h.register("t", ticking(h, log, 10_000))          # 10 us each: a 3 ms budget fits many
+    flood, honest = h.peer("flood"), h.peer("honest")
+    for i in range(10):
+        h.call(flood, i, "t", f"f{i}")
+    h.core.run(h.clock.t, 10 * US)                    # f0; the flood rejoins next pass
+    h.call(honest, 1, "t", "h")
+    assert h.core.run(h.clock.t, 3 * MS) == 1         # h, then the pass ends: its reply first
+    assert log == ["f0", "h"] and h.replies(honest) == {1: "h"}
+    assert h.core.run(h.clock.t, 3 * MS) == 9         # alone: the flood runs on in one pass
