@@ -25,3 +25,19 @@ def source_tree_in_cwd(tmp_path):
         (pkg / "__init__.py").write_text(
             f"raise ImportError('imported the decoy {name} in the working directory')\n")
     return tmp_path
+
+
+class ManualClock:
+    """A clock in seconds that moves only when a test sets or advances ``t``."""
+
+    def __init__(self, t: float = 100.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    """A ManualClock: pass it where an API takes a ``clock`` callable (seconds)."""
+    return ManualClock()

@@ -4,18 +4,6 @@ import pytest
 from microrpc.exactly_once import CallNumbers, Check, CompletionTable, LocalLeases
 
 
-class Clock:
-    def __init__(self):
-        self.t = 10.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
 
 @pytest.fixture
 def leases(clock):

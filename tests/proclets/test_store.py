@@ -7,18 +7,6 @@ from proclets.store import (DELETE, MAX_VALUE, PUT, Compacted, LeaseExpired, Mem
                             StoreError)
 
 
-class Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
 
 @pytest.fixture
 def store(clock):
