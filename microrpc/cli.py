@@ -1,8 +1,10 @@
-"""The ``microrpc`` command: ``microrpc bench`` (the open-loop load generator) and
-``microrpc serve-synthetic`` (a server with the CPU-bound ``spin`` method to aim it at).
+"""The ``microrpc`` command: ``microrpc bench`` (the open-loop load generator),
+``microrpc serve-synthetic`` (a server with the CPU-bound ``spin`` method to aim it at) and
+``microrpc stats`` (a running server's statistics).
 
     microrpc serve-synthetic --policy breakwater --cpu 1        # prints its address
     microrpc bench tcp://127.0.0.1:PORT --rate 8000 --duration 5 --clients 1000 --json r.json
+    microrpc stats tcp://127.0.0.1:PORT --watch 1
 
 See docs/loadgen.md.
 """
@@ -85,7 +87,8 @@ def _service(value: str | None) -> str | None:
 @click.group()
 @click.version_option(package_name="microrpc-toolkit", prog_name="microrpc")
 def main() -> None:
-    """microrpc tools: an open-loop load generator and a synthetic server."""
+    """microrpc tools: an open-loop load generator, a synthetic server to aim it at, and a
+    running server's statistics."""
 
 
 @main.command()
