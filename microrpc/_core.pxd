@@ -13,6 +13,8 @@ cdef enum:
     KIND_PONG = 7
     FLAG_HAS_CREDIT = 1
     FLAG_KWARGS = 2            # REQUEST only: the body is [args, kwargs] (docs/wire.md)
+    FLAG_ONCE = 4              # REQUEST only: the body starts with its exactly-once id
+    ONCE_ID_SIZE = 24          # that id: lease, seq, ack (u64 each)
     CODEC_RAW = 0
     CODEC_MSGPACK = 1
     CODEC_PICKLE = 2
@@ -29,6 +31,9 @@ cdef enum:
     ERR_WRONG_TARGET = 8       # the object called is not on this server
     ERR_RETRY_ELSEWHERE = 9    # it moved, or refused the call for now: retry at its new home
     ERR_LOST = 10              # the object is gone for good (its runtime died)
+    # Exactly-once calls (microrpc.exactly_once; docs/wire.md).
+    ERR_IN_PROGRESS = 11       # a retry of a call that is still running: ask again later
+    ERR_LEASE_EXPIRED = 12     # the call's lease expired: it was not run
 
 
 cdef class Frame:
@@ -41,6 +46,9 @@ cdef class Frame:
     cdef readonly uint32_t credit
     cdef readonly bytes name
     cdef readonly bytes body
+    cdef readonly uint64_t lease   # the exactly-once id of a ONCE request (0 otherwise)
+    cdef readonly uint64_t seq
+    cdef readonly uint64_t ack
 
 
 cdef class FrameParser:
@@ -54,7 +62,7 @@ cdef class FrameParser:
     cdef Py_ssize_t pending_have   # bytes of that body received
 
     cdef bint _filling(self) noexcept
-    cdef int _read_in_place(self, const uint8_t* h, Py_ssize_t name_len,
+    cdef int _read_in_place(self, const uint8_t* h, Py_ssize_t name_len, Py_ssize_t pre,
                             Py_ssize_t body_len) except -1
     cdef char* reserve(self, Py_ssize_t* n) except NULL
     cdef void commit(self, Py_ssize_t n) noexcept
@@ -73,4 +81,9 @@ cdef class OutBuffer:
                        uint32_t session, uint32_t deadline_us, uint32_t credit,
                        const char* name, Py_ssize_t name_len,
                        const char* body, Py_ssize_t body_len) except -1
+    cdef int put_frame_once(self, int kind, int flags, int codec, uint64_t call_id,
+                            uint32_t session, uint32_t deadline_us, uint32_t credit,
+                            const char* name, Py_ssize_t name_len,
+                            const char* body, Py_ssize_t body_len,
+                            uint64_t lease, uint64_t seq, uint64_t ack) except -1
     cdef void consume(self, Py_ssize_t n) noexcept

@@ -11,6 +11,8 @@ PING: int
 PONG: int
 HAS_CREDIT: int
 KWARGS: int
+ONCE: int
+ONCE_ID: int
 RAW: int
 MSGPACK: int
 PICKLE: int
@@ -24,6 +26,8 @@ UNAVAILABLE: int
 WRONG_TARGET: int
 RETRY_ELSEWHERE: int
 LOST: int
+IN_PROGRESS: int
+LEASE_EXPIRED: int
 DEFAULT_MAX_MESSAGE_SIZE: int
 
 class Frame:
@@ -45,6 +49,12 @@ class Frame:
     def name(self) -> bytes: ...
     @property
     def body(self) -> bytes: ...
+    @property
+    def lease(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ack(self) -> int: ...
 
 class FrameParser:
     max_message_size: int
@@ -60,9 +70,9 @@ class OutBuffer:
     def __len__(self) -> int: ...
     def append(self, kind: int, call_id: int, name: bytes = ..., body: bytes = ..., *,
                flags: int = ..., codec: int = ..., session: int = ..., deadline_us: int = ...,
-               credit: int = ...) -> None: ...
+               credit: int = ..., lease: int = ..., seq: int = ..., ack: int = ...) -> None: ...
     def take(self) -> bytes: ...
 
 def encode_frame(kind: int, call_id: int, name: bytes = ..., body: bytes = ..., *,
                  flags: int = ..., codec: int = ..., session: int = ..., deadline_us: int = ...,
-                 credit: int = ...) -> bytes: ...
+                 credit: int = ..., lease: int = ..., seq: int = ..., ack: int = ...) -> bytes: ...

@@ -31,7 +31,9 @@ Wire format, version 1 (also in docs/wire.md). Little-endian, 32-byte header::
 kind: 1 REQUEST, 2 RESPONSE, 3 ERROR, 4 CREDIT, 5 CANCEL, 6 PING, 7 PONG.
 flags: bit 0 HAS_CREDIT (``credit`` is an absolute Breakwater window); bit 1 KWARGS (a
 REQUEST whose body carries keyword arguments too; on any other kind a protocol error);
-other bits zero.
+bit 2 ONCE (a REQUEST whose body starts with its exactly-once id: lease, seq and ack, three
+u64; on any other kind, or with a body shorter than that, a protocol error); other bits
+zero.
 codec: 0 raw, 1 msgpack, 2 pickle. credit: demand in a REQUEST, window otherwise.
 deadline_us: time the caller still waits, relative, 0 = none.
 """
@@ -50,7 +52,7 @@ DEF VERSION = 1
 DEF KIND_MAX = 7
 DEF MAX_NAME = 255
 cdef enum:
-    KNOWN_FLAGS = FLAG_HAS_CREDIT | FLAG_KWARGS
+    KNOWN_FLAGS = FLAG_HAS_CREDIT | FLAG_KWARGS | FLAG_ONCE
 # Below this the parser's buffer never shrinks; it is the usual size of a burst of frames.
 DEF INITIAL_CAPACITY = 65536
 # A body at least this large is read straight into the bytes object the Frame will carry
@@ -69,6 +71,8 @@ PING = KIND_PING
 PONG = KIND_PONG
 HAS_CREDIT = FLAG_HAS_CREDIT
 KWARGS = FLAG_KWARGS
+ONCE = FLAG_ONCE
+ONCE_ID = ONCE_ID_SIZE
 RAW = CODEC_RAW
 MSGPACK = CODEC_MSGPACK
 PICKLE = CODEC_PICKLE
@@ -83,6 +87,8 @@ UNAVAILABLE = ERR_UNAVAILABLE
 WRONG_TARGET = ERR_WRONG_TARGET
 RETRY_ELSEWHERE = ERR_RETRY_ELSEWHERE
 LOST = ERR_LOST
+IN_PROGRESS = ERR_IN_PROGRESS
+LEASE_EXPIRED = ERR_LEASE_EXPIRED
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 
@@ -174,6 +180,12 @@ cdef Frame _frame_from_header(const uint8_t* h):
     f.deadline_us = load32(h + 20)
     f.credit = load32(h + 24)
     return f
+
+
+cdef inline void _read_once_id(Frame f, const uint8_t* q) noexcept:
+    f.lease = load64(q)
+    f.seq = load64(q + 8)
+    f.ack = load64(q + 16)
 
 
 cdef object _protocol_error(str what):
@@ -309,35 +321,47 @@ cdef class FrameParser:
         elif flags & FLAG_KWARGS:
             self.broken = True
             _protocol_error(f"KWARGS flag on a frame of kind {kind}")
+        elif flags & FLAG_ONCE:
+            self.broken = True
+            _protocol_error(f"ONCE flag on a frame of kind {kind}")
+        cdef Py_ssize_t pre = ONCE_ID_SIZE if flags & FLAG_ONCE else 0
+        if body_len < pre:
+            self.broken = True
+            _protocol_error(f"ONCE request with a body of {body_len} bytes, shorter than its "
+                            f"{ONCE_ID_SIZE}-byte exactly-once id")
         if name_len + body_len > self.max_message_size:
             self.broken = True
             _protocol_error(f"frame of {name_len + body_len} bytes is over the "
                             f"max_message_size limit of {self.max_message_size}")
         if avail < HEADER_SIZE + name_len + body_len:
-            if body_len >= DIRECT_BODY and avail >= HEADER_SIZE + name_len:
-                self._read_in_place(h, name_len, body_len)
+            if body_len >= DIRECT_BODY and avail >= HEADER_SIZE + name_len + pre:
+                self._read_in_place(h, name_len, pre, body_len)
             return None
         f = _frame_from_header(h)
         cdef const char* p = <const char*>(h + HEADER_SIZE)
         f.name = PyBytes_FromStringAndSize(p, name_len) if name_len else b""
-        f.body = PyBytes_FromStringAndSize(p + name_len, body_len)
+        if pre:
+            _read_once_id(f, <const uint8_t*>(p + name_len))
+        f.body = PyBytes_FromStringAndSize(p + name_len + pre, body_len - pre)
         self.start += HEADER_SIZE + name_len + body_len
         if self.start == self.end:
             self.start = 0
             self.end = 0
         return f
 
-    cdef int _read_in_place(self, const uint8_t* h, Py_ssize_t name_len,
+    cdef int _read_in_place(self, const uint8_t* h, Py_ssize_t name_len, Py_ssize_t pre,
                             Py_ssize_t body_len) except -1:
-        """Start reading the large body of the frame at ``h`` (header and name buffered)
-        into its own bytes object. Every byte after the name is part of the body, since
-        the body is not complete."""
+        """Start reading the large body of the frame at ``h`` (header, name and the ``pre``
+        bytes of its exactly-once id buffered) into its own bytes object. Every byte after
+        them is part of the body, since the body is not complete."""
         cdef Frame f = _frame_from_header(h)
         cdef const char* p = <const char*>(h + HEADER_SIZE)
-        cdef Py_ssize_t have = self.end - self.start - HEADER_SIZE - name_len
+        cdef Py_ssize_t have = self.end - self.start - HEADER_SIZE - name_len - pre
         f.name = PyBytes_FromStringAndSize(p, name_len) if name_len else b""
-        f.body = PyBytes_FromStringAndSize(NULL, body_len)
-        memcpy(PyBytes_AS_STRING(f.body), p + name_len, have)
+        if pre:
+            _read_once_id(f, <const uint8_t*>(p + name_len))
+        f.body = PyBytes_FromStringAndSize(NULL, body_len - pre)
+        memcpy(PyBytes_AS_STRING(f.body), p + name_len + pre, have)
         self.pending = f
         self.pending_have = have
         self.start = 0
@@ -382,7 +406,18 @@ cdef class OutBuffer:
                        uint32_t session, uint32_t deadline_us, uint32_t credit,
                        const char* name, Py_ssize_t name_len,
                        const char* body, Py_ssize_t body_len) except -1:
-        cdef Py_ssize_t total = HEADER_SIZE + name_len + body_len
+        return self.put_frame_once(kind, flags, codec, call_id, session, deadline_us, credit,
+                                   name, name_len, body, body_len, 0, 0, 0)
+
+    cdef int put_frame_once(self, int kind, int flags, int codec, uint64_t call_id,
+                            uint32_t session, uint32_t deadline_us, uint32_t credit,
+                            const char* name, Py_ssize_t name_len,
+                            const char* body, Py_ssize_t body_len,
+                            uint64_t lease, uint64_t seq, uint64_t ack) except -1:
+        """put_frame, with the exactly-once id (lease, seq, ack) before the body when
+        ``flags`` has ONCE."""
+        cdef Py_ssize_t pre = ONCE_ID_SIZE if flags & FLAG_ONCE else 0
+        cdef Py_ssize_t total = HEADER_SIZE + name_len + pre + body_len
         if self.cap - self.end < total:
             self._grow(total)
         cdef uint8_t* h = <uint8_t*>(self.buf + self.end)
@@ -397,11 +432,15 @@ cdef class OutBuffer:
         store32(h + 16, session)
         store32(h + 20, deadline_us)
         store32(h + 24, credit)
-        store32(h + 28, <uint32_t>body_len)
+        store32(h + 28, <uint32_t>(pre + body_len))
         if name_len:
             memcpy(h + HEADER_SIZE, name, name_len)
+        if pre:
+            store64(h + HEADER_SIZE + name_len, lease)
+            store64(h + HEADER_SIZE + name_len + 8, seq)
+            store64(h + HEADER_SIZE + name_len + 16, ack)
         if body_len:
-            memcpy(h + HEADER_SIZE + name_len, body, body_len)
+            memcpy(h + HEADER_SIZE + name_len + pre, body, body_len)
         self.end += total
         return 0
 
@@ -413,12 +452,13 @@ cdef class OutBuffer:
 
     def append(self, int kind, uint64_t call_id, bytes name=b"", bytes body=b"", *,
                int flags=0, int codec=0, uint32_t session=0, uint32_t deadline_us=0,
-               uint32_t credit=0):
-        """Append one frame (Python-level; transports use the C-level put_frame)."""
+               uint32_t credit=0, uint64_t lease=0, uint64_t seq=0, uint64_t ack=0):
+        """Append one frame (Python-level; transports use the C-level put_frame). With the
+        ONCE flag, ``lease``, ``seq`` and ``ack`` are its exactly-once id."""
         _check_frame_args(kind, flags, codec, len(name), len(body))
-        self.put_frame(kind, flags, codec, call_id, session, deadline_us, credit,
-                       PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
-                       PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+        self.put_frame_once(kind, flags, codec, call_id, session, deadline_us, credit,
+                            PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
+                            PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), lease, seq, ack)
 
     def take(self):
         """Every buffered byte, as bytes; the buffer is left empty."""
@@ -442,15 +482,18 @@ cdef int _check_frame_args(int kind, int flags, int codec, Py_ssize_t name_len,
         raise ValueError("only requests carry a method name")
     if kind != KIND_REQUEST and flags & FLAG_KWARGS:
         raise ValueError("only requests carry keyword arguments")
+    if kind != KIND_REQUEST and flags & FLAG_ONCE:
+        raise ValueError("only requests carry an exactly-once id")
     if body_len > 0xFFFFFFFF:
         raise ValueError("body over 4 GiB")
     return 0
 
 
 def encode_frame(int kind, uint64_t call_id, bytes name=b"", bytes body=b"", *, int flags=0,
-                 int codec=0, uint32_t session=0, uint32_t deadline_us=0, uint32_t credit=0):
+                 int codec=0, uint32_t session=0, uint32_t deadline_us=0, uint32_t credit=0,
+                 uint64_t lease=0, uint64_t seq=0, uint64_t ack=0):
     """One frame as bytes."""
-    cdef OutBuffer out = OutBuffer(HEADER_SIZE + len(name) + len(body))
+    cdef OutBuffer out = OutBuffer(HEADER_SIZE + len(name) + ONCE_ID_SIZE + len(body))
     out.append(kind, call_id, name, body, flags=flags, codec=codec, session=session,
-               deadline_us=deadline_us, credit=credit)
+               deadline_us=deadline_us, credit=credit, lease=lease, seq=seq, ack=ack)
     return out.take()

@@ -20,6 +20,7 @@ cdef class Method:
     cdef readonly object function
     cdef readonly bint blocking    # runs on the worker pool
     cdef readonly bint context     # called with a CallContext first
+    cdef readonly bint idempotent  # False: exactly-once calls of it keep completion records
 
 
 cdef class Peer:
@@ -65,6 +66,7 @@ cdef class Request:
     cdef bint answered             # a deferred reply or the handler's error claimed the outcome
     cdef bint done                 # the core gave its one reply, or ended it silently
     cdef object reply              # the DeferredReply, once defer() was called
+    cdef bint once                 # an exactly-once call that started: keep its outcome
 
 
 @cython.final
@@ -105,6 +107,8 @@ cdef class ServerCore:
     cdef readonly Py_ssize_t max_sessions_per_connection
     cdef readonly DecodeLimits decode_limits
     cdef bint send_tracebacks
+    cdef readonly object once      # microrpc.exactly_once.CompletionTable, or None
+    cdef readonly uint64_t once_duplicates   # retries answered with a saved outcome
     cdef object packer             # msgpack.Packer for this thread's replies
     cdef public int64_t loop_lag_ns         # the driver's measure of how far behind it reads
     cdef readonly int64_t per_request_ns    # EWMA of this thread's time per inline call
@@ -155,6 +159,8 @@ cdef class ServerCore:
     cdef int _mark_dirty(self, Peer p) except -1
     cdef int _run_one(self, Request r, int64_t now) except -1
     cdef bytes _execute(self, Request r, object packer)
+    cdef bint _check_once(self, Request r, int64_t now) except -1
+    cdef int _once_outcome(self, Request r, int kind, bytes body) except -1
     cdef int _post(self, Request r) except -1
     cdef int _reply(self, Request r, int kind, bytes body, int64_t now) except -1
     cdef int _reply_error(self, Request r, int code, str type_name, str message,

@@ -71,14 +71,20 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from breakwater._server cimport Breakwater
 from microrpc._core cimport (
     CODEC_MSGPACK, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_NOT_FOUND, ERR_OVERLOADED,
-    ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, FLAG_KWARGS, HEADER_SIZE,
-    KIND_CANCEL,
+    ERR_IN_PROGRESS, ERR_LEASE_EXPIRED, ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE,
+    FLAG_HAS_CREDIT, FLAG_KWARGS, FLAG_ONCE, HEADER_SIZE, KIND_CANCEL,
     KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE, Frame,
     OutBuffer,
 )
 from microrpc._core import DEFAULT_MAX_MESSAGE_SIZE
 from microrpc._decode cimport DecodeLimits
 from microrpc._decode import DEFAULT_DECODE_LIMITS
+from microrpc.exactly_once import Check
+
+cdef object ONCE_NEW = Check.NEW
+cdef object ONCE_DONE = Check.DONE
+cdef object ONCE_RUNNING = Check.RUNNING
+cdef object ONCE_EXPIRED = Check.EXPIRED
 
 # Outcomes of a request besides a frame kind (Request.kind).
 cdef enum:
@@ -152,16 +158,18 @@ def clock_from(source):
 cdef class Method:
     """A registered handler and how to call it."""
 
-    def __init__(self, function, *, bint blocking=False, bint context=False):
+    def __init__(self, function, *, bint blocking=False, bint context=False,
+                 bint idempotent=True):
         if not callable(function):
             raise TypeError(f"{function!r} is not callable")
         self.function = function
         self.blocking = blocking
         self.context = context
+        self.idempotent = idempotent
 
     def __repr__(self):
         return (f"Method({self.function!r}, blocking={self.blocking}, "
-                f"context={self.context})")
+                f"context={self.context}, idempotent={self.idempotent})")
 
 
 cdef class Peer:
@@ -412,7 +420,7 @@ cdef class ServerCore:
                  Py_ssize_t max_output_per_connection=DEFAULT_MAX_OUTPUT,
                  Py_ssize_t max_sessions_per_connection=DEFAULT_MAX_SESSIONS,
                  Py_ssize_t line_share=DEFAULT_LINE_SHARE,
-                 DecodeLimits decode_limits=None):
+                 DecodeLimits decode_limits=None, once=None):
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         for name, value in (("max_queued", max_queued),
@@ -461,6 +469,7 @@ cdef class ServerCore:
         self.decode_limits = (decode_limits if decode_limits is not None
                               else DEFAULT_DECODE_LIMITS)
         self.send_tracebacks = send_tracebacks
+        self.once = once
         self.packer = msgpack.Packer()
         self.stopping = False
 
@@ -1002,6 +1011,9 @@ cdef class ServerCore:
                               "deadline passed before the call started", now)
             return 0
         r.method = <Method>m
+        if f.flags & FLAG_ONCE and not r.method.idempotent and self.once is not None:
+            if not self._check_once(r, now):
+                return 0
         if r.method.blocking or r.method.context:
             key = (p.id, f.call_id)
             if key in self.inflight:
@@ -1024,6 +1036,39 @@ cdef class ServerCore:
             return 0
         self._reply(r, r.kind, body, self.clock.now() if self.policy is not None else 0)
         return 0
+
+    cdef bint _check_once(self, Request r, int64_t now) except -1:
+        """An exactly-once call (microrpc.exactly_once): True if it is new and may run (its
+        reply will be saved); otherwise it is answered here (the saved reply of its first
+        run, "in progress", or a refusal) and False."""
+        cdef Frame f = r.frame
+        try:
+            check, saved = self.once.check(f.lease, f.seq, f.ack)
+        except ValueError as exc:
+            self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError", str(exc), now)
+            return False
+        if check is ONCE_NEW:
+            r.once = True
+            return True
+        if check is ONCE_DONE:
+            kind, codec, body = saved
+            if kind == KIND_RESPONSE and codec != f.codec:
+                self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
+                                  f"call {f.seq} of lease {f.lease} was first sent with codec "
+                                  f"{codec}: a retry must use the same one", now)
+            else:
+                self.once_duplicates += 1
+                self._reply(r, kind, body, now)
+        elif check is ONCE_RUNNING:
+            self._reply_error(r, ERR_IN_PROGRESS, "InProgress",
+                              f"call {f.seq} of lease {f.lease} is still running", now)
+        elif check is ONCE_EXPIRED:
+            self._reply_error(r, ERR_LEASE_EXPIRED, "LeaseExpired",
+                              f"lease {f.lease} has expired: the call was not run", now)
+        else:
+            self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
+                              f"call {f.seq} of lease {f.lease} refused: {check.value}", now)
+        return False
 
     cdef bytes _execute(self, Request r, object packer):
         """Decode the arguments, call the handler, encode the outcome. Returns the reply
@@ -1109,6 +1154,8 @@ cdef class ServerCore:
         while self.completions:
             r = self.completions.popleft()
             n += 1
+            if r.once:
+                self._once_outcome(r, r.kind, r.body)
             if r.done:
                 continue                     # ended meanwhile (stop, closed peer)
             key = (r.peer.id, r.frame.call_id)
@@ -1129,6 +1176,8 @@ cdef class ServerCore:
         cdef Peer p = r.peer
         cdef int flags = 0
         cdef uint32_t window = 0
+        if r.once:
+            self._once_outcome(r, kind, body)
         if r.done:
             return 0
         r.done = True
@@ -1145,6 +1194,18 @@ cdef class ServerCore:
         p.out.put_frame(kind, flags, _reply_codec(r, kind), r.frame.call_id, r.frame.session, 0,
                         window, NULL, 0, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
         self._mark_dirty(p)
+        return 0
+
+    cdef int _once_outcome(self, Request r, int kind, bytes body) except -1:
+        """Keep the outcome of an exactly-once call that ran, for its retries (also when
+        its connection is gone: the retry comes on a new one); forget one that did not run
+        after all, so that a retry may run it."""
+        cdef Frame f = r.frame
+        r.once = False
+        if kind == KIND_RESPONSE or kind == KIND_ERROR:
+            self.once.finish(f.lease, f.seq, (kind, f.codec, body))
+        else:                                # OUT_CANCELLED, OUT_SKIPPED: never started
+            self.once.forget(f.lease, f.seq)
         return 0
 
     cdef int _reply_error(self, Request r, int code, str type_name, str message,
@@ -1213,6 +1274,7 @@ cdef class ServerCore:
             self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
                               "the server stopped before the call finished", now)
         for r in list(self.inflight.values()):
+            r.once = False                   # it may still run: no outcome to keep
             r.cancelled = True               # a worker that has not started it skips it
             self._reply_error(r, ERR_UNAVAILABLE, "Unavailable",
                               "the server stopped before the call finished", now)

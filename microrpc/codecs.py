@@ -19,6 +19,8 @@ from microrpc._decode import DEFAULT_DECODE_LIMITS, DecodeLimits
 from microrpc._core import (
     BAD_REQUEST,
     DEADLINE_EXCEEDED,
+    IN_PROGRESS,
+    LEASE_EXPIRED,
     LOST,
     MESSAGE_TOO_LARGE,
     METHOD_NOT_FOUND,
@@ -32,7 +34,8 @@ from microrpc._core import (
 __all__ = [
     "CODECS", "codec_id", "DecodeLimits", "DEFAULT_DECODE_LIMITS",
     "REMOTE_ERROR", "METHOD_NOT_FOUND", "DEADLINE_EXCEEDED", "MESSAGE_TOO_LARGE", "OVERLOADED",
-    "BAD_REQUEST", "UNAVAILABLE", "WRONG_TARGET", "RETRY_ELSEWHERE", "LOST",
+    "BAD_REQUEST", "UNAVAILABLE", "WRONG_TARGET", "RETRY_ELSEWHERE", "LOST", "IN_PROGRESS",
+    "LEASE_EXPIRED",
 ]
 
 CODECS = {"raw": _core.RAW, "msgpack": _core.MSGPACK, "pickle": _core.PICKLE}

@@ -87,15 +87,11 @@ class LocalLeases:
 
     def valid(self, lease: int) -> bool:
         deadline = self._deadline.get(lease)
-        if deadline is None:
-            return False
-        if deadline <= self._clock():
-            del self._deadline[lease]
-            return False
-        return True
+        return deadline is not None and deadline > self._clock()
 
     def expired(self) -> list[int]:
-        """The leases that expired since the last call (each reported once)."""
+        """The leases that expired since the last call, each reported once and then
+        forgotten (the caller drops their records: CompletionTable.drop_lease)."""
         now = self._clock()
         gone = [lease for lease, deadline in self._deadline.items() if deadline <= now]
         for lease in gone:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 
 from microrpc import _core, _decode, _dispatch, _native, transport
 from microrpc.codecs import DecodeLimits, codec_id
+from microrpc.exactly_once import DEFAULT_LEASE_TTL, CompletionTable, LocalLeases
 from microrpc.service import exposed_methods
 
 __all__ = ["Server", "ServerStatistics", "CallContext", "DeferredReply", "STATS_METHOD",
@@ -28,6 +29,10 @@ RESERVED_PREFIX = "_microrpc."
 # The built-in statistics method (``Server(expose_stats=False)`` turns it off): returns
 # ``statistics().as_dict()``. Read by ``microrpc stats ADDRESS``.
 STATS_METHOD = RESERVED_PREFIX + "stats"
+# The built-in lease methods of exactly-once calls (microrpc.exactly_once): ``lease()``
+# returns ``[lease id, ttl seconds]``; ``renew(lease)`` returns whether it was still alive.
+LEASE_METHOD = RESERVED_PREFIX + "lease"
+RENEW_METHOD = RESERVED_PREFIX + "renew"
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,7 @@ class Server:
         max_sessions_per_connection: int = _dispatch.DEFAULT_MAX_SESSIONS,
         decode_limits: DecodeLimits | None = None,
         expose_stats: bool = True,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ):
         if poll not in _native.POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
@@ -225,6 +231,11 @@ class Server:
         self._entered = False            # the `with` block started it (start() says so)
         if expose_stats:
             self._methods[STATS_METHOD.encode()] = _dispatch.Method(self._stats_method)
+        # Exactly-once calls: this server is its clients' lease authority.
+        self._leases = LocalLeases(lease_ttl)
+        self._once = CompletionTable(self._leases.valid)
+        self._methods[LEASE_METHOD.encode()] = _dispatch.Method(self._grant_lease)
+        self._methods[RENEW_METHOD.encode()] = _dispatch.Method(self._leases.renew)
 
     # -- registration ------------------------------------------------------------------
 
@@ -233,26 +244,32 @@ class Server:
         return str(self._bound)
 
     def register(self, name: str, function: Callable, *, blocking: bool = False,
-                 context: bool = False, replace: bool = False) -> Callable:
+                 context: bool = False, idempotent: bool = True,
+                 replace: bool = False) -> Callable:
         """Make ``function`` callable as ``name``. Returns ``function``.
 
         ``blocking``: run it on the worker pool. ``context``: pass it a
-        :class:`CallContext` first (see the class docstring). A name already registered
-        raises ValueError unless ``replace=True``."""
+        :class:`CallContext` first (see the class docstring). ``idempotent=False``: an
+        exactly-once call of it (one carrying a lease and a sequence number) runs once
+        however often it is retried; its outcome is kept until the client acknowledges it
+        (see microrpc.exactly_once). A name already registered raises ValueError unless
+        ``replace=True``."""
         if not callable(function):
             raise TypeError(f"{function!r} is not callable")
         raw = self._check_name(name, replace)
         self._methods[raw] = _dispatch.Method(function, blocking=bool(blocking),
-                                              context=bool(context))
+                                              context=bool(context),
+                                              idempotent=bool(idempotent))
         return function
 
     def method(self, function: Callable | None = None, *, name: str | None = None,
-               blocking: bool = False, context: bool = False, replace: bool = False):
+               blocking: bool = False, context: bool = False, idempotent: bool = True,
+               replace: bool = False):
         """Decorator: ``@server.method`` or ``@server.method(name=..., blocking=True,
-        context=True, replace=True)``."""
+        context=True, idempotent=False, replace=True)``."""
         def decorate(fn: Callable) -> Callable:
             return self.register(name or fn.__name__, fn, blocking=blocking, context=context,
-                                 replace=replace)
+                                 idempotent=idempotent, replace=replace)
         return decorate(function) if function is not None else decorate
 
     def register_object(self, obj: Any, prefix: str = "", *,
@@ -291,6 +308,13 @@ class Server:
                              f"replace=True to replace it")
         return raw
 
+    def _grant_lease(self) -> list:
+        # Each grant also sweeps the leases that expired, with their records: the records
+        # kept are bounded by the leases granted within a ttl (times the window).
+        for lease in self._leases.expired():
+            self._once.drop_lease(lease)
+        return [self._leases.grant(), self._leases.ttl]
+
     def _stats_method(self) -> dict[str, Any]:
         # Runs on the I/O thread like any plain handler, so it reads the core's counters
         # from the thread that writes them.
@@ -318,7 +342,7 @@ class Server:
                 clock=_native.MonotonicClock(), policy=self._overload,
                 accept_codecs=self._codec_mask, max_message_size=self._max_message_size,
                 send_tracebacks=self._send_tracebacks, decode_limits=self._decode_limits,
-                **self._bounds)
+                once=self._once, **self._bounds)
             self._loop = _native.ServerLoop(self._core, waker, self._poll, self._spin_us)
             self._loop.add_listener(self._sock.fileno())
             return self._loop

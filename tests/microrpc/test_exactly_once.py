@@ -45,7 +45,7 @@ def test_an_expired_lease_cannot_start_a_call_but_its_records_answer_until_dropp
     clock.t += 6                                                     # the lease expired
     assert table.check(lease, 2, 0) == (Check.EXPIRED, None)         # never run
     assert table.check(lease, 1, 0) == (Check.DONE, "one")
-    assert leases.expired() == [lease] or not leases.valid(lease)
+    assert not leases.valid(lease) and leases.expired() == [lease]
     assert table.drop_lease(lease) == 1
     assert table.check(lease, 1, 0) == (Check.EXPIRED, None)         # not run again
     assert table.records() == 0

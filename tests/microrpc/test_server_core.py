@@ -8,6 +8,7 @@ import pytest
 
 import breakwater
 from microrpc import _core, _dispatch
+from microrpc.exactly_once import CompletionTable, LocalLeases
 
 MS = 1_000_000
 US = 1_000
@@ -924,3 +925,125 @@ def test_a_pass_ends_before_a_rejoining_flood_request_so_earlier_replies_go_out(
     assert h.core.run(h.clock.t, 3 * MS) == 1         # h, then the pass ends: its reply first
     assert log == ["f0", "h"] and h.replies(honest) == {1: "h"}
     assert h.core.run(h.clock.t, 3 * MS) == 9         # alone: the flood runs on in one pass
+
+
+# -- exactly-once calls (microrpc.exactly_once) ---------------------------------------------------------------------
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self, by):
+        self.n += by
+        return self.n
+
+
+def once_harness(ttl=5.0):
+    seconds = FakeClock(t=100.0)
+    leases = LocalLeases(ttl, clock=seconds)
+    h = Harness(once=CompletionTable(leases.valid, window=8))
+    h.leases, h.seconds = leases, seconds
+    counter = Counter()
+    h.register("incr", counter.incr)
+    h.methods[b"incr_once"] = _dispatch.Method(counter.incr, idempotent=False)
+    h.methods[b"slow_once"] = _dispatch.Method(counter.incr, idempotent=False, blocking=True)
+    h.counter = counter
+    return h
+
+
+def send_once(h, peer, call_id, name, *args, **ids):
+    f = frame(_core.REQUEST, call_id, name.encode(), msgpack.packb(list(args)),
+              codec=_core.MSGPACK, flags=_core.ONCE, **ids)
+    return h.core.feed(peer, f, h.clock.t)
+
+
+def test_a_retried_call_runs_once_and_every_copy_gets_the_first_reply():
+    h = once_harness()
+    lease = h.leases.grant()
+    p = h.peer()
+    send_once(h, p, 1, "incr_once", 5, lease=lease, seq=1, ack=0)
+    send_once(h, p, 2, "incr_once", 5, lease=lease, seq=1, ack=0)    # a retry of seq 1
+    h.step()
+    assert h.replies(p) == {1: 5, 2: 5} and h.counter.n == 5
+    assert h.core.once_duplicates == 1
+
+
+def test_an_idempotent_method_runs_every_time_whatever_the_id():
+    h = once_harness()
+    lease = h.leases.grant()
+    p = h.peer()
+    for cid in (1, 2):
+        send_once(h, p, cid, "incr", 1, lease=lease, seq=1, ack=0)
+    h.step()
+    assert h.replies(p) == {1: 1, 2: 2}
+
+
+def test_a_retry_while_the_first_still_runs_is_told_it_is_in_progress():
+    h = once_harness()
+    lease = h.leases.grant()
+    p = h.peer()
+    send_once(h, p, 1, "slow_once", 2, lease=lease, seq=1, ack=0)
+    h.step()                                          # handed to the (manual) pool
+    send_once(h, p, 2, "slow_once", 2, lease=lease, seq=1, ack=0)
+    h.step()
+    assert h.replies(p) == {2: (_core.IN_PROGRESS, "InProgress")}
+    h.pool.run_all()
+    h.step()
+    assert h.replies(p) == {1: 2} and h.counter.n == 2
+
+
+def test_the_outcome_is_kept_when_the_connection_drops_and_the_retry_comes_on_another():
+    h = once_harness()
+    lease = h.leases.grant()
+    first, second = h.peer("first"), h.peer("second")
+    send_once(h, first, 1, "slow_once", 3, lease=lease, seq=1, ack=0)
+    h.step()
+    h.pool.run_all()                                  # it ran; its reply is not sent yet
+    h.core.close_peer(first, h.clock.t)
+    h.step()                                          # the reply has nowhere to go
+    send_once(h, second, 7, "slow_once", 3, lease=lease, seq=1, ack=0)
+    h.step()
+    assert h.replies(second) == {7: 3} and h.counter.n == 3       # ran once
+
+
+def test_a_call_that_never_started_may_run_on_retry():
+    h = once_harness()
+    lease = h.leases.grant()
+    first, second = h.peer("first"), h.peer("second")
+    send_once(h, first, 1, "slow_once", 4, lease=lease, seq=1, ack=0)
+    h.step()
+    h.core.close_peer(first, h.clock.t)               # the worker has not started it
+    h.pool.run_all()
+    h.step()
+    send_once(h, second, 2, "slow_once", 4, lease=lease, seq=1, ack=0)
+    h.step()
+    h.pool.run_all()
+    h.step()
+    assert h.replies(second) == {2: 4} and h.counter.n == 4
+
+
+def test_a_call_of_an_expired_lease_is_refused_without_running():
+    h = once_harness(ttl=1.0)
+    lease = h.leases.grant()
+    p = h.peer()
+    h.seconds.t += 2
+    send_once(h, p, 1, "incr_once", 1, lease=lease, seq=1, ack=0)
+    h.step()
+    assert h.replies(p) == {1: (_core.LEASE_EXPIRED, "LeaseExpired")} and h.counter.n == 0
+
+
+def test_malformed_and_stale_ids_are_bad_requests_and_run_nothing():
+    h = once_harness()
+    lease = h.leases.grant()
+    p = h.peer()
+    send_once(h, p, 1, "incr_once", 1, lease=lease, seq=0, ack=0)          # seq 0
+    send_once(h, p, 2, "incr_once", 1, lease=lease, seq=3, ack=0)
+    send_once(h, p, 3, "incr_once", 1, lease=lease, seq=4, ack=3)          # acks 3
+    send_once(h, p, 4, "incr_once", 1, lease=lease, seq=3, ack=0)          # late copy of 3
+    h.step(10 * MS)
+    replies = h.replies(p)
+    assert replies[1] == (_core.BAD_REQUEST, "ProtocolError")
+    assert replies[2] == 1 and replies[3] == 2
+    assert replies[4] == (_core.BAD_REQUEST, "ProtocolError")
+    assert h.counter.n == 2

@@ -1,0 +1,91 @@
+"""Exactly-once calls on the wire: the ONCE flag's 24-byte id, and a live server's lease
+methods and completion records (the core's rules: tests/microrpc/test_server_core.py)."""
+import msgpack
+import pytest
+
+import microrpc
+from microrpc import ProtocolError, _core, transport
+
+
+def once_frame(call_id, name, *args, lease=1, seq=1, ack=0, codec=_core.MSGPACK):
+    return _core.encode_frame(_core.REQUEST, call_id, name, msgpack.packb(list(args)),
+                              codec=codec, flags=_core.ONCE, lease=lease, seq=seq, ack=ack)
+
+
+# -- the frame ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"", b"x" * 100, b"y" * 300_000])   # small, and in place
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 30])
+def test_the_once_id_travels_before_the_body_in_any_split(body, chunk):
+    if chunk == 1 and len(body) > 1000:
+        pytest.skip("a byte at a time through 300 KB is slow and adds nothing")
+    data = (_core.encode_frame(_core.PING, 9)
+            + _core.encode_frame(_core.REQUEST, 5, b"m", body, flags=_core.ONCE,
+                                 lease=2**64 - 1, seq=7, ack=6)
+            + _core.encode_frame(_core.PING, 10))
+    assert len(data) == 3 * 32 + 1 + _core.ONCE_ID + len(body)
+    parser = _core.FrameParser()
+    frames = []
+    for i in range(0, len(data), chunk):
+        parser.feed(data[i:i + chunk])
+        frames.extend(parser.frames())
+    assert [f.call_id for f in frames] == [9, 5, 10]
+    f = frames[1]
+    assert (f.lease, f.seq, f.ack, f.body, f.name) == (2**64 - 1, 7, 6, body, b"m")
+    assert (frames[0].lease, frames[0].seq) == (0, 0)        # no id without the flag
+
+
+def test_a_once_flag_off_a_request_or_without_room_for_the_id_is_a_protocol_error():
+    with pytest.raises(ValueError, match="exactly-once"):
+        _core.encode_frame(_core.PING, 1, flags=_core.ONCE)
+    bad = bytearray(_core.encode_frame(_core.PING, 1))
+    bad[4] = _core.ONCE                                       # flags byte
+    parser = _core.FrameParser()
+    parser.feed(bytes(bad))
+    with pytest.raises(ProtocolError, match="ONCE flag on a frame of kind"):
+        parser.next()
+    short = bytearray(_core.encode_frame(_core.REQUEST, 1, b"m", b"x" * 10))
+    short[4] = _core.ONCE
+    parser = _core.FrameParser()
+    parser.feed(bytes(short))
+    with pytest.raises(ProtocolError, match="shorter than its 24-byte"):
+        parser.next()
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self, by):
+        self.n += by
+        return self.n
+
+
+# -- a live server -----------------------------------------------------------------------
+
+
+def test_a_live_server_grants_leases_and_runs_a_retried_call_once():
+    server = microrpc.Server("tcp://127.0.0.1:0", lease_ttl=30.0)
+    counter = Counter()
+    server.register("incr", counter.incr, idempotent=False)
+    with server:
+        with microrpc.Client(server.address, timeout=5) as c:
+            lease, ttl = c.call("_microrpc.lease")
+            assert lease >= 1 and ttl == 30.0
+            assert c.call("_microrpc.renew", lease) is True
+        sock = transport.connect(server.address, 5)
+        sock.setblocking(True)
+        sock.settimeout(5)
+        try:
+            request = once_frame(1, b"incr", 10, lease=lease, seq=1, ack=0)
+            sock.sendall(request + request)               # the same call twice
+            parser = _core.FrameParser()
+            replies = []
+            while len(replies) < 2:
+                parser.feed(sock.recv(65536))
+                replies.extend(parser.frames())
+        finally:
+            sock.close()
+        assert [msgpack.unpackb(f.body) for f in replies] == [10, 10]
+        assert counter.n == 10
