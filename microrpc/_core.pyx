@@ -53,8 +53,11 @@ DEF KIND_MAX = 7
 DEF MAX_NAME = 255
 cdef enum:
     KNOWN_FLAGS = FLAG_HAS_CREDIT | FLAG_KWARGS | FLAG_ONCE
-# Below this the parser's buffer never shrinks; it is the usual size of a burst of frames.
-DEF INITIAL_CAPACITY = 65536
+# The first size of a parser's and an output buffer's memory; they grow (doubling) as the
+# connection's traffic needs. Small, because a server holds one of each per connection:
+# at 64 KiB each, a loop of clients that connect, ping and close (thousands open at once)
+# kept the server's RSS 235 MB above idle (issue #10, bench/hostile_bench.py).
+DEF INITIAL_CAPACITY = 4096
 # A body at least this large is read straight into the bytes object the Frame will carry
 # (the parser hands the driver that object's memory to recv into) rather than through the
 # parser's buffer: no 16 MiB copy on the I/O thread when it completes (5-8 ms that stalled

@@ -113,6 +113,7 @@ DEF POLL_ADAPTIVE = 2
 # Bytes asked of each recv(2): large enough that one call usually drains a burst of small
 # frames (batching), small enough to stay in L2.
 DEF RECV_CHUNK = 65536
+DEF MIN_RECV = 4096
 # A connection's reads in one server pass stop after this many bytes, so one flooding
 # client cannot starve the others of the I/O thread: 1 MiB when it is the only connection
 # with something to read and nothing waits to run (then it delays nobody), one recv
@@ -567,7 +568,13 @@ cdef class ServerLoop:
         if c.backlogged:
             return 0
         while total < budget:
-            room = RECV_CHUNK
+            # Read into the room the parser has (a new connection's buffer is small, and
+            # grows only when its traffic fills it), at least a page, at most RECV_CHUNK.
+            room = c.parser.cap - (c.parser.end - c.parser.start)
+            if room < MIN_RECV:
+                room = MIN_RECV
+            elif room > RECV_CHUNK:
+                room = RECV_CHUNK
             dst = c.parser.reserve(&room)
             with nogil:
                 n = recv(c.fd, dst, room, MSG_DONTWAIT)
