@@ -275,8 +275,8 @@ class Server:
     def register_object(self, obj: Any, prefix: str = "", *,
                         replace: bool = False) -> list[str]:
         """Serve the methods of ``obj`` marked with :func:`microrpc.expose`, each as
-        ``prefix`` + its name (``expose(name=...)`` renames it; ``blocking`` and ``context``
-        as for :meth:`register`). Returns the names registered, in order. Nothing else of
+        ``prefix`` + its name (``expose(name=...)`` renames it; ``blocking``, ``context``
+        and ``idempotent`` as for :meth:`register`). Returns the names registered, in order. Nothing else of
         ``obj`` is reachable. A marked name starting with ``_``, an object with no marked
         method, or a name already registered (without ``replace=True``) raises ValueError,
         and then nothing of ``obj`` is registered::
@@ -288,12 +288,13 @@ class Server:
             server.register_object(Accounts(), prefix="accounts.")   # "accounts.balance"
         """
         found = exposed_methods(obj, prefix)
-        raws = [self._check_name(name, replace) for name, _, _, _ in found]
+        raws = [self._check_name(m.name, replace) for m in found]
         if len(set(raws)) != len(raws):
             raise ValueError(f"{type(obj).__name__} exposes two methods under one name")
-        for raw, (_, bound, blocking, context) in zip(raws, found):
-            self._methods[raw] = _dispatch.Method(bound, blocking=blocking, context=context)
-        return [name for name, _, _, _ in found]
+        for raw, m in zip(raws, found):
+            self._methods[raw] = _dispatch.Method(m.function, blocking=m.blocking,
+                                                  context=m.context, idempotent=m.idempotent)
+        return [m.name for m in found]
 
     def _check_name(self, name: str, replace: bool) -> bytes:
         """The wire name of ``name``, after the checks every registration makes."""

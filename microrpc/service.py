@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 __all__ = ["expose", "exposed_methods"]
 
@@ -23,13 +23,24 @@ class _Exposed:
     name: str | None        # the method's name on the wire (None: the attribute's)
     blocking: bool
     context: bool
+    idempotent: bool
+
+
+class ExposedMethod(NamedTuple):
+    """A method :func:`exposed_methods` found: how to register it."""
+    name: str               # the served name, prefix included
+    function: Callable      # the bound method
+    blocking: bool
+    context: bool
+    idempotent: bool
 
 
 def expose(function: Callable | None = None, *, name: str | None = None,
-           blocking: bool = False, context: bool = False):
+           blocking: bool = False, context: bool = False, idempotent: bool = True):
     """Mark a method for ``Server.register_object``: ``@expose``, or ``@expose(name=...,
-    blocking=True, context=True)`` with the meanings of ``Server.register``. ``name``
-    replaces the attribute's name on the wire (the object's prefix still goes first)."""
+    blocking=True, context=True, idempotent=False)`` with the meanings of
+    ``Server.register``. ``name`` replaces the attribute's name on the wire (the object's
+    prefix still goes first)."""
     if name is not None and (not isinstance(name, str) or not name or name.startswith("_")):
         raise ValueError(f"expose(name={name!r}): a served name is a non-empty str that "
                          f"does not start with '_'")
@@ -38,16 +49,17 @@ def expose(function: Callable | None = None, *, name: str | None = None,
         target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
         if not callable(target):
             raise TypeError(f"@expose marks a function or method, not {fn!r}")
-        setattr(target, _MARK, _Exposed(name, bool(blocking), bool(context)))
+        setattr(target, _MARK, _Exposed(name, bool(blocking), bool(context),
+                                        bool(idempotent)))
         return fn
 
     return mark(function) if function is not None else mark
 
 
-def exposed_methods(obj: Any, prefix: str = "") -> list[tuple[str, Callable, bool, bool]]:
-    """``(served name, bound method, blocking, context)`` for each method of ``obj`` marked
-    with :func:`expose`, in name order. Raises ValueError for a marked method whose name
-    starts with ``_`` and when nothing is marked."""
+def exposed_methods(obj: Any, prefix: str = "") -> list[ExposedMethod]:
+    """An :class:`ExposedMethod` for each method of ``obj`` marked with :func:`expose`, in
+    name order. Raises ValueError for a marked method whose name starts with ``_`` and when
+    nothing is marked."""
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
     if isinstance(obj, type):
@@ -65,8 +77,8 @@ def exposed_methods(obj: Any, prefix: str = "") -> list[tuple[str, Callable, boo
         if attr.startswith("_"):
             raise ValueError(f"{type(obj).__name__}.{attr} is marked with @expose, but "
                              f"names starting with '_' are never served")
-        found.append((prefix + (mark.name or attr), getattr(obj, attr), mark.blocking,
-                      mark.context))
+        found.append(ExposedMethod(prefix + (mark.name or attr), getattr(obj, attr),
+                                   mark.blocking, mark.context, mark.idempotent))
     if not found:
         raise ValueError(f"{type(obj).__name__} object has no method marked with "
                          f"@microrpc.expose: nothing to serve")

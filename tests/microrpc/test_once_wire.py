@@ -89,3 +89,39 @@ def test_a_live_server_grants_leases_and_runs_a_retried_call_once():
             sock.close()
         assert [msgpack.unpackb(f.body) for f in replies] == [10, 10]
         assert counter.n == 10
+
+
+def test_a_service_class_marks_a_method_not_idempotent():
+    class Bank:
+        def __init__(self):
+            self.total = 0
+
+        @microrpc.expose(idempotent=False)
+        def deposit(self, amount):
+            self.total += amount
+            return self.total
+
+        @microrpc.expose
+        def balance(self):
+            return self.total
+
+    bank = Bank()
+    server = microrpc.Server("tcp://127.0.0.1:0")
+    assert server.register_object(bank, prefix="bank.") == ["bank.balance", "bank.deposit"]
+    with server:
+        with microrpc.Client(server.address, timeout=5) as c:
+            lease, _ = c.call("_microrpc.lease")
+        sock = transport.connect(server.address, 5)
+        sock.setblocking(True)
+        sock.settimeout(5)
+        try:
+            request = once_frame(1, b"bank.deposit", 7, lease=lease, seq=1, ack=0)
+            sock.sendall(request * 3)
+            parser = _core.FrameParser()
+            replies = []
+            while len(replies) < 3:
+                parser.feed(sock.recv(65536))
+                replies.extend(parser.frames())
+        finally:
+            sock.close()
+    assert [msgpack.unpackb(f.body) for f in replies] == [7, 7, 7] and bank.total == 7
