@@ -40,8 +40,10 @@ __all__ = ["Finding", "TARGETS", "generate", "check", "pickle_guard"]
 HEADER = _core.HEADER
 _HEADER = struct.Struct("<2sBBBBHQIIII")
 MAGIC = b"\xb5R"
-KNOWN_FLAGS = 0b11          # docs/wire.md: bit 0 HAS_CREDIT, bit 1 KWARGS (REQUEST only)
-KWARGS = 0b10
+KNOWN_FLAGS = 0b111         # docs/wire.md: bit 0 HAS_CREDIT, bits 1 KWARGS and 2 ONCE
+KWARGS = 0b10               # (REQUEST only)
+ONCE = 0b100                # (REQUEST only; the body starts with a 24-byte id)
+ONCE_ID = 24
 MAX_NAME = 255
 
 # Values that sit on the edges of the header's integer fields.
@@ -111,6 +113,8 @@ def any_frame(rng, kinds=range(1, 8), body=None):
     if body is None:
         body = _rand_bytes(rng, _size(rng))
     flags = rng.choice((0, 1, 2, 3) if kind == _core.REQUEST else (0, 1))
+    if kind == _core.REQUEST and len(body) >= ONCE_ID and rng.random() < 0.2:
+        flags |= ONCE
     return raw_frame(kind, _u64(rng), name, body, flags=flags,
                      codec=rng.choice((0, 1, 2)), session=_u32(rng),
                      deadline_us=_u32(rng), credit=_u32(rng))
@@ -206,7 +210,9 @@ def reference_frames(stream, max_size):
         _, _, kind, flags, codec, name_len, _, _, _, _, body_len = _HEADER.unpack(rest)
         if not 1 <= kind <= 7 or flags & ~KNOWN_FLAGS or codec > 2:
             return count, True
-        if kind != 1 and flags & KWARGS:
+        if kind != 1 and flags & (KWARGS | ONCE):
+            return count, True
+        if flags & ONCE and body_len < ONCE_ID:
             return count, True
         if (kind == 1) != (name_len > 0) or name_len > MAX_NAME:
             return count, True
@@ -261,7 +267,8 @@ def check_parser(case):
     pieces = []
     for i, f in enumerate(frames):
         out.append(f.kind, f.call_id, f.name, f.body, flags=f.flags, codec=f.codec,
-                   session=f.session, deadline_us=f.deadline_us, credit=f.credit)
+                   session=f.session, deadline_us=f.deadline_us, credit=f.credit,
+                   lease=f.lease, seq=f.seq, ack=f.ack)
         if i % 2:
             pieces.append(out.take())
     encoded = b"".join(pieces) + out.take()

@@ -229,6 +229,8 @@ cdef class FrameParser:
         cdef Py_ssize_t n = self.end - self.start
         if self.pending is not None:
             n += HEADER_SIZE + PyBytes_GET_SIZE(self.pending.name) + self.pending_have
+            if self.pending.flags & FLAG_ONCE:
+                n += ONCE_ID_SIZE
         return n
 
     cdef inline bint _filling(self) noexcept:

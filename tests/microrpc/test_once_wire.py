@@ -127,3 +127,13 @@ def test_a_service_class_marks_a_method_not_idempotent():
         finally:
             sock.close()
     assert [msgpack.unpackb(f.body) for f in replies] == [7, 7, 7] and bank.total == 7
+
+
+def test_a_large_once_body_arriving_counts_its_id_as_buffered():
+    data = _core.encode_frame(_core.REQUEST, 1, b"m", b"z" * 200_000, flags=_core.ONCE,
+                              lease=1, seq=1, ack=0)
+    parser = _core.FrameParser()
+    parser.feed(data[:1000])
+    assert parser.next() is None and parser.buffered() == 1000
+    parser.feed(data[1000:])
+    assert parser.next().body == b"z" * 200_000 and parser.buffered() == 0
