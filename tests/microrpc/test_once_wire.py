@@ -55,42 +55,38 @@ def test_a_once_flag_off_a_request_or_without_room_for_the_id_is_a_protocol_erro
         parser.next()
 
 
-class Counter:
-    def __init__(self):
-        self.n = 0
-
-    def incr(self, by):
-        self.n += by
-        return self.n
-
-
 # -- a live server -----------------------------------------------------------------------
+
+
+def send_copies(address, request, copies):
+    """Send ``request`` ``copies`` times on one raw connection; the replies' values."""
+    sock = transport.connect(address, 5)
+    sock.setblocking(True)
+    sock.settimeout(5)
+    try:
+        sock.sendall(request * copies)
+        parser = _core.FrameParser()
+        replies = []
+        while len(replies) < copies:
+            parser.feed(sock.recv(65536))
+            replies.extend(parser.frames())
+    finally:
+        sock.close()
+    return [msgpack.unpackb(f.body) for f in replies]
 
 
 def test_a_live_server_grants_leases_and_runs_a_retried_call_once():
     server = microrpc.Server("tcp://127.0.0.1:0", lease_ttl=30.0)
-    counter = Counter()
-    server.register("incr", counter.incr, idempotent=False)
+    ran = []
+    server.register("incr", lambda by: ran.append(by) or sum(ran), idempotent=False)
     with server:
         with microrpc.Client(server.address, timeout=5) as c:
             lease, ttl = c.call("_microrpc.lease")
             assert lease >= 1 and ttl == 30.0
             assert c.call("_microrpc.renew", lease) is True
-        sock = transport.connect(server.address, 5)
-        sock.setblocking(True)
-        sock.settimeout(5)
-        try:
-            request = once_frame(1, b"incr", 10, lease=lease, seq=1, ack=0)
-            sock.sendall(request + request)               # the same call twice
-            parser = _core.FrameParser()
-            replies = []
-            while len(replies) < 2:
-                parser.feed(sock.recv(65536))
-                replies.extend(parser.frames())
-        finally:
-            sock.close()
-        assert [msgpack.unpackb(f.body) for f in replies] == [10, 10]
-        assert counter.n == 10
+        request = once_frame(1, b"incr", 10, lease=lease, seq=1, ack=0)
+        assert send_copies(server.address, request, 2) == [10, 10]   # the same call twice
+    assert ran == [10]
 
 
 def test_a_service_class_marks_a_method_not_idempotent():
@@ -113,20 +109,9 @@ def test_a_service_class_marks_a_method_not_idempotent():
     with server:
         with microrpc.Client(server.address, timeout=5) as c:
             lease, _ = c.call("_microrpc.lease")
-        sock = transport.connect(server.address, 5)
-        sock.setblocking(True)
-        sock.settimeout(5)
-        try:
-            request = once_frame(1, b"bank.deposit", 7, lease=lease, seq=1, ack=0)
-            sock.sendall(request * 3)
-            parser = _core.FrameParser()
-            replies = []
-            while len(replies) < 3:
-                parser.feed(sock.recv(65536))
-                replies.extend(parser.frames())
-        finally:
-            sock.close()
-    assert [msgpack.unpackb(f.body) for f in replies] == [7, 7, 7] and bank.total == 7
+        request = once_frame(1, b"bank.deposit", 7, lease=lease, seq=1, ack=0)
+        assert send_copies(server.address, request, 3) == [7, 7, 7]
+    assert bank.total == 7
 
 
 def test_a_large_once_body_arriving_counts_its_id_as_buffered():
