@@ -185,6 +185,23 @@ cdef Frame _frame_from_header(const uint8_t* h):
     return f
 
 
+cdef inline void _put_header(uint8_t* h, int kind, int flags, int codec, uint64_t call_id,
+                             uint32_t session, uint32_t deadline_us, uint32_t credit,
+                             Py_ssize_t name_len, Py_ssize_t body_len) noexcept:
+    h[0] = MAGIC0
+    h[1] = MAGIC1
+    h[2] = VERSION
+    h[3] = kind
+    h[4] = flags
+    h[5] = codec
+    store16(h + 6, <uint16_t>name_len)
+    store64(h + 8, call_id)
+    store32(h + 16, session)
+    store32(h + 20, deadline_us)
+    store32(h + 24, credit)
+    store32(h + 28, <uint32_t>body_len)
+
+
 cdef inline void _read_once_id(Frame f, const uint8_t* q) noexcept:
     f.lease = load64(q)
     f.seq = load64(q + 8)
@@ -411,8 +428,18 @@ cdef class OutBuffer:
                        uint32_t session, uint32_t deadline_us, uint32_t credit,
                        const char* name, Py_ssize_t name_len,
                        const char* body, Py_ssize_t body_len) except -1:
-        return self.put_frame_once(kind, flags, codec, call_id, session, deadline_us, credit,
-                                   name, name_len, body, body_len, 0, 0, 0)
+        cdef Py_ssize_t total = HEADER_SIZE + name_len + body_len
+        if self.cap - self.end < total:
+            self._grow(total)
+        cdef uint8_t* h = <uint8_t*>(self.buf + self.end)
+        _put_header(h, kind, flags, codec, call_id, session, deadline_us, credit, name_len,
+                    body_len)
+        if name_len:
+            memcpy(h + HEADER_SIZE, name, name_len)
+        if body_len:
+            memcpy(h + HEADER_SIZE + name_len, body, body_len)
+        self.end += total
+        return 0
 
     cdef int put_frame_once(self, int kind, int flags, int codec, uint64_t call_id,
                             uint32_t session, uint32_t deadline_us, uint32_t credit,
@@ -421,31 +448,23 @@ cdef class OutBuffer:
                             uint64_t lease, uint64_t seq, uint64_t ack) except -1:
         """put_frame, with the exactly-once id (lease, seq, ack) before the body when
         ``flags`` has ONCE."""
-        cdef Py_ssize_t pre = ONCE_ID_SIZE if flags & FLAG_ONCE else 0
-        cdef Py_ssize_t total = HEADER_SIZE + name_len + pre + body_len
+        if not flags & FLAG_ONCE:
+            return self.put_frame(kind, flags, codec, call_id, session, deadline_us, credit,
+                                  name, name_len, body, body_len)
+        cdef Py_ssize_t total = HEADER_SIZE + name_len + ONCE_ID_SIZE + body_len
         if self.cap - self.end < total:
             self._grow(total)
         cdef uint8_t* h = <uint8_t*>(self.buf + self.end)
-        h[0] = MAGIC0
-        h[1] = MAGIC1
-        h[2] = VERSION
-        h[3] = kind
-        h[4] = flags
-        h[5] = codec
-        store16(h + 6, <uint16_t>name_len)
-        store64(h + 8, call_id)
-        store32(h + 16, session)
-        store32(h + 20, deadline_us)
-        store32(h + 24, credit)
-        store32(h + 28, <uint32_t>(pre + body_len))
+        cdef uint8_t* q = h + HEADER_SIZE + name_len
+        _put_header(h, kind, flags, codec, call_id, session, deadline_us, credit, name_len,
+                    ONCE_ID_SIZE + body_len)
         if name_len:
             memcpy(h + HEADER_SIZE, name, name_len)
-        if pre:
-            store64(h + HEADER_SIZE + name_len, lease)
-            store64(h + HEADER_SIZE + name_len + 8, seq)
-            store64(h + HEADER_SIZE + name_len + 16, ack)
+        store64(q, lease)
+        store64(q + 8, seq)
+        store64(q + 16, ack)
         if body_len:
-            memcpy(h + HEADER_SIZE + name_len + pre, body, body_len)
+            memcpy(q + ONCE_ID_SIZE, body, body_len)
         self.end += total
         return 0
 
