@@ -41,6 +41,7 @@ cdef class Peer:
                                    # until the peer's first CANCEL: most never send one
     cdef readonly Py_ssize_t nqueued   # not started: in the line and in `queue`
     cdef Py_ssize_t nline          # of those, in the core's line
+    cdef object inline             # deque of those, in line order (len == nline)
     cdef Py_ssize_t queued_bytes   # name + body bytes of the requests not started
     cdef bint held                 # `out` was over its limit: its requests wait for resume()
     cdef bint rejoining            # on the core's rejoin list
@@ -67,6 +68,7 @@ cdef class Request:
     cdef bint done                 # the core gave its one reply, or ended it silently
     cdef object reply              # the DeferredReply, once defer() was called
     cdef bint once                 # an exactly-once call that started: keep its outcome
+    cdef bint inline               # in the core's line (False: not, or pulled out of it)
 
 
 @cython.final
@@ -85,6 +87,7 @@ cdef class ServerCore:
     # (a peer with more keeps the rest in Peer.queue: see the module docstring).
     cdef object line               # deque of Request
     cdef list rejoin               # peers over their share, to put their next in line
+    cdef Py_ssize_t nline_live     # requests in `line` not pulled out (the line's length)
     cdef readonly Py_ssize_t line_share
     cdef Py_ssize_t nqueued        # requests read and not started, every peer
     cdef readonly Py_ssize_t queued_bytes   # their name + body bytes
@@ -147,6 +150,8 @@ cdef class ServerCore:
     cdef int _taken(self, Peer p, Request r) except -1
     cdef int _line_fill(self, Peer p) except -1
     cdef int _rejoin(self) except -1
+    cdef int _line_put(self, Peer p, Request r) except -1
+    cdef int _trim(self) except -1
     cdef list _line_pull(self, Peer p)
     cdef int _hold(self, Peer p, Request r) except -1
     cdef int _wake_waiting(self, Peer p) except -1

@@ -179,6 +179,7 @@ cdef class Peer:
         self.out = OutBuffer()
         self.sessions = {}
         self.queue = collections.deque()
+        self.inline = collections.deque()
         self.label = ""
 
     def __repr__(self):
@@ -605,32 +606,43 @@ cdef class ServerCore:
         for p in peers:
             p.rejoining = False
             if p.queue and not p.nline and not p.held and not p.closed:
-                self.line.append(p.queue.popleft())
-                p.nline = 1
+                self._line_put(p, p.queue.popleft())
         return 0
 
     cdef int _line_fill(self, Peer p) except -1:
         """Move ``p``'s oldest waiting requests into the line, up to its share."""
         cdef Request r
         while p.nline < self.line_share and p.queue:
-            r = p.queue.popleft()
-            self.line.append(r)
-            p.nline += 1
+            self._line_put(p, p.queue.popleft())
+        return 0
+
+    cdef int _line_put(self, Peer p, Request r) except -1:
+        """``r`` joins the line's end (it is ``p``'s newest there)."""
+        self.line.append(r)
+        p.inline.append(r)
+        r.inline = True
+        p.nline += 1
+        self.nline_live += 1
         return 0
 
     cdef list _line_pull(self, Peer p):
-        """Take ``p``'s requests out of the line, in order. A scan of the line, which holds at
-        most line_share requests of each peer; done when a peer is held or closed, each of
-        which costs the peer far more than that (4 MiB of unread replies; a connection)."""
-        cdef list mine = []
-        cdef list others
-        if p.nline:
-            others = []
-            for r in self.line:
-                (mine if (<Request>r).peer is p else others).append(r)
-            self.line = collections.deque(others)
-            p.nline = 0
+        """Take ``p``'s requests out of the line, in order, in O(its share): they stay in
+        the deque, marked, and run() drops them when it reaches them (a scan of the line
+        per closed connection would let a client that connects, queues and closes in a loop
+        make the server scan it each time)."""
+        cdef list mine = list(p.inline)
+        for r in mine:
+            (<Request>r).inline = False
+        p.inline.clear()
+        self.nline_live -= p.nline
+        p.nline = 0
         return mine
+
+    cdef int _trim(self) except -1:
+        """Drop the marked (pulled out) requests at the head of the line."""
+        while self.line and not (<Request>self.line[0]).inline:
+            self.line.popleft()
+        return 0
 
     cdef int _hold(self, Peer p, Request r) except -1:
         """``r``, next in line, belongs to ``p``, whose unsent replies are over the limit: it
@@ -649,8 +661,7 @@ cdef class ServerCore:
             p.queue.append(r)
         else:
             if p.nline < self.line_share and not p.queue:
-                self.line.append(r)
-                p.nline += 1
+                self._line_put(p, r)
             else:
                 p.queue.append(r)
             self.nrunnable += 1
@@ -769,8 +780,7 @@ cdef class ServerCore:
         cdef Request r = None
         if p.nqueued:
             if p.queued is None:             # the first CANCEL of this peer: index its queue
-                p.queued = {(<Request>q).frame.call_id: q for q in self.line
-                            if (<Request>q).peer is p}
+                p.queued = {(<Request>q).frame.call_id: q for q in p.inline}
                 p.queued.update({(<Request>q).frame.call_id: q for q in p.queue})
             r = p.queued.get(call_id)
         if r is None:
@@ -855,7 +865,8 @@ cdef class ServerCore:
         term, which counts every runnable request, bounds the difference)."""
         cdef Request head
         cdef int64_t d = 0, ahead
-        if self.line:
+        self._trim()
+        if self.nline_live:
             head = self.line[0]
             d = now - head.arrival_ns
         ahead = self.nrunnable * self.per_request_ns
@@ -874,7 +885,8 @@ cdef class ServerCore:
         one connection got an honest client on another rejected)."""
         cdef Request head
         cdef int64_t d = 0, ahead
-        cdef Py_ssize_t n = len(self.line)
+        cdef Py_ssize_t n = self.nline_live
+        self._trim()
         if n:
             head = self.line[0]
             d = now - head.arrival_ns
@@ -939,7 +951,7 @@ cdef class ServerCore:
 
     cpdef bint has_work(self) noexcept:
         """Requests to start or completions to drain: the driver should not sleep."""
-        return bool(self.line) or bool(self.rejoin) or bool(self.completions)
+        return self.nline_live > 0 or bool(self.rejoin) or bool(self.completions)
 
     cpdef int run(self, int64_t now, int64_t budget_ns) except -1:
         """Start requests from the line, in order, until none is left or ``budget_ns``
@@ -955,19 +967,24 @@ cdef class ServerCore:
         # of over-share peers already waiting. Once they have started, the pass ends before
         # the rejoined ones (if there are others), so that their replies go out first: a
         # light client's reply does not wait for a flood's next request to run.
-        cdef Py_ssize_t before_rejoin = len(self.line)
+        cdef Py_ssize_t before_rejoin = self.nline_live
         self._rejoin()
-        while self.line or self.rejoin:
-            if not self.line:
+        while self.nline_live or self.rejoin:
+            if not self.nline_live:
                 self._rejoin()
-                if not self.line:
+                if not self.nline_live:
                     break
             elif popped == before_rejoin and n:
                 break
             r = self.line.popleft()
+            if not r.inline:
+                continue                     # pulled out: its peer closed or was held
             popped += 1
             p = r.peer
+            p.inline.popleft()               # r: a peer's requests leave the line in order
+            r.inline = False
             p.nline -= 1
+            self.nline_live -= 1
             if p.out.end - p.out.start > self.out_limit:
                 self._hold(p, r)             # run once the peer has read its replies
                 continue
@@ -980,6 +997,8 @@ cdef class ServerCore:
             now = self.clock.now()
             if now >= end:
                 break
+        if not self.nline_live:
+            self.line.clear()                # only marked requests are left, if any
         return n
 
     cdef int _run_one(self, Request r, int64_t now) except -1:
@@ -1256,14 +1275,18 @@ cdef class ServerCore:
             return True
         if now < self.stop_deadline:
             return False
-        waiting = list(self.line)
+        waiting = [r for r in self.line if (<Request>r).inline]
+        for r in waiting:
+            (<Request>r).inline = False
         self.line.clear()
+        self.nline_live = 0
         self.rejoin = []
         for p in list(self.peers.values()):
             waiting.extend(p.queue)
             p.queue.clear()
             p.queued = None
             p.rejoining = False
+            p.inline.clear()
             p.nline = 0
             p.nqueued = 0
             p.queued_bytes = 0

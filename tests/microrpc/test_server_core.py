@@ -1047,3 +1047,24 @@ def test_malformed_and_stale_ids_are_bad_requests_and_run_nothing():
     assert replies[2] == 1 and replies[3] == 2
     assert replies[4] == (_core.BAD_REQUEST, "ProtocolError")
     assert h.counter.n == 2
+
+
+def test_the_requests_of_a_closed_peer_no_longer_count_in_the_line():
+    h = Harness(policy=CountingPolicy())
+    log = []
+    h.register("t", ticking(h, log))
+    gone, stays = h.peer("gone"), h.peer("stays")
+    for i in range(5):
+        h.call(gone, i, "t", f"g{i}")
+    h.clock.advance(5 * MS)
+    h.call(stays, 1, "t", "s")
+    h.core.close_peer(gone, h.clock.t)
+    assert h.core.queue_delay(h.clock.t) == 0        # the line's head is now the new one
+    for cycle in range(100):                          # connect, queue, close, in a loop
+        p = h.peer(f"c{cycle}")
+        for i in range(8):
+            h.call(p, i, "t", "x")
+        h.core.close_peer(p, h.clock.t)
+    assert h.core.queued() == 1 and h.core.has_work()
+    assert h.core.run(h.clock.t, 100 * MS) == 1 and log == ["s"]
+    assert not h.core.has_work() and h.core.queue_depth() == 0
