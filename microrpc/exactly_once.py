@@ -188,10 +188,18 @@ class CompletionTable:
 
     @staticmethod
     def _ack(client: _Client, ack: int) -> None:
+        # Every request carries an ack: look at the seqs it newly acknowledges, or at the
+        # records if there are fewer of those (an ack may jump far ahead), not at both.
         if ack > client.acked:
-            for seq in [s for s in client.records if s <= ack]:
-                if client.records[seq] is not _RUNNING:
-                    del client.records[seq]
+            records = client.records
+            if ack - client.acked <= len(records):
+                acked = range(client.acked + 1, ack + 1)
+            else:
+                acked = [seq for seq in records if seq <= ack]
+            for seq in acked:
+                saved = records.get(seq)
+                if saved is not None and saved is not _RUNNING:
+                    del records[seq]
             client.acked = ack
 
 
