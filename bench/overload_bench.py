@@ -57,8 +57,8 @@ CLIENTS = 1000
 CONNECTIONS = 4
 # Sessions the generator multiplexes on one connection, at most: under the server's
 # default max_sessions_per_connection (1024), which refuses a further session's requests.
-# (Until session 6 the 10,000-client run put 2,500 on each of 4 connections, and 59 % of
-# its calls ended in that refusal, unnoticed.)
+# (With 2,500 on each of 4 connections, 59 % of the 10,000-client run's calls ended in
+# that refusal, and its goodput alone did not show it.)
 SESSIONS_PER_CONNECTION = 1000
 CAPACITY_OUTSTANDING = 16
 LOADS_FULL = [0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0]
