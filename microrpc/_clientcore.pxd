@@ -32,6 +32,13 @@ cdef class Call:
     cdef int64_t deadline_ns           # monotonic; 0 = none
     cdef uint32_t deadline_us          # sent on the wire (relative)
     cdef bint by_default               # its deadline is now + the client's default timeout
+    # Exactly-once calls (microrpc.exactly_once): its number (0: not such a call), the lease
+    # its copies were sent under (0: none sent yet, or every copy was refused unrun), and
+    # how many copies went out.
+    cdef readonly uint64_t seq
+    cdef uint64_t lease
+    cdef int sends
+    cdef int in_progress               # "in progress" answers so far (its retry backoff)
     # Slots for the driver: the core only reads ``watched`` (tell the driver when this call
     # ends) and never looks at the others.
     cdef public bint watched
@@ -63,6 +70,21 @@ cdef class ClientCore:
     cdef list ended                    # watched calls that ended since take_ended()
     cdef readonly uint64_t started, ok, failed, timeouts, cancelled, stray_replies
     cdef readonly uint64_t handshakes
+    # Exactly-once calls: the lease (0 while none is held), the numbering and its ack, the
+    # calls waiting for a connection or a lease (``parked``) or to ask again after "in
+    # progress" (``retry_heap``: (time ns, n, Call)), and the lease request in flight.
+    cdef readonly bint exactly_once
+    cdef readonly uint64_t once_lease
+    cdef uint64_t once_next
+    cdef uint64_t once_first_open
+    cdef set once_ended
+    cdef readonly Py_ssize_t once_window
+    cdef list parked
+    cdef object window_wait            # deque of calls not numbered yet: the window is full
+    cdef int64_t last_now              # the latest time a driver passed in (ns)
+    cdef list retry_heap
+    cdef Call lease_call
+    cdef readonly uint64_t resends, lease_grants
 
     cdef int _finish(self, Call call, object value, object error, bint tell=*) except -1
     cdef int _send(self, Call call) except -1
@@ -70,7 +92,16 @@ cdef class ClientCore:
     cdef int _on_frame(self, Frame f, int64_t now) except -1
     cdef int _set_deadline(self, Call call, object timeout, int64_t now) except -1
     cdef int _drain_ready(self, object ready) except -1
-    cdef _fail(self, error)
+    cdef _fail(self, error, bint retry=*)
+    cdef int _route(self, Call call, int64_t now) except -1
+    cdef int _park(self, Call call) except -1
+    cdef int _stale_lease(self, Call call) except -1
+    cdef int _resend_parked(self, int64_t now) except -1
+    cdef int _once_ended(self, uint64_t seq) except -1
+    cdef int _number(self, Call call, int64_t now) except -1
+    cdef int _request_lease(self) except -1
+    cdef int _on_lease_reply(self, Frame f, int64_t now) except -1
+    cdef bint _on_once_error(self, Call call, bytes body, int64_t now) except -1
     cdef _break(self, error)
     cdef _break_with(self, Call call, error)
     cdef _expire(self, Call call)

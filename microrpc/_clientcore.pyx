@@ -26,8 +26,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from microrpc._core cimport (
-    CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_NOT_FOUND,
-    ERR_OVERLOADED, ERR_REMOTE, ERR_TOO_LARGE, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, FLAG_KWARGS,
+    CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_IN_PROGRESS,
+    ERR_LEASE_EXPIRED, ERR_NOT_FOUND, ERR_OVERLOADED, ERR_REMOTE, ERR_TOO_LARGE,
+    ERR_UNAVAILABLE, FLAG_HAS_CREDIT, FLAG_KWARGS, FLAG_ONCE,
     Frame,
     KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE,
     OutBuffer,
@@ -36,6 +37,7 @@ from microrpc._decode cimport DecodeLimits
 
 from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Submit
 from microrpc._decode import DEFAULT_DECODE_LIMITS
+from microrpc.exactly_once import DEFAULT_WINDOW as ONCE_WINDOW
 from microrpc.errors import (
     ConnectionLost, DeadlineExceeded, MessageTooLarge, MethodNotFound, Overloaded,
     ProtocolError, RemoteError,
@@ -59,6 +61,14 @@ DEF MAX_DEADLINE_US = 0xFFFFFFFF
 # ended until they reach the head; past this many entries (and four times the pending calls)
 # they are rebuilt, so a long call at the head cannot make them grow without bound.
 DEF COMPACT_AT = 1024
+# An exactly-once call answered "in progress" (a copy of it still runs on the server) asks
+# again after this, doubling per answer up to the cap (ns).
+DEF IN_PROGRESS_FIRST_NS = 1000000
+DEF IN_PROGRESS_MAX_NS = 50000000
+# The server's built-in lease method (microrpc.server.LEASE_METHOD), called with no
+# arguments in msgpack whatever this client's codec: it returns [lease, ttl seconds].
+cdef bytes LEASE_NAME = b"_microrpc.lease"
+cdef bytes NO_ARGS = msgpack.packb(())
 
 cdef object _SEND = Submit.SEND
 cdef object _QUEUED = Submit.QUEUED
@@ -121,11 +131,29 @@ cdef class ClientCore:
 
     ``codec``: the wire codec id of every request, and the only one accepted in replies.
     ``timeout``: the default seconds per call (None: no deadline).
+
+    ``exactly_once``: every call is numbered and sent with this client's lease (RIFL; see
+    microrpc.exactly_once), so that a method the server registered ``idempotent=False``
+    runs once however often the call is sent. The core then:
+
+    * asks the server for a lease when a connection is ready and it holds none (calls made
+      meanwhile are parked and sent when it arrives);
+    * on a connection lost (``fail(error, retry=True)``), keeps its pending calls parked
+      instead of failing them, and sends them again, with the same numbers, once the driver
+      has a new connection; they end when they get an answer or at their deadline;
+    * asks again, after a backoff, when the server says a copy of the call still runs;
+    * when the server says the lease expired (the call did not run), takes a new lease and
+      sends the call again if no copy of it can have run, and otherwise ends it with
+      ConnectionLost (it may have run under the old lease, whose record is gone);
+    * numbers at most ``once_window`` calls from the oldest one not ended, as the server
+      keeps that many records per lease; further calls wait, unnumbered, until older ones
+      end (or their deadline passes).
     """
 
     def __cinit__(self, int codec, uint32_t session=0, Py_ssize_t max_message_size=16777216,
                   object timeout=None, int credit_queue=DEFAULT_MAX_QUEUE,
-                  int64_t credit_wait_ns=DEFAULT_MAX_WAIT_NS, DecodeLimits decode_limits=None):
+                  int64_t credit_wait_ns=DEFAULT_MAX_WAIT_NS, DecodeLimits decode_limits=None,
+                  bint exactly_once=False, Py_ssize_t once_window=ONCE_WINDOW):
         if codec < CODEC_RAW or codec > CODEC_PICKLE:
             raise ValueError(f"unknown codec {codec}")
         if max_message_size <= 0:
@@ -158,6 +186,16 @@ cdef class ClientCore:
         self.heap = []
         self.names = {}
         self.ended = []
+        if once_window < 1:
+            raise ValueError("once_window must be at least 1")
+        self.exactly_once = exactly_once
+        self.once_window = once_window
+        self.once_next = 1
+        self.once_first_open = 1
+        self.once_ended = set()
+        self.parked = []
+        self.window_wait = deque()
+        self.retry_heap = []
 
     # -- connection ---------------------------------------------------------------------
 
@@ -181,20 +219,34 @@ cdef class ClientCore:
     def ready(self):
         return self.state == CONN_READY
 
-    def fail(self, error):
+    def fail(self, error, bint retry=False):
         """The connection failed (or the client closed): every pending call ends with
-        ``error``. Returns the watched calls that ended."""
-        self._fail(error)
+        ``error``. ``retry`` (the connection was lost, the client goes on): an exactly-once
+        core keeps its numbered calls parked for the next connection instead. Returns the
+        watched calls that ended."""
+        self._fail(error, retry)
         return self.take_ended()
 
-    cdef _fail(self, error):
+    cdef _fail(self, error, bint retry=False):
         cdef Call call
+        retry = retry and self.exactly_once
+        if not retry:
+            # The client gives up: calls waiting for a new connection end too.
+            waiting = [e[2] for e in self.retry_heap] + self.parked + list(self.window_wait)
+            self.retry_heap = []
+            self.parked = []
+            self.window_wait.clear()
+            for call in waiting:
+                if call.state < CALL_DONE:
+                    self._finish(call, None, error)
         if self.state == CONN_BROKEN or self.state == CONN_IDLE:
             return
         self.state = CONN_BROKEN
         if self.error is None:
             self.error = error
-        sent = list(self.calls.values())
+        lease_call = self.lease_call
+        self.lease_call = None             # asked again on the next connection
+        sent = [call for call in self.calls.values() if call is not lease_call]
         self.calls.clear()
         queued = []
         if self.credits is not None:
@@ -203,13 +255,50 @@ cdef class ClientCore:
             queued.extend(self.credits.expire(1 << 62))
             self.credits = None
         for call in sent:
-            self._finish(call, None, error)
+            if retry and call.seq:
+                self._park(call)
+            else:
+                self._finish(call, None, error)
         for call in queued:
             if call.state == CALL_QUEUED:
-                self._finish(call, None, error)
-        self.by_deadline.clear()
-        self.heap.clear()
+                if retry and call.seq:
+                    self._park(call)
+                else:
+                    self._finish(call, None, error)
+        if not self.parked and not self.retry_heap:
+            self.by_deadline.clear()
+            self.heap.clear()
         self.out = OutBuffer()
+
+    def fail_waiting(self, error):
+        """The driver could not make a new connection: the parked calls that have no
+        deadline end with ``error`` (the others wait for their deadline, or the next
+        connection). Returns the watched calls that ended."""
+        cdef Call call
+        keep = []
+        for call in self.parked:
+            if call.state >= CALL_DONE:
+                continue
+            if call.deadline_ns:
+                keep.append(call)
+            else:
+                self._finish(call, None, error)
+        self.parked = keep
+        return self.take_ended()
+
+    @property
+    def waiting(self):
+        """True while exactly-once calls wait for a connection (the driver should make
+        one)."""
+        cdef Call call
+        for call in self.parked:
+            if call.state < CALL_DONE:
+                return True
+        for e in self.retry_heap:
+            if (<Call>e[2]).state < CALL_DONE:
+                return True
+        self.parked = []
+        return False
 
     def close_idle(self):
         """After fail(): back to IDLE so that :meth:`begin` may start a new connection."""
@@ -298,19 +387,13 @@ cdef class ClientCore:
         if self.state != CONN_READY:
             raise ConnectionLost("the client is not connected")
         self.started += 1
-        credits = self.credits
-        if credits is None:
-            self._send(call)
+        self.last_now = now
+        if self.exactly_once:
+            self._number(call, now)
         else:
-            decision = credits.submit(call, now)
-            if decision is _SEND:
-                self._send(call)
-            elif decision is _QUEUED:
-                call.state = CALL_QUEUED
-            else:
-                self._finish(call, None, Overloaded(
-                    "no credit, and the client's local queue is full", side="client"), False)
-                return call.state
+            self._route(call, now)
+        if call.state >= CALL_DONE:
+            return call.state
         if call.deadline_ns:
             if call.by_default:
                 self.by_deadline.append(call)
@@ -330,23 +413,165 @@ cdef class ClientCore:
             self.started += 1
             self._finish(call, None, error, False)
 
+    cdef int _route(self, Call call, int64_t now) except -1:
+        """Send ``call`` now, hold it for credit, or end it (the credit queue is full); an
+        exactly-once call without a lease to send it under waits in ``parked``."""
+        if call.seq:
+            if self.state != CONN_READY:
+                return self._park(call)
+            if not self.once_lease:
+                return self._stale_lease(call)
+        credits = self.credits
+        if credits is None:
+            self._send(call)
+        else:
+            decision = credits.submit(call, now)
+            if decision is _SEND:
+                self._send(call)
+            elif decision is _QUEUED:
+                call.state = CALL_QUEUED
+            else:
+                self._finish(call, None, Overloaded(
+                    "no credit, and the client's local queue is full", side="client"), False)
+        return 0
+
+    cdef int _park(self, Call call) except -1:
+        call.state = CALL_SENT            # pending, in no table but ``parked``
+        call.call_id = 0
+        self.parked.append(call)
+        return 0
+
+    cdef int _resend_parked(self, int64_t now) except -1:
+        """A connection is ready and a lease held: send the parked calls, in order."""
+        cdef Call call
+        parked = self.parked
+        self.parked = []
+        for call in parked:
+            if call.state == CALL_SENT and call.call_id == 0:
+                self._route(call, now)
+        return 0
+
     cdef int _send(self, Call call) except -1:
         # The session is the id's high half, so that the calls of the sessions sharing one
         # connection never share an id (a CANCEL names one call); the low half wraps after
         # 2**32 calls, long after any reply to that id could still come.
-        cdef uint64_t cid = (<uint64_t>self.session << 32) | self.next_id
+        cdef uint64_t cid
         cdef uint32_t demand = 0
+        if call.seq and not (self.once_lease and (not call.lease
+                                                  or call.lease == self.once_lease)):
+            return self._stale_lease(call)
+        cid = (<uint64_t>self.session << 32) | self.next_id
         self.next_id = self.next_id + 1 if self.next_id != 0xFFFFFFFF else 1
         call.call_id = cid
         call.state = CALL_SENT
         self.calls[cid] = call
         if self.credits is not None:
             demand = self.credits.demand()
-        self.out.put_frame(KIND_REQUEST, call.flags, self.codec, cid, self.session,
-                           call.deadline_us, demand,
-                           PyBytes_AS_STRING(call.name), PyBytes_GET_SIZE(call.name),
-                           PyBytes_AS_STRING(call.body), PyBytes_GET_SIZE(call.body))
+        if call.seq:
+            call.lease = self.once_lease
+            call.sends += 1
+            if call.sends > 1:
+                self.resends += 1
+            self.out.put_frame_once(KIND_REQUEST, call.flags | FLAG_ONCE, self.codec, cid,
+                                    self.session, call.deadline_us, demand,
+                                    PyBytes_AS_STRING(call.name), PyBytes_GET_SIZE(call.name),
+                                    PyBytes_AS_STRING(call.body), PyBytes_GET_SIZE(call.body),
+                                    self.once_lease, call.seq, self.once_first_open - 1)
+        else:
+            self.out.put_frame(KIND_REQUEST, call.flags,
+                               CODEC_MSGPACK if call is self.lease_call else self.codec,
+                               cid, self.session, call.deadline_us, demand,
+                               PyBytes_AS_STRING(call.name), PyBytes_GET_SIZE(call.name),
+                               PyBytes_AS_STRING(call.body), PyBytes_GET_SIZE(call.body))
         return 0
+
+    cdef int _stale_lease(self, Call call) except -1:
+        """An exactly-once call that cannot go under the lease held (none, or not the one
+        its earlier copies went under): it waits for a lease, or it ends."""
+        if not call.lease:
+            self._park(call)
+            return self._request_lease()
+        if not self.once_lease:
+            return self._park(call)       # (its lease may still be good: see on_lease)
+        # A copy went out under an older lease and may have run; that lease's record is
+        # gone, so a copy under this one could run it a second time.
+        self._finish(call, None, ConnectionLost(
+            "the call's lease expired after a copy of it was sent: it may or may not "
+            "have run"))
+        return 0
+
+    cdef int _request_lease(self) except -1:
+        """Ask the server for a lease (one request at a time); the parked calls go out
+        when it arrives. It spends no credit of the client's: waiting in the credit queue
+        could fail it, and with it every parked call."""
+        cdef Call call
+        if self.lease_call is not None or self.state != CONN_READY:
+            return 0
+        call = Call()
+        call.name = LEASE_NAME
+        call.body = NO_ARGS
+        self.lease_call = call
+        self._send(call)
+        return 0
+
+    cdef int _on_lease_reply(self, Frame f, int64_t now) except -1:
+        cdef Call call
+        self.lease_call = None
+        problem = None
+        if f.kind == KIND_RESPONSE:
+            try:
+                lease, ttl = self.decode_limits.unpack(f.body)
+                if type(lease) is not int or not 0 < lease < (1 << 64):
+                    raise ValueError(f"lease {lease!r}")
+            except Exception as exc:
+                problem = ProtocolError(f"the server's lease is malformed: {exc}")
+            else:
+                self.once_lease = lease
+                self.lease_grants += 1
+                return self._resend_parked(now)
+        else:
+            problem = error_from_body(f.body)
+            if isinstance(problem, MethodNotFound):
+                problem = ProtocolError("the server grants no leases: exactly-once calls need "
+                                        "a microrpc server that has them")
+        parked = self.parked
+        self.parked = []
+        for call in parked:
+            if call.state < CALL_DONE:
+                self._finish(call, None, problem)
+        return 0
+
+    cdef bint _on_once_error(self, Call call, bytes body, int64_t now) except -1:
+        """An ERROR to an exactly-once call that means "ask again" (in progress) or "take
+        a new lease" (expired, not run): handle it and return True; False for any other."""
+        cdef int64_t backoff
+        try:
+            code = DEFAULT_DECODE_LIMITS.unpack(body)[0]
+        except Exception:
+            return False                  # error_from_body will say what is wrong
+        if code == ERR_IN_PROGRESS:
+            backoff = IN_PROGRESS_FIRST_NS << min(call.in_progress, 6)
+            call.in_progress += 1
+            if backoff > IN_PROGRESS_MAX_NS:
+                backoff = IN_PROGRESS_MAX_NS
+            call.call_id = 0
+            self.seq += 1
+            heapq.heappush(self.retry_heap, (now + backoff, self.seq, call))
+            return True
+        if code == ERR_LEASE_EXPIRED:
+            if call.lease == self.once_lease:
+                self.once_lease = 0       # every later call needs the new one
+            if call.sends == 1:
+                # Its only copy was refused unrun: it may go again under a new lease.
+                call.lease = 0
+                call.sends = 0
+                self._route(call, now)
+            else:
+                self._finish(call, None, ConnectionLost(
+                    "the call's lease expired while it was being retried: it may or may not "
+                    "have run"))
+            return True
+        return False
 
     cdef int _drain_ready(self, object ready) except -1:
         """Send the queued calls that a credit let go, in order."""
@@ -362,6 +587,8 @@ cdef class ClientCore:
         call.state = CALL_DONE
         call.value = value
         call.error = error
+        if call.seq:
+            self._once_ended(call.seq)
         if error is None:
             self.ok += 1
         else:
@@ -386,7 +613,42 @@ cdef class ClientCore:
             self.credits.cancel(call)
         call.state = CALL_CANCELLED
         self.cancelled += 1
+        if call.seq:
+            self._once_ended(call.seq)
         return True
+
+    cdef int _number(self, Call call, int64_t now) except -1:
+        """Give an exactly-once call its number and send it, or have it wait for one
+        (FIFO) while ``once_window`` numbered calls are pending from the oldest."""
+        if self.window_wait or self.once_next - self.once_first_open >= self.once_window:
+            call.state = CALL_SENT            # pending, unnumbered, in ``window_wait``
+            call.call_id = 0
+            self.window_wait.append(call)
+            return 0
+        call.seq = self.once_next
+        self.once_next += 1
+        return self._route(call, now)
+
+    cdef int _once_ended(self, uint64_t seq) except -1:
+        """Exactly-once call ``seq`` ended: the ack moves past every call that has, and
+        calls waiting for the window get numbers."""
+        cdef Call call
+        if seq == self.once_first_open:
+            self.once_first_open += 1
+            ended = self.once_ended
+            while ended and self.once_first_open in ended:
+                ended.discard(self.once_first_open)
+                self.once_first_open += 1
+            wait = self.window_wait
+            while wait and self.once_next - self.once_first_open < self.once_window:
+                call = wait.popleft()
+                if call.state == CALL_SENT and call.seq == 0:
+                    call.seq = self.once_next
+                    self.once_next += 1
+                    self._route(call, self.last_now)
+        elif self.once_first_open < seq < self.once_next:
+            self.once_ended.add(seq)
+        return 0
 
     # -- replies ------------------------------------------------------------------------
 
@@ -395,6 +657,7 @@ cdef class ClientCore:
         A frame a server must not send breaks the connection (state BROKEN, :attr:`error`
         set, every call ended): the driver then closes the channel."""
         cdef Frame f
+        self.last_now = now
         for f in frames:
             if self.state == CONN_BROKEN:
                 break
@@ -404,6 +667,7 @@ cdef class ClientCore:
     def receive_frame(self, Frame f, int64_t now):
         """:meth:`receive` for one frame (a driver that routes frames to the cores of many
         sessions by their session field)."""
+        self.last_now = now
         if self.state != CONN_BROKEN:
             self._on_frame(f, now)
         return self.take_ended()
@@ -430,6 +694,11 @@ cdef class ClientCore:
                         self._break(ProtocolError(f"bad credit in the pong: {exc}"))
                         return 0
                 self.state = CONN_READY
+                if self.exactly_once:
+                    if self.once_lease:
+                        self._resend_parked(now)
+                    else:
+                        self._request_lease()
         else:
             self._break(ProtocolError(f"a server sent a frame of kind {kind}, which only "
                                       f"clients send"))
@@ -441,8 +710,9 @@ cdef class ClientCore:
         ready = _NOTHING
         # A reply in the wrong codec breaks the connection before its credit is counted: a
         # credit counted first could let queued calls go (out of the credit queue) that the
-        # break would then never send nor end.
+        # break would then never send nor end. (The lease is asked for in msgpack.)
         if call is not None and f.codec != (self.codec if f.kind == KIND_RESPONSE
+                                            and call is not self.lease_call
                                             else CODEC_MSGPACK):
             if f.kind == KIND_RESPONSE:
                 self._break_with(call, ProtocolError(
@@ -461,6 +731,10 @@ cdef class ClientCore:
                 pass          # a reply the credit machine never counted (sent before credits)
         if call is None:
             self.stray_replies += 1      # to a call that timed out or was cancelled
+        elif call is self.lease_call:
+            self._on_lease_reply(f, now)
+        elif f.kind == KIND_ERROR and call.seq and self._on_once_error(call, f.body, now):
+            pass                         # it goes again (now, later, or under a new lease)
         elif f.kind == KIND_RESPONSE:
             if self.codec == CODEC_RAW:
                 self._finish(call, f.body, None)
@@ -514,13 +788,28 @@ cdef class ClientCore:
                 c = nd
                 if t == 0 or c < t:
                     t = c
+        retry = self.retry_heap
+        while retry:
+            if (<Call>retry[0][2]).state < CALL_DONE:
+                c = retry[0][0]
+                if t == 0 or c < t:
+                    t = c
+                break
+            heapq.heappop(retry)
         return t
 
     def expire(self, int64_t now):
         """End what is due by ``now``: calls past their deadline (DeadlineExceeded, and a
         CANCEL to the server) and calls that waited too long for credit
-        (``Overloaded(side="client")``). Returns the watched calls that ended."""
+        (``Overloaded(side="client")``), and sends again the exactly-once calls whose wait
+        after "in progress" is over. Returns the watched calls that ended."""
         cdef Call call
+        self.last_now = now
+        retry = self.retry_heap
+        while retry and retry[0][0] <= now:
+            call = heapq.heappop(retry)[2]
+            if call.state == CALL_SENT and call.call_id == 0:
+                self._route(call, now)
         if self.credits is not None and self.credits.demand():
             for call in self.credits.expire(now):
                 if call.state == CALL_QUEUED:
@@ -574,7 +863,8 @@ cdef class ClientCore:
     @property
     def in_flight(self):
         """Calls sent and not answered, plus calls waiting for credit."""
-        return len(self.calls) + (self.credits.demand() if self.credits is not None else 0)
+        return (len(self.calls) + (self.credits.demand() if self.credits is not None else 0)
+                + len(self.parked) + len(self.retry_heap) + len(self.window_wait))
 
     def credit_statistics(self):
         return self.credits.statistics() if self.credits is not None else None

@@ -67,6 +67,8 @@ class ClientStatistics:
     credits: Any = None   # breakwater.ClientStatistics when the server hands out credits
     late_replies: int = 0  # replies that came after their call had timed out or was cancelled
     cancelled: int = 0    # calls cancelled by their caller (ok + errors + cancelled = calls)
+    resends: int = 0      # exactly-once copies sent again (after a lost connection, or
+                          # "in progress")
 
 
 def check_client_options(address: str, timeout: float | None, session: int,
@@ -90,7 +92,7 @@ def core_statistics(core: ClientCore, bytes_sent: int, bytes_received: int) -> C
         in_flight=core.in_flight, reconnects=max(core.handshakes - 1, 0),
         bytes_sent=bytes_sent, bytes_received=bytes_received,
         credits=core.credit_statistics(), late_replies=core.stray_replies,
-        cancelled=core.cancelled)
+        cancelled=core.cancelled, resends=core.resends)
 
 
 class CallFuture(Call, concurrent.futures.Future):
@@ -219,6 +221,18 @@ class Client:
     ``decode_limits`` (a :class:`microrpc.DecodeLimits`, by default the server's defaults):
     a msgpack reply over them fails its call with ``ProtocolError`` before any object is
     built, so a hostile server cannot make the client decode a bomb.
+
+    ``exactly_once=True``: every call carries this client's lease and a number (RIFL), so a
+    method the server registered ``idempotent=False`` runs once however often the call is
+    sent, and the client sends a call again, with the same number, when its connection is
+    lost before the reply came: it reconnects (backing off from 5 ms to 0.5 s between tries)
+    until the call is answered or its deadline passes (a call with ``timeout=None`` gets one
+    reconnection). The server keeps each outcome until the client's next requests
+    acknowledge it, so a retry gets the first run's outcome. At most 512 calls may be
+    pending between the oldest one still pending and the newest (the server's records per
+    lease); a call beyond that fails with ``Overloaded(side="client")``. Methods the server
+    did not mark are not deduplicated: retrying them may run them again, as without this
+    option. See microrpc.exactly_once for the protocol.
     """
 
     def __init__(
@@ -235,6 +249,7 @@ class Client:
         credit_queue: int = breakwater.DEFAULT_MAX_QUEUE,
         credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
         decode_limits: codecs.DecodeLimits | None = None,
+        exactly_once: bool = False,
     ):
         check_client_options(address, timeout, session, credit_queue, credit_wait)
         channel.check_poll(poll)
@@ -246,7 +261,10 @@ class Client:
         self._connect_timeout = connect_timeout
         self._send_timeout_ns = int((timeout or DEFAULT_TIMEOUT) * 1e9)
         self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout,
-                                credit_queue, int(credit_wait * 1e9), decode_limits)
+                                credit_queue, int(credit_wait * 1e9), decode_limits,
+                                bool(exactly_once))
+        self._reconnect_at = 0      # exactly-once: when to try connecting again (ns)
+        self._reconnect_backoff = 0
         # Reentrant: concurrent.futures.wait() takes each future's _condition in turn, and
         # every future of this client shares this one.
         self._lock = threading.RLock()
@@ -277,13 +295,15 @@ class Client:
         chan = channel.open_channel(self.address, connect_timeout=self._connect_timeout,
                                     max_message_size=self._max_message_size,
                                     poll=self._poll_mode, spin_us=self._spin_us)
-        try:
-            core.begin(_now())
+        def send_all() -> None:
             while len(core.out):
                 if not chan.send_from(core.out):
                     chan.wait_writable(deadline)
                 if _now() >= deadline:
                     raise ConnectionLost(f"cannot send to {self.address}")
+        try:
+            core.begin(_now())
+            send_all()
             while not core.ready:
                 frames = chan.recv_frames(deadline)
                 if not frames:
@@ -291,13 +311,41 @@ class Client:
                 if frames[0].kind != _core.PONG:
                     raise ProtocolError(f"expected a pong, got a frame of kind {frames[0].kind}")
                 core.receive(frames, _now())
+            send_all()       # an exactly-once core's lease request, or its parked calls
         except BaseException as exc:
             chan.close()
-            core.fail(exc if isinstance(exc, RpcError) else ConnectionLost(str(exc)))
+            core.fail(exc if isinstance(exc, RpcError) else ConnectionLost(str(exc)), True)
             core.close_idle()
             raise
         self._chan = chan
         return chan
+
+    def _reconnect_locked(self, wait_until: int) -> Any:
+        """Exactly-once calls wait for a connection (lock held): make one, or, between
+        tries, sleep on the condition until the next try (or ``wait_until``, a deadline).
+        Returns the calls a failed try ended (those with no deadline)."""
+        now = _now()
+        if now < self._reconnect_at:
+            until = self._reconnect_at if not wait_until else min(self._reconnect_at,
+                                                                  wait_until)
+            self._waiters += 1
+            try:
+                self._cond.wait(max(until - now, 0) / 1e9)
+            finally:
+                self._waiters -= 1
+            return ()
+        try:
+            self._connect_locked()
+        except RpcError as exc:
+            self._reconnect_backoff = min(max(2 * self._reconnect_backoff, 5_000_000),
+                                          500_000_000)
+            self._reconnect_at = _now() + self._reconnect_backoff
+            ended = self._core.fail_waiting(exc)
+            self._tell_locked(ended)
+            return ended
+        self._reconnect_backoff = 0
+        self._cond.notify_all()
+        return ()
 
     def _channel_locked(self) -> Any:
         chan = self._chan
@@ -321,7 +369,7 @@ class Client:
     def _fail_locked(self, chan: Any, error: RpcError) -> Any:
         """The connection broke: every pending call ends with ``error`` (lock held;
         returns the watched calls to tell)."""
-        ended = self._core.fail(error)
+        ended = self._core.fail(error, True)     # (exactly-once calls wait to go again)
         if self._chan is chan:
             self._retire_locked(chan)
         self._cond.notify_all()
@@ -448,7 +496,9 @@ class Client:
                     finally:
                         self._waiters -= 1
                 elif self._chan is None or not core.ready:
-                    return                      # its connection failed: the call says how
+                    if self._closed or not core.waiting:
+                        return                  # its connection failed: the call says how
+                    ended = self._reconnect_locked(wait_until)
                 else:
                     chan, ended = self._become_reader_locked(wait_until)
             finally:
@@ -606,6 +656,9 @@ class Client:
                 due = core.next_deadline()
                 if due and now >= due:
                     ended = self._expire_locked(now)
+                elif (self._watched and not self._reading and core.waiting
+                      and (self._chan is None or not core.ready)):
+                    ended = self._reconnect_locked(due)
                 elif self._reading or not self._watched or self._chan is None or not core.ready:
                     self._service_waits = True
                     try:

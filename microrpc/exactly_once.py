@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import secrets
 import time
 from typing import Any, Callable
 
@@ -62,16 +63,26 @@ class Check(enum.Enum):
 
 class LocalLeases:
     """A server's own lease authority: ids never reused, expiry by an injected clock
-    (seconds, monotonic)."""
+    (seconds, monotonic).
+
+    An id is this authority's ``incarnation`` (32 random bits unless given) followed by a
+    32-bit count: a server that restarts must not grant again the ids it granted before,
+    or a client still holding one would share it, and its completion records, with the
+    client that got it anew."""
 
     def __init__(self, ttl: float = DEFAULT_LEASE_TTL, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 incarnation: int | None = None) -> None:
         if not ttl > 0:
             raise ValueError(f"ttl must be positive seconds, not {ttl!r}")
+        if incarnation is None:
+            incarnation = secrets.randbits(32) or 1
+        if not 0 < incarnation < 1 << 32:
+            raise ValueError("incarnation must be in 1..2**32-1")
         self.ttl = ttl
         self._clock = clock
         self._deadline: dict[int, float] = {}
-        self._ids = itertools.count(1)
+        self._ids = itertools.count((incarnation << 32) + 1)
 
     def grant(self) -> int:
         lease = next(self._ids)

@@ -365,3 +365,158 @@ def test_a_reply_over_the_clients_decode_limits_fails_that_call_only():
                         codec=_core.MSGPACK)], 0)
     with pytest.raises(microrpc.ProtocolError):
         bad.outcome()
+
+
+# -- exactly-once calls (microrpc.exactly_once) --------------------------------------------
+
+
+def reply(call_id, value):
+    return frame(_core.RESPONSE, call_id, msgpack.packb(value), codec=_core.MSGPACK)
+
+
+def refusal(call_id, code):
+    return frame(_core.ERROR, call_id, error_body(code), codec=_core.MSGPACK)
+
+
+def once_core(lease=5, now=0, window=None, timeout=None):
+    """A ready exactly-once core that asked for a lease and got ``lease``."""
+    core = ClientCore(_core.MSGPACK, 7, 1 << 20, timeout, exactly_once=True,
+                      **({"once_window": window} if window else {}))
+    core.begin(now)
+    frames_out(core)
+    core.receive([frame(_core.PONG)], now)
+    (ask,) = frames_out(core)
+    assert (ask.name, ask.codec, ask.flags & _core.ONCE) == (b"_microrpc.lease", _core.MSGPACK, 0)
+    core.receive([reply(ask.call_id, [lease, 60.0])], now)
+    assert core.once_lease == lease
+    return core
+
+
+def test_once_calls_wait_for_the_lease_then_carry_it_with_their_number_and_ack():
+    core = ClientCore(_core.MSGPACK, 7, 1 << 20, None, exactly_once=True)
+    core.begin(0)
+    frames_out(core)
+    core.receive([frame(_core.PONG)], 0)
+    a = start(core, "bump", 1)                      # before the lease: parked
+    (ask,) = frames_out(core)
+    assert ask.name == b"_microrpc.lease" and a.pending
+    core.receive([reply(ask.call_id, [9, 60.0])], 0)
+    (ra,) = frames_out(core)
+    assert ra.flags & _core.ONCE and (ra.lease, ra.seq, ra.ack) == (9, 1, 0)
+    b = start(core, "bump", 2)
+    (rb,) = frames_out(core)
+    assert (rb.lease, rb.seq, rb.ack) == (9, 2, 0)
+    core.receive([reply(rb.call_id, 2)], 0)   # out of order
+    c = start(core, "bump", 3)
+    assert frames_out(core)[0].ack == 0              # call 1 still pending
+    core.receive([reply(ra.call_id, 1)], 0)
+    d = start(core, "bump", 4)
+    assert frames_out(core)[0].ack == 2              # 1 and 2 ended; 3 is pending
+    assert (a.value, b.value, c.pending, d.pending) == (1, 2, True, True)
+
+
+def test_a_server_without_leases_fails_the_waiting_calls_clearly():
+    core = ClientCore(_core.MSGPACK, 7, 1 << 20, None, exactly_once=True)
+    core.begin(0)
+    frames_out(core)
+    core.receive([frame(_core.PONG)], 0)
+    a = start(core, "bump", 1, watched=True)
+    (ask,) = frames_out(core)
+    ended = core.receive([refusal(ask.call_id, _core.METHOD_NOT_FOUND)], 0)
+    assert ended == [a] and isinstance(a.error, microrpc.ProtocolError)
+    assert "grants no leases" in str(a.error)
+
+
+def test_a_lost_connection_parks_once_calls_and_the_next_sends_them_with_the_same_id():
+    core = once_core()
+    a = start(core, "bump", 1, watched=True)
+    plain = ClientCore(_core.MSGPACK, 7, 1 << 20, None)          # for contrast: no retry
+    (first,) = frames_out(core)
+    assert core.fail(microrpc.ConnectionLost("reset"), True) == ()
+    assert a.pending and core.waiting and core.in_flight == 1
+    core.close_idle()
+    core.begin(0)
+    frames_out(core)
+    core.receive([frame(_core.PONG)], 0)                    # lease kept: no new ask
+    (again,) = frames_out(core)
+    assert (again.lease, again.seq, again.body) == (first.lease, first.seq, first.body)
+    assert again.call_id != first.call_id and core.resends == 1
+    core.receive([reply(again.call_id, 7)], 0)
+    assert a.value == 7 and not core.waiting and plain.state == _clientcore.IDLE
+
+
+def test_closing_ends_parked_calls_and_a_failed_reconnect_ends_those_without_deadline():
+    core = once_core()
+    a = start(core, "bump", 1, watched=True)                        # no deadline
+    b = start(core, "bump", 2, watched=True, timeout=1.0)
+    frames_out(core)
+    core.fail(microrpc.ConnectionLost("reset"), True)
+    assert core.fail_waiting(microrpc.ConnectionLost("refused")) == [a]
+    assert b.pending and core.waiting
+    ended = core.expire(2 * S)                               # its deadline: it ends
+    assert ended == [b] and isinstance(b.error, microrpc.DeadlineExceeded)
+    c = Call()
+    c.watched = True
+    core2 = once_core()
+    core2.prepare(c, "bump", (1,), None, 0)
+    core2.submit(c, 0)
+    core2.fail(microrpc.ConnectionLost("reset"), True)
+    assert core2.fail(microrpc.ConnectionLost("closed")) == [c]      # close: no retry
+
+
+def test_in_progress_asks_again_after_a_backoff():
+    core = once_core()
+    a = start(core, "slow", watched=True)
+    (r1,) = frames_out(core)
+    core.receive([refusal(r1.call_id, _core.IN_PROGRESS)], 0)
+    assert a.pending and frames_out(core) == [] and core.next_deadline() == 1 * MS
+    core.expire(1 * MS)
+    (r2,) = frames_out(core)
+    assert (r2.seq, r2.lease) == (r1.seq, r1.lease)
+    core.receive([refusal(r2.call_id, _core.IN_PROGRESS)], 1 * MS)
+    assert core.next_deadline() == 3 * MS                     # doubled
+    core.expire(3 * MS)
+    (r3,) = frames_out(core)
+    core.receive([reply(r3.call_id, "done")], 3 * MS)
+    assert a.value == "done"
+
+
+def test_an_expired_lease_is_renewed_for_a_call_that_never_ran_and_not_for_a_retry():
+    core = once_core(lease=5)
+    a = start(core, "bump", 1, watched=True)
+    (ra,) = frames_out(core)
+    core.receive([refusal(ra.call_id, _core.LEASE_EXPIRED)], 0)
+    (ask,) = frames_out(core)                        # refused unrun: a new lease, again
+    assert ask.name == b"_microrpc.lease" and a.pending and core.once_lease == 0
+    core.receive([reply(ask.call_id, [6, 60.0])], 0)
+    (ra2,) = frames_out(core)
+    assert (ra2.lease, ra2.seq) == (6, ra.seq)
+    core.receive([reply(ra2.call_id, 1)], 0)
+    assert a.value == 1
+    # A call sent twice (a lost connection between): its first copy may have run under
+    # the lease that expired, so it must not go again under a new one.
+    b = start(core, "bump", 2, watched=True)
+    frames_out(core)
+    core.fail(microrpc.ConnectionLost("reset"), True)
+    core.close_idle()
+    core.begin(0)
+    frames_out(core)
+    core.receive([frame(_core.PONG)], 0)
+    (rb,) = frames_out(core)
+    ended = core.receive([refusal(rb.call_id, _core.LEASE_EXPIRED)], 0)
+    assert ended == [b] and isinstance(b.error, microrpc.ConnectionLost)
+    assert "may or may not have run" in str(b.error)
+
+
+def test_calls_past_the_window_wait_unnumbered_until_older_ones_end():
+    core = once_core(window=2)
+    calls = [start(core, "bump", i, watched=True) for i in range(4)]
+    sent = frames_out(core)
+    assert [f.seq for f in sent] == [1, 2] and core.in_flight == 4
+    core.receive([reply(sent[1].call_id, 0)], 0)
+    assert frames_out(core) == []                    # 1 is still pending: no room yet
+    core.receive([reply(sent[0].call_id, 0)], 0)
+    more = frames_out(core)
+    assert [(f.seq, f.ack) for f in more] == [(3, 2), (4, 2)]
+    assert all(c.pending for c in calls[2:])
+    assert core.cancel(calls[3]) and core.in_flight == 1

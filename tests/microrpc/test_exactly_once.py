@@ -108,3 +108,13 @@ def test_call_numbers_ack_what_has_ended_in_order():
     n.ended(2)                         # twice, or unknown: ignored
     n.ended(99)
     assert n.next() == 4 and n.ack == 2
+
+
+def test_lease_ids_of_two_incarnations_never_meet(clock):
+    # A restarted server must not grant an id a client of its previous run still holds.
+    a, b = LocalLeases(5.0, clock=clock), LocalLeases(5.0, clock=clock)
+    assert {a.grant() for _ in range(3)}.isdisjoint({b.grant() for _ in range(3)})
+    fixed = LocalLeases(5.0, clock=clock, incarnation=7)
+    assert fixed.grant() == (7 << 32) + 1
+    with pytest.raises(ValueError):
+        LocalLeases(5.0, incarnation=0)
