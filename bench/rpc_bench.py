@@ -173,6 +173,12 @@ CASES: list[Case] = [
          "latency", microrpc_server("adaptive"), py_latency_client("microrpc-callback", "--codec", "raw",
                                                                    "--poll", "adaptive"),
          requires="microrpc"),
+    # Exactly-once calls (RIFL) of a method the server keeps completion records for,
+    # against the plain adaptive row: what the bookkeeping costs (issue #11).
+    Case("microrpc-once-raw-adaptive-tcp", "microrpc raw, exactly-once calls, adaptive, tcp",
+         "latency", microrpc_server("adaptive"),
+         py_latency_client("microrpc", "--codec", "raw", "--poll", "adaptive", "--once"),
+         requires="microrpc"),
     Case(REF_LATENCY, "pyzmq REQ/REP tcp (reference)", "latency",
          py_server("zmq-rep"), py_latency_client("zmq-req")),
     Case("zmq-dealer-router-tcp", "pyzmq DEALER/ROUTER tcp", "latency",
@@ -189,6 +195,9 @@ CASES: list[Case] = [
          c_server("block", "unix"), c_client("block"), requires="gcc", c_latency=True),
     Case("tput-microrpc-py", f"microrpc, Python client call_async, {INFLIGHT} in flight", "throughput",
          microrpc_server("block"), py_tput_client("microrpc-pipe"), requires="microrpc"),
+    Case("tput-microrpc-once", f"microrpc, Python client call_async, exactly-once, {INFLIGHT} in flight",
+         "throughput", microrpc_server("block"), py_tput_client("microrpc-pipe", "--once"),
+         requires="microrpc"),
     Case("tput-microrpc-aio", f"microrpc, AsyncClient, {INFLIGHT} tasks awaiting calls", "throughput",
          microrpc_server("block"), py_tput_client("microrpc-aio-pipe"), requires="microrpc"),
     Case("tput-microrpc-uvloop", f"microrpc, AsyncClient on uvloop, {INFLIGHT} tasks awaiting calls",
@@ -463,6 +472,8 @@ def compute_ratios(rounds: dict[str, dict[int, dict]], n_rounds: int) -> dict[st
     # The targets judge microrpc in its default poll mode (adaptive).
     out["microrpc_raw_block_vs_grpc_p50"] = per_round(ratio("microrpc-raw-adaptive-tcp", "grpc-unary-raw", "p50_us"))
     out["callback_vs_sync_p50"] = per_round(ratio("microrpc-callback-raw-adaptive-tcp", "microrpc-raw-adaptive-tcp", "p50_us"))
+    out["once_vs_plain_p50"] = per_round(ratio("microrpc-once-raw-adaptive-tcp", "microrpc-raw-adaptive-tcp", "p50_us"))
+    out["once_vs_plain_tput"] = per_round(ratio("tput-microrpc-once", "tput-microrpc-py", "rate"))
     out["microrpc_raw_spin_vs_c_busy_poll_p50"] = per_round(ratio("microrpc-raw-spin-tcp", "c-tcp-spin", "p50_us"))
     out["msgpack_minus_raw_p50_us"] = {
         "block": per_round(diff("microrpc-msgpack-block-tcp", "microrpc-raw-block-tcp", "p50_us")),
@@ -513,6 +524,10 @@ TARGETS = [
            lambda r, pl: (r["callback_vs_sync_p50"], "microrpc-callback-raw-adaptive-tcp / microrpc-raw-adaptive-tcp")),
     Target("tput-c", "throughput >= 1.5x pyzmq DEALER->ROUTER (C load client)", 1.5, False, "split",
            lambda r, pl: (r["throughput_vs_zmq_dealer_router"].get("tput-microrpc-c"), "tput-microrpc-c / tput-zmq-dealer-router")),
+    Target("once-p50", "exactly-once calls: p50 <= 1.10x plain calls (sync, raw, adaptive)", 1.10, True, "os",
+           lambda r, pl: (r["once_vs_plain_p50"], "microrpc-once-raw-adaptive-tcp / microrpc-raw-adaptive-tcp")),
+    Target("once-tput", "exactly-once calls: throughput >= 0.90x plain call_async", 0.90, False, "split",
+           lambda r, pl: (r["once_vs_plain_tput"], "tput-microrpc-once / tput-microrpc-py")),
     Target("msgpack", "msgpack adds <= 3 us to p50", 3.0, True, "same",
            lambda r, pl: _worst(r["msgpack_minus_raw_p50_us"], "", "poll mode")),
 ]

@@ -31,7 +31,11 @@ _now = _native.monotonic_ns
 
 
 class AsyncClient:
-    """asyncio twin of :class:`microrpc.Client` (same arguments, ``await`` the calls)."""
+    """asyncio twin of :class:`microrpc.Client` (same arguments, ``await`` the calls).
+
+    ``exactly_once=True`` works as for :class:`microrpc.Client`: when the connection is
+    lost, a task reconnects (backing off from 5 ms to 0.5 s) and the pending calls go again
+    with their ids, until each is answered or its deadline passes."""
 
     def __init__(
         self,
@@ -45,13 +49,16 @@ class AsyncClient:
         credit_queue: int = breakwater.DEFAULT_MAX_QUEUE,
         credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
         decode_limits: codecs.DecodeLimits | None = None,
+        exactly_once: bool = False,
     ):
         check_client_options(address, timeout, session, credit_queue, credit_wait)
         self.address = address
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
         self._core = ClientCore(codecs.codec_id(codec), session, max_message_size, timeout,
-                                credit_queue, int(credit_wait * 1e9), decode_limits)
+                                credit_queue, int(credit_wait * 1e9), decode_limits,
+                                bool(exactly_once))
+        self._recovering: asyncio.Task | None = None   # exactly-once: reconnecting
         self._chan: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future | None = None
@@ -134,7 +141,29 @@ class AsyncClient:
         chan.close()
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(error)
-        self._wake(self._core.fail(error))
+        # An exactly-once core keeps its pending calls for the next connection, which a
+        # task makes at once (closing the client ends them instead).
+        self._wake(self._core.fail(error, not self._closed))
+        if self._core.waiting and self._recovering is None and not self._closed:
+            self._recovering = self._loop.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Reconnect while exactly-once calls wait for a connection. A failed try ends
+        the waiting calls that have no deadline; the others wait for the next try or their
+        deadline (the timer ends them)."""
+        backoff = 0.0
+        core = self._core
+        try:
+            while core.waiting and not self._closed:
+                try:
+                    await self._channel()
+                    return          # the core sent them again when the connection was ready
+                except RpcError as exc:
+                    self._wake(core.fail_waiting(exc))
+                backoff = min(max(2 * backoff, 0.005), 0.5)
+                await asyncio.sleep(backoff)
+        finally:
+            self._recovering = None
 
     # -- I/O callbacks -----------------------------------------------------------------
 
@@ -151,6 +180,8 @@ class AsyncClient:
         ended = core.receive(frames, now)
         if self._timer_at and now >= self._timer_at:
             ended = _join(ended, self._expire_due(now))
+        elif core.exactly_once:
+            self._arm_timer()              # an "in progress" answer: ask again soon
         if core.state == _BROKEN:
             self._wake(ended)
             self._fail(chan, core.error)
@@ -320,6 +351,10 @@ class AsyncClient:
         chan = self._chan
         if chan is not None:
             self._fail(chan, ConnectionLost("the client was closed"))
+        else:
+            self._wake(self._core.fail(ConnectionLost("the client was closed")))
+        if self._recovering is not None:
+            self._recovering.cancel()
 
     async def __aenter__(self) -> "AsyncClient":
         return await self.connect()

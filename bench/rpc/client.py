@@ -82,8 +82,9 @@ def microrpc_client(address: str, args):
 
     import microrpc
 
-    c = microrpc.Client(address, codec=args.codec, poll=args.poll, timeout=5.0)
-    return functools.partial(c.call, "echo"), c.close
+    c = microrpc.Client(address, codec=args.codec, poll=args.poll, timeout=5.0,
+                        exactly_once=args.once)
+    return functools.partial(c.call, "echo_once" if args.once else "echo"), c.close
 
 
 LATENCY = {
@@ -131,15 +132,17 @@ def microrpc_pipe(address: str, args) -> dict:
     waiting on the oldest and replacing it as soon as it completes."""
     import microrpc
 
-    c = microrpc.Client(address, codec=args.codec, poll=args.poll, timeout=5.0)
+    c = microrpc.Client(address, codec=args.codec, poll=args.poll, timeout=5.0,
+                        exactly_once=args.once)
     call_async = c.call_async
-    window = collections.deque(call_async("echo", PAYLOAD) for _ in range(args.inflight))
+    method = "echo_once" if args.once else "echo"
+    window = collections.deque(call_async(method, PAYLOAD) for _ in range(args.inflight))
     popleft, append = window.popleft, window.append
 
     def step() -> int:
         if popleft().result(timeout=5.0) != PAYLOAD:
             raise SystemExit("echo mismatch")
-        append(call_async("echo", PAYLOAD))
+        append(call_async(method, PAYLOAD))
         return 1
 
     out = throughput_window(step, args.warmup_seconds, args.seconds)
@@ -258,6 +261,9 @@ def main() -> None:
     ap.add_argument("--warmup-seconds", type=float, default=0.5)
     ap.add_argument("--codec", default="raw", choices=["raw", "msgpack"])
     ap.add_argument("--poll", default="block", choices=["block", "spin", "adaptive"])
+    ap.add_argument("--once", action="store_true",
+                    help="microrpc: exactly-once calls (Client(exactly_once=True)) of a method "
+                         "registered idempotent=False")
     args = ap.parse_args()
     # Hard bound well past the soft one: the harness also kills us on its own timeout.
     arm_alarm(max(args.max_seconds, args.seconds + args.warmup_seconds) + 30)

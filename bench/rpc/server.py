@@ -94,6 +94,8 @@ def serve_microrpc(address: str, poll: str) -> None:
 
     server = microrpc.Server(address, poll=poll)
     server.register("echo", lambda x: x)  # plain handler: runs on the server's I/O thread
+    # The same, for exactly-once calls: the server keeps a completion record of each.
+    server.register("echo_once", lambda x: x, idempotent=False)
     server.start()
     announce(server.address)
     # start() runs the I/O loop on a background thread; park the main thread until the

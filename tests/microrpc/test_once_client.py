@@ -206,3 +206,29 @@ def test_a_server_restart_forgets_the_lease_and_a_new_call_gets_a_new_one():
     finally:
         c.close()
         second.stop()
+
+
+def test_asyncio_client_sends_a_lost_call_again_and_it_runs_once(served):
+    import asyncio
+    server, proxy, runs, started, release = served
+
+    async def main():
+        async with microrpc.AsyncClient(proxy.address, exactly_once=True,
+                                        timeout=BOUND) as c:
+            assert await c.call("bump", 1) == 1
+            proxy.cut_reply.set()
+            assert await c.call("bump", 1) == 2          # lost reply: sent again, not rerun
+            # A copy sent while the first still runs is told "in progress" until it ends.
+            proxy.before_cut = lambda: started.wait(BOUND)
+            proxy.cut_request.set()
+            fut = c.call_async("slow", 7)
+            end = time.monotonic() + BOUND
+            while c.statistics().resends < 3:
+                assert not fut.done() and time.monotonic() < end
+                await asyncio.sleep(0.001)
+            release.set()
+            assert await asyncio.wait_for(fut, BOUND) == 3
+            return c.statistics()
+
+    stats = asyncio.run(main())
+    assert runs == [1, 1, 7] and stats.reconnects == 2
