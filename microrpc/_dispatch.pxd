@@ -7,6 +7,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from breakwater._server cimport Breakwater
 from microrpc._core cimport Frame, OutBuffer
 from microrpc._decode cimport DecodeLimits
+from microrpc._once cimport CompletionTable
 
 
 cdef class Clock:
@@ -110,7 +111,7 @@ cdef class ServerCore:
     cdef readonly Py_ssize_t max_sessions_per_connection
     cdef readonly DecodeLimits decode_limits
     cdef bint send_tracebacks
-    cdef readonly object once      # microrpc.exactly_once.CompletionTable, or None
+    cdef readonly CompletionTable once   # exactly-once records (microrpc._once), or None
     cdef readonly uint64_t once_duplicates   # retries answered with a saved outcome
     cdef object packer             # msgpack.Packer for this thread's replies
     cdef public int64_t loop_lag_ns         # the driver's measure of how far behind it reads

@@ -79,12 +79,9 @@ from microrpc._core cimport (
 from microrpc._core import DEFAULT_MAX_MESSAGE_SIZE
 from microrpc._decode cimport DecodeLimits
 from microrpc._decode import DEFAULT_DECODE_LIMITS
-from microrpc.exactly_once import Check
-
-cdef object ONCE_NEW = Check.NEW
-cdef object ONCE_DONE = Check.DONE
-cdef object ONCE_RUNNING = Check.RUNNING
-cdef object ONCE_EXPIRED = Check.EXPIRED
+from microrpc._once cimport (
+    CHECK_DONE, CHECK_EXPIRED, CHECK_NEW, CHECK_RUNNING, CHECK_STALE, CompletionTable,
+)
 
 # Outcomes of a request besides a frame kind (Request.kind).
 cdef enum:
@@ -1061,16 +1058,17 @@ cdef class ServerCore:
         reply will be saved); otherwise it is answered here (the saved reply of its first
         run, "in progress", or a refusal) and False."""
         cdef Frame f = r.frame
+        cdef int check
         try:
-            check, saved = self.once.check(f.lease, f.seq, f.ack)
+            check = self.once.check_code(f.lease, f.seq, f.ack)
         except ValueError as exc:
             self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError", str(exc), now)
             return False
-        if check is ONCE_NEW:
+        if check == CHECK_NEW:
             r.once = True
             return True
-        if check is ONCE_DONE:
-            kind, codec, body = saved
+        if check == CHECK_DONE:
+            kind, codec, body = self.once.saved
             if kind == KIND_RESPONSE and codec != f.codec:
                 self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
                                   f"call {f.seq} of lease {f.lease} was first sent with codec "
@@ -1078,15 +1076,17 @@ cdef class ServerCore:
             else:
                 self.once_duplicates += 1
                 self._reply(r, kind, body, now)
-        elif check is ONCE_RUNNING:
+        elif check == CHECK_RUNNING:
             self._reply_error(r, ERR_IN_PROGRESS, "InProgress",
                               f"call {f.seq} of lease {f.lease} is still running", now)
-        elif check is ONCE_EXPIRED:
+        elif check == CHECK_EXPIRED:
             self._reply_error(r, ERR_LEASE_EXPIRED, "LeaseExpired",
                               f"lease {f.lease} has expired: the call was not run", now)
         else:
+            reason = ("stale: already acknowledged" if check == CHECK_STALE
+                      else f"over the window of {self.once.window} calls not acknowledged")
             self._reply_error(r, ERR_BAD_REQUEST, "ProtocolError",
-                              f"call {f.seq} of lease {f.lease} refused: {check.value}", now)
+                              f"call {f.seq} of lease {f.lease} refused: {reason}", now)
         return False
 
     cdef bytes _execute(self, Request r, object packer):
