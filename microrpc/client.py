@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import breakwater
-from microrpc import _clientcore, _core, _native, channel, codecs, transport
+from microrpc import _clientcore, _core, _native, auth, channel, codecs, transport
 from microrpc._clientcore import Call, ClientCore
 from microrpc.errors import ConnectionLost, MethodNotFound, ProtocolError, RpcError
 
@@ -218,7 +218,9 @@ class Client:
     wait for one and for how long before they fail with ``Overloaded(side="client")``.
     ``decode_limits`` (a :class:`microrpc.DecodeLimits`, by default the server's defaults):
     a msgpack reply over them fails its call with ``ProtocolError`` before any object is
-    built, so a hostile server cannot make the client decode a bomb.
+    built, so a hostile server cannot make the client decode a bomb. ``auth_key`` (bytes):
+    the server's pre-shared key; each connection proves it holds it, and checks that the
+    server does, before any call (a failure raises :class:`microrpc.AuthenticationError`).
     """
 
     def __init__(
@@ -235,9 +237,11 @@ class Client:
         credit_queue: int = breakwater.DEFAULT_MAX_QUEUE,
         credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
         decode_limits: codecs.DecodeLimits | None = None,
+        auth_key: bytes | None = None,
     ):
         check_client_options(address, timeout, session, credit_queue, credit_wait)
         channel.check_poll(poll)
+        self._auth_key = auth.check_key(auth_key)
         self.address = address
         self._timeout = timeout
         self._poll_mode = poll
@@ -276,7 +280,8 @@ class Client:
         deadline = _now() + int(timeout * 1e9)
         chan = channel.open_channel(self.address, connect_timeout=self._connect_timeout,
                                     max_message_size=self._max_message_size,
-                                    poll=self._poll_mode, spin_us=self._spin_us)
+                                    poll=self._poll_mode, spin_us=self._spin_us,
+                                    auth_key=self._auth_key)
         try:
             core.begin(_now())
             while len(core.out):
@@ -288,9 +293,11 @@ class Client:
                 frames = chan.recv_frames(deadline)
                 if not frames:
                     raise ConnectionLost(f"no answer from {self.address} within {timeout} s")
-                if frames[0].kind != _core.PONG:
+                if frames[0].kind not in (_core.PONG, _core.ERROR):   # ERROR: refused
                     raise ProtocolError(f"expected a pong, got a frame of kind {frames[0].kind}")
                 core.receive(frames, _now())
+                if core.error is not None:
+                    raise core.error
         except BaseException as exc:
             chan.close()
             core.fail(exc if isinstance(exc, RpcError) else ConnectionLost(str(exc)))
