@@ -385,3 +385,43 @@ def test_the_doc_shows_the_handshake_constants():
     for size in (auth.CLIENT_HELLO_SIZE, auth.SERVER_HELLO_SIZE, auth.CLIENT_PROOF_SIZE):
         assert f"{size} bytes" in section
     assert auth.MAGIC == AUTH_MAGIC and "magic 0xB5 'A'" in section
+
+
+def test_the_server_assembles_a_handshake_sent_byte_by_byte(keyed):
+    w = WireAuthClient(keyed.address, KEY)
+    if keyed.address.startswith("tcp://"):
+        w.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    hello = AUTH_HEADER.pack(AUTH_MAGIC, 1, CLIENT_HELLO) + w.nonce_c
+    for i in range(len(hello)):
+        w.sock.sendall(hello[i:i + 1])
+    reply = recv_exact(w.sock, 68)
+    w.nonce_s = reply[4:36]
+    proof = w.client_proof()
+    for i in range(len(proof)):
+        w.sock.sendall(proof[i:i + 1])
+    assert w.ping() == PONG
+    w.sock.close()
+    assert failures(keyed) == 0
+
+
+# The server side waits for one message in each state; every other header is refused
+# from the bytes that show it is wrong.
+WRONG_HEADERS = {
+    "hello": [b"\xb5R", b"XX", AUTH_MAGIC + b"\x02", AUTH_MAGIC + bytes([1, SERVER_HELLO]),
+              AUTH_MAGIC + bytes([1, CLIENT_PROOF])],
+    "proof": [b"\xb5R", b"XX", AUTH_MAGIC + b"\x02", AUTH_MAGIC + bytes([1, SERVER_HELLO]),
+              AUTH_MAGIC + bytes([1, CLIENT_HELLO])],
+}
+
+
+@pytest.mark.parametrize("state,header", [(state, header) for state, headers
+                                          in WRONG_HEADERS.items() for header in headers])
+def test_every_wrong_header_is_refused_in_every_state(state, header):
+    server = auth.ServerHandshake(KEY)
+    if state == "proof":
+        server.feed(auth.ClientHandshake(KEY).hello())
+    with pytest.raises(microrpc.AuthenticationError):
+        server.feed(header)
+    # Only a client without a key (a frame first, in place of the hello) is told why.
+    assert server.farewell == (auth.KEY_REQUIRED if (state, header) == ("hello", b"\xb5R")
+                               else b"")
