@@ -5,6 +5,7 @@ one epoll I/O thread, and clients for threads (``Client``) and asyncio (``AsyncC
 See DESIGN.md for the architecture and docs/wire.md for the wire format.
 """
 from microrpc.errors import (
+    AuthenticationError,
     ConnectionLost,
     DeadlineExceeded,
     MessageTooLarge,
@@ -15,6 +16,7 @@ from microrpc.errors import (
     RpcError,
 )
 from microrpc.aio import AsyncClient
+from microrpc.auth import new_auth_key
 from microrpc.client import DEFAULT_TIMEOUT, Client, ClientStatistics
 from microrpc.codecs import DecodeLimits
 from microrpc.server import CallContext, DeferredReply, Server, ServerStatistics
@@ -31,6 +33,7 @@ __all__ = [
     "expose",
     "DEFAULT_TIMEOUT",
     "DecodeLimits",
+    "new_auth_key",
     "bench",
     "RpcError",
     "RemoteError",
@@ -40,6 +43,7 @@ __all__ = [
     "ConnectionLost",
     "ProtocolError",
     "MessageTooLarge",
+    "AuthenticationError",
 ]
 
 

@@ -28,7 +28,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from microrpc._core cimport (
     CODEC_MSGPACK, CODEC_PICKLE, CODEC_RAW, ERR_BAD_REQUEST, ERR_DEADLINE, ERR_IN_PROGRESS,
     ERR_LEASE_EXPIRED, ERR_NOT_FOUND, ERR_OVERLOADED, ERR_REMOTE, ERR_TOO_LARGE,
-    ERR_UNAVAILABLE, FLAG_HAS_CREDIT, FLAG_KWARGS, FLAG_ONCE,
+    ERR_UNAUTHENTICATED, ERR_UNAVAILABLE, FLAG_HAS_CREDIT, FLAG_KWARGS, FLAG_ONCE,
     Frame,
     KIND_CANCEL, KIND_CREDIT, KIND_ERROR, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE,
     OutBuffer,
@@ -39,8 +39,8 @@ from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Su
 from microrpc._decode import DEFAULT_DECODE_LIMITS
 from microrpc.exactly_once import DEFAULT_WINDOW as ONCE_WINDOW
 from microrpc.errors import (
-    ConnectionLost, DeadlineExceeded, MessageTooLarge, MethodNotFound, Overloaded,
-    ProtocolError, RemoteError,
+    AuthenticationError, ConnectionLost, DeadlineExceeded, MessageTooLarge, MethodNotFound,
+    Overloaded, ProtocolError, RemoteError,
 )
 
 # Pass as ``timeout`` to use the client's default timeout.
@@ -99,6 +99,8 @@ def error_from_body(bytes body):
         return ProtocolError(f"server could not decode the request: {message}")
     if code == ERR_UNAVAILABLE:
         return ConnectionLost(f"server: {message}")
+    if code == ERR_UNAUTHENTICATED:
+        return AuthenticationError(f"server: {message}")
     return ProtocolError(f"unknown error code {code} from server ({type_name}: {message})")
 
 
@@ -674,7 +676,11 @@ cdef class ClientCore:
 
     cdef int _on_frame(self, Frame f, int64_t now) except -1:
         cdef int kind = f.kind
-        if kind == KIND_RESPONSE or kind == KIND_ERROR:
+        if kind == KIND_ERROR and self.state == CONN_HANDSHAKE:
+            # The server refused the connection instead of answering the PING (a server
+            # that requires authentication): the connect fails with the reason it gave.
+            self._break(error_from_body(f.body))
+        elif kind == KIND_RESPONSE or kind == KIND_ERROR:
             self._on_reply(f, now)
         elif kind == KIND_CREDIT:
             if self.credits is not None:

@@ -34,6 +34,9 @@ cdef enum:
     # Exactly-once calls (microrpc.exactly_once; docs/wire.md).
     ERR_IN_PROGRESS = 11       # a retry of a call that is still running: ask again later
     ERR_LEASE_EXPIRED = 12     # the call's lease expired: it was not run
+    # Authentication (microrpc/auth.py): the answer to a first frame that skipped the
+    # handshake a server with a key requires (or sent to a server that has none).
+    ERR_UNAUTHENTICATED = 13
 
 
 cdef class Frame:

@@ -17,6 +17,12 @@ Two drivers over the protocol core (_core.pyx):
 
 Sockets are created and connected in Python (microrpc/transport.py: setup is not hot);
 their fds are handed over here and owned from then on.
+
+With an ``auth_key`` the server authenticates each connection before reading a frame from
+it (the handshake is microrpc/auth.py's :class:`~microrpc.auth.ServerHandshake`, fed from
+here): a connection that has not finished it reads only the bytes of the message it owes,
+so it holds at most one tiny message, and it is closed when a message is wrong or its
+``auth_timeout`` passes. The I/O thread never waits for a handshake.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -26,7 +32,10 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from microrpc._core cimport Frame, FrameParser, OutBuffer
 from microrpc._dispatch cimport Clock, Peer, ServerCore
-from microrpc.errors import ConnectionLost, DeadlineExceeded, MessageTooLarge, ProtocolError
+from microrpc import auth as _auth
+from microrpc.errors import (
+    AuthenticationError, ConnectionLost, DeadlineExceeded, MessageTooLarge, ProtocolError,
+)
 
 
 cdef extern from "<time.h>" nogil:
@@ -128,8 +137,11 @@ DEF SHARED_READ_BUDGET = RECV_CHUNK
 # rest waits in the parser (the connection is on the backlog) for the next pass.
 DEF FEED_BUDGET = 128
 DEF MAX_EVENTS = 256
+# Room for the largest handshake message (auth.MAX_MESSAGE, checked at import).
+DEF AUTH_BUF = 128
 
 POLL_MODES = {"block": POLL_BLOCK, "spin": POLL_SPIN, "adaptive": POLL_ADAPTIVE}
+assert _auth.MAX_MESSAGE <= AUTH_BUF
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -446,6 +458,8 @@ cdef class _Conn(Peer):
     cdef bint want_write       # EPOLLOUT armed (the kernel buffer was full)
     cdef bint paused           # EPOLLIN disarmed: core.over_limit (TCP backpressure)
     cdef bint backlogged       # on ServerLoop.backlog: whole frames left after FEED_BUDGET
+    cdef object auth           # its auth.ServerHandshake until it has authenticated, or None
+    cdef int64_t auth_deadline # when it is closed if it has not (monotonic ns)
 
 
 @cython.final
@@ -465,9 +479,13 @@ cdef class ServerLoop:
     cdef Adaptive adaptive
     cdef int64_t batch_ns
     cdef int64_t last_read_ns
+    cdef bytes auth_key            # None: connections carry frames from their first byte
+    cdef int64_t auth_timeout_ns
+    cdef object authenticating     # deque of _Conns in accept order (so in deadline order)
     cdef readonly bint running
     # statistics of the transport (the core counts calls)
     cdef readonly uint64_t bytes_in, bytes_out, connections_accepted
+    cdef readonly uint64_t auth_failures   # connections closed before authenticating
 
     # batch_us: how long the core may run queued requests before the loop polls again.
     # Short enough that a client whose request arrives while another connection floods
@@ -475,7 +493,8 @@ cdef class ServerLoop:
     # call's p99 beside a flood of 50 us requests was 690 us; at 50 us, 230 us: the hostile
     # bench); a poll with nothing new costs about a microsecond.
     def __cinit__(self, ServerCore core not None, Waker waker not None, str poll="block",
-                  double spin_us=50.0, double batch_us=50.0):
+                  double spin_us=50.0, double batch_us=50.0, bytes auth_key=None,
+                  double auth_timeout=_auth.DEFAULT_AUTH_TIMEOUT):
         if poll not in POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(POLL_MODES)}, not {poll!r}")
         self.epfd = -1
@@ -492,6 +511,12 @@ cdef class ServerLoop:
         self.spin_ns = <int64_t>(spin_us * 1000)
         adaptive_init(&self.adaptive, self.spin_ns)
         self.batch_ns = <int64_t>(batch_us * 1000)
+        self.auth_key = _auth.check_key(auth_key)
+        if not auth_timeout > 0:
+            raise ValueError("auth_timeout must be positive")
+        self.auth_timeout_ns = <int64_t>(auth_timeout * 1e9)
+        from collections import deque
+        self.authenticating = deque()
         self.running = False
 
     def __dealloc__(self):
@@ -546,6 +571,10 @@ cdef class ServerLoop:
                 continue
             self.conns[fd] = c
             self.connections_accepted += 1
+            if self.auth_key is not None:
+                c.auth = _auth.ServerHandshake(self.auth_key)
+                c.auth_deadline = now_ns() + self.auth_timeout_ns
+                self.authenticating.append(c)
             self._ctl(EPOLL_CTL_ADD, fd, EPOLLIN)
 
     cdef int _close_conn(self, _Conn c, int64_t now) except -1:
@@ -557,6 +586,82 @@ cdef class ServerLoop:
         close(c.fd)
         return 0
 
+    # -- authentication (only with an auth_key) ---------------------------------------
+
+    cdef int _authenticate(self, _Conn c, int64_t now) except -1:
+        """Read what the handshake waits for, never more (frames behind the client's proof
+        stay in the socket for _read), and answer it. 1 while it goes on or failed (the
+        connection is then closed), 0 once the connection is authenticated."""
+        cdef char buf[AUTH_BUF]
+        cdef ssize_t n
+        cdef int err = 0
+        cdef Py_ssize_t want
+        hs = c.auth
+        while True:
+            want = hs.want()
+            with nogil:
+                n = recv(c.fd, buf, want, MSG_DONTWAIT)
+                err = errno
+            if n > 0:
+                self.bytes_in += n
+                try:
+                    reply = hs.feed(buf[:n])
+                except AuthenticationError:
+                    self._auth_failed(c, now, hs.farewell)
+                    return 1
+                if reply and not self._send_small(c, reply):
+                    self._auth_failed(c, now, b"")
+                    return 1
+                if hs.done:
+                    c.auth = None
+                    return 0
+                continue
+            if n < 0 and err == EINTR:
+                continue
+            if n < 0 and err == EAGAIN:
+                return 1
+            self._auth_failed(c, now, b"")       # closed (n == 0) or failed mid-handshake
+            return 1
+
+    cdef bint _send_small(self, _Conn c, bytes data) except -1:
+        """Send a handshake message at once: it is tiny and the connection's send buffer is
+        empty (no frame goes out before the handshake ends), so all of it fits; a send that
+        does not take all of it means a broken connection."""
+        cdef ssize_t n
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef const char* p = PyBytes_AS_STRING(data)
+        with nogil:
+            n = send(c.fd, p, size, MSG_DONTWAIT | MSG_NOSIGNAL)
+        if n > 0:
+            self.bytes_out += n
+        return n == size
+
+    cdef int _auth_failed(self, _Conn c, int64_t now, bytes farewell) except -1:
+        if c.closed:
+            return 0
+        self.auth_failures += 1
+        if farewell:
+            self._send_small(c, farewell)
+        c.auth = None
+        self._close_conn(c, now)
+        return 0
+
+    cdef int64_t _expire_auth(self, int64_t now) except -1:
+        """Close the connections whose handshake time is up; returns the next such
+        deadline (0: none). They are in deadline order, so this looks at the head only."""
+        cdef _Conn c
+        dq = self.authenticating
+        while dq:
+            c = dq[0]
+            if c.closed or c.auth is None:
+                dq.popleft()
+            elif c.auth_deadline <= now:
+                dq.popleft()
+                self._auth_failed(c, now, b"")
+            else:
+                return c.auth_deadline
+        return 0
+
     cdef int _read(self, _Conn c, int64_t now, Py_ssize_t budget) except -1:
         """Drain the socket (up to ``budget`` bytes) and feed whole frames (up to the feed
         budget). A backlogged connection is not read: its parser already holds frames, and
@@ -566,6 +671,8 @@ cdef class ServerLoop:
         cdef char* dst
         cdef Py_ssize_t total = 0, room
         if c.backlogged:
+            return 0
+        if c.auth is not None and self._authenticate(c, now):
             return 0
         while total < budget:
             # Read into the room the parser has (a new connection's buffer is small, and
@@ -622,6 +729,10 @@ cdef class ServerLoop:
             except ProtocolError:
                 # Lengths can no longer be trusted: drop this peer, keep serving the rest.
                 core.protocol_error(c)
+                if self.auth_key is None and c.parser.end - c.parser.start >= 2 and \
+                        _auth.is_hello(c.parser.buf[c.parser.start:c.parser.start + 2]):
+                    # A client with a key, and this server has none: tell it so.
+                    self._send_small(c, _auth.NO_AUTH_HERE)
                 self._close_conn(c, now)
                 return 0
             if f is None:
@@ -700,7 +811,10 @@ cdef class ServerLoop:
             if ev & (EPOLLERR | EPOLLHUP):
                 # Reset or shut both ways: no reply can reach it. Drop its work unread
                 # rather than read and run it (epoll reports these even while paused).
-                self._close_conn(c, t1)
+                if c.auth is not None:
+                    self._auth_failed(c, t1, b"")
+                else:
+                    self._close_conn(c, t1)
                 continue
             if ev & EPOLLOUT:
                 self.core._mark_dirty(c)
@@ -741,7 +855,7 @@ cdef class ServerLoop:
     def run(self):
         """Serve until stop: poll, read, run, tick, flush. Returns when fully stopped."""
         cdef ServerCore core = self.core
-        cdef int64_t now, wait_ns, next_tick
+        cdef int64_t now, wait_ns, next_tick, next_auth
         cdef int n, timeout_ms
         self.running = True
         try:
@@ -753,6 +867,9 @@ cdef class ServerLoop:
                         break
                 if self.backlog:
                     self._feed_backlog(now)
+                next_auth = 0
+                if self.auth_key is not None and self.authenticating:
+                    next_auth = self._expire_auth(now)
                 if core.has_work() or self.backlog:
                     timeout_ms = 0
                 else:
@@ -761,6 +878,8 @@ cdef class ServerLoop:
                         wait_ns = min(wait_ns, max(core.next_tick - now, 0))
                     if core.stopping:
                         wait_ns = min(wait_ns, 1000000)
+                    if next_auth:
+                        wait_ns = min(wait_ns, max(next_auth - now, 0))
                     timeout_ms = ms_ceil(wait_ns)
                 n = 0
                 if timeout_ms > 0 and self.poll_mode != POLL_BLOCK:

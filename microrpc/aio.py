@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 import breakwater
-from microrpc import _clientcore, _core, _native, channel, codecs, transport
+from microrpc import _clientcore, _core, _native, auth, channel, codecs, transport
 from microrpc._clientcore import Call, ClientCore
 from microrpc.client import (
     DEFAULT_TIMEOUT, ClientStatistics, _join, check_client_options, core_statistics,
@@ -31,7 +31,8 @@ _now = _native.monotonic_ns
 
 
 class AsyncClient:
-    """asyncio twin of :class:`microrpc.Client` (same arguments, ``await`` the calls).
+    """asyncio twin of :class:`microrpc.Client` (same arguments, ``await`` the calls;
+    ``auth_key`` as there).
 
     ``exactly_once=True`` works as for :class:`microrpc.Client`: when the connection is
     lost, a task reconnects (backing off from 5 ms to 0.5 s) and the pending calls go again
@@ -50,8 +51,10 @@ class AsyncClient:
         credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
         decode_limits: codecs.DecodeLimits | None = None,
         exactly_once: bool = False,
+        auth_key: bytes | None = None,
     ):
         check_client_options(address, timeout, session, credit_queue, credit_wait)
+        self._auth_key = auth.check_key(auth_key)
         self.address = address
         self._max_message_size = max_message_size
         self._connect_timeout = connect_timeout
@@ -104,6 +107,13 @@ class AsyncClient:
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
             raise ConnectionLost(f"cannot connect to {self.address}: {exc}") from None
+        if self._auth_key is not None:
+            try:
+                await auth.authenticate_async(loop, sock, self._auth_key,
+                                              self._connect_timeout, self.address)
+            except BaseException:
+                sock.close()
+                raise
         chan = channel.wrap_socket(sock, max_message_size=self._max_message_size)
         core = self._core
         core.close_idle()

@@ -48,10 +48,12 @@ def check_poll(poll: str) -> None:
 
 
 def open_channel(address: str, *, connect_timeout: float | None = 5.0,
-                 max_message_size: int, poll: str = "block", spin_us: float = 50.0) -> Any:
-    """Connect to ``address`` and return its channel (blocking; failure: ConnectionLost)."""
+                 max_message_size: int, poll: str = "block", spin_us: float = 50.0,
+                 auth_key: bytes | None = None) -> Any:
+    """Connect to ``address`` and return its channel (blocking; failure: ConnectionLost,
+    or AuthenticationError when the ``auth_key`` handshake fails)."""
     check_poll(poll)
-    sock = transport.connect(address, connect_timeout)
+    sock = transport.connect(address, connect_timeout, auth_key)
     return _native.Channel(sock.detach(), max_message_size, poll, spin_us)
 
 

@@ -234,7 +234,7 @@ def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed) -> N
 
 # -- microrpc stats ---------------------------------------------------------------------------
 
-class _BadAddress(click.ClickException):
+class _BadArgument(click.ClickException):
     exit_code = 2                           # an argument error, on one line
 
 
@@ -258,6 +258,21 @@ def _fetch_stats(client, address: str) -> dict:
         raise click.ClickException(f"{address} answered {STATS_METHOD} with a "
                                    f"{type(stats).__name__}, not statistics")
     return stats
+
+
+def _read_key_file(path: str) -> bytes:
+    """The raw bytes of a key file; a bad one is an argument error (exit 2)."""
+    from microrpc.auth import check_key
+
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+    except OSError as exc:
+        raise _BadArgument(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+    try:
+        return check_key(key)
+    except ValueError as exc:
+        raise _BadArgument(f"key file {path}: {exc}") from None
 
 
 def _flatten(stats: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -300,7 +315,11 @@ def _stats_table(stats: dict, address: str):
               help="With --watch: stop after N snapshots.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0,
               show_default=True, help="Seconds to wait for the server.")
-def stats(address, as_json, watch, count, timeout) -> None:
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="For a server started with auth_key: a file holding that key as raw "
+                   "bytes, exactly (no hex, no trailing newline), e.g. written with "
+                   "open(path, 'wb').write(microrpc.new_auth_key()).")
+def stats(address, as_json, watch, count, timeout, key_file) -> None:
     """Print the statistics of the running microrpc server at ADDRESS (tcp://host:port or
     unix:///path): calls, errors, connections, queues, bounds and the overload policy's
     counters, read through its built-in `_microrpc.stats` method.
@@ -317,10 +336,12 @@ def stats(address, as_json, watch, count, timeout) -> None:
 
     if count is not None and watch is None:
         raise click.UsageError("--count needs --watch")
+    key = _read_key_file(key_file) if key_file is not None else None
     try:
-        client = Client(address, timeout=timeout, connect_timeout=timeout)   # connects
+        client = Client(address, timeout=timeout, connect_timeout=timeout,   # connects
+                        auth_key=key)
     except ValueError as exc:               # no scheme, unknown scheme, bad port
-        raise _BadAddress(str(exc)) from None
+        raise _BadArgument(str(exc)) from None
     except RpcError as exc:                 # nobody listening, not a microrpc server
         raise click.ClickException(str(exc)) from None
     console = Console()

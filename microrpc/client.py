@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import breakwater
-from microrpc import _clientcore, _core, _native, channel, codecs, transport
+from microrpc import _clientcore, _core, _native, auth, channel, codecs, transport
 from microrpc._clientcore import Call, ClientCore
 from microrpc.errors import ConnectionLost, MethodNotFound, ProtocolError, RpcError
 
@@ -220,7 +220,9 @@ class Client:
     wait for one and for how long before they fail with ``Overloaded(side="client")``.
     ``decode_limits`` (a :class:`microrpc.DecodeLimits`, by default the server's defaults):
     a msgpack reply over them fails its call with ``ProtocolError`` before any object is
-    built, so a hostile server cannot make the client decode a bomb.
+    built, so a hostile server cannot make the client decode a bomb. ``auth_key`` (bytes):
+    the server's pre-shared key; each connection proves it holds it, and checks that the
+    server does, before any call (a failure raises :class:`microrpc.AuthenticationError`).
 
     ``exactly_once=True``: every call carries this client's lease and a number (RIFL), so a
     method the server registered ``idempotent=False`` runs once however often the call is
@@ -228,11 +230,11 @@ class Client:
     lost before the reply came: it reconnects (backing off from 5 ms to 0.5 s between tries)
     until the call is answered or its deadline passes (a call with ``timeout=None`` gets one
     reconnection). The server keeps each outcome until the client's next requests
-    acknowledge it, so a retry gets the first run's outcome. At most 512 calls may be
-    pending between the oldest one still pending and the newest (the server's records per
-    lease); a call beyond that fails with ``Overloaded(side="client")``. Methods the server
-    did not mark are not deduplicated: retrying them may run them again, as without this
-    option. See microrpc.exactly_once for the protocol.
+    acknowledge it, so a retry gets the first run's outcome. At most 512 calls are numbered
+    from the oldest one still pending (the server's records per lease); later calls wait,
+    unnumbered, until older ones end. Methods the server did not mark are not deduplicated:
+    retrying them may run them again, as without this option. See microrpc.exactly_once for
+    the protocol.
     """
 
     def __init__(
@@ -250,9 +252,11 @@ class Client:
         credit_wait: float = breakwater.DEFAULT_MAX_WAIT_NS / 1e9,
         decode_limits: codecs.DecodeLimits | None = None,
         exactly_once: bool = False,
+        auth_key: bytes | None = None,
     ):
         check_client_options(address, timeout, session, credit_queue, credit_wait)
         channel.check_poll(poll)
+        self._auth_key = auth.check_key(auth_key)
         self.address = address
         self._timeout = timeout
         self._poll_mode = poll
@@ -294,7 +298,9 @@ class Client:
         deadline = _now() + int(timeout * 1e9)
         chan = channel.open_channel(self.address, connect_timeout=self._connect_timeout,
                                     max_message_size=self._max_message_size,
-                                    poll=self._poll_mode, spin_us=self._spin_us)
+                                    poll=self._poll_mode, spin_us=self._spin_us,
+                                    auth_key=self._auth_key)
+
         def send_all() -> None:
             while len(core.out):
                 if not chan.send_from(core.out):
@@ -308,9 +314,11 @@ class Client:
                 frames = chan.recv_frames(deadline)
                 if not frames:
                     raise ConnectionLost(f"no answer from {self.address} within {timeout} s")
-                if frames[0].kind != _core.PONG:
+                if frames[0].kind not in (_core.PONG, _core.ERROR):   # ERROR: refused
                     raise ProtocolError(f"expected a pong, got a frame of kind {frames[0].kind}")
                 core.receive(frames, _now())
+                if core.error is not None:
+                    raise core.error
             send_all()       # an exactly-once core's lease request, or its parked calls
         except BaseException as exc:
             chan.close()

@@ -27,6 +27,7 @@ from microrpc._core import (
     OVERLOADED,
     REMOTE_ERROR,
     RETRY_ELSEWHERE,
+    UNAUTHENTICATED,
     UNAVAILABLE,
     WRONG_TARGET,
 )
@@ -35,7 +36,7 @@ __all__ = [
     "CODECS", "codec_id", "DecodeLimits", "DEFAULT_DECODE_LIMITS",
     "REMOTE_ERROR", "METHOD_NOT_FOUND", "DEADLINE_EXCEEDED", "MESSAGE_TOO_LARGE", "OVERLOADED",
     "BAD_REQUEST", "UNAVAILABLE", "WRONG_TARGET", "RETRY_ELSEWHERE", "LOST", "IN_PROGRESS",
-    "LEASE_EXPIRED",
+    "LEASE_EXPIRED", "UNAUTHENTICATED",
 ]
 
 CODECS = {"raw": _core.RAW, "msgpack": _core.MSGPACK, "pickle": _core.PICKLE}

@@ -14,6 +14,7 @@ __all__ = [
     "ConnectionLost",
     "ProtocolError",
     "MessageTooLarge",
+    "AuthenticationError",
 ]
 
 
@@ -77,3 +78,12 @@ class ProtocolError(RpcError):
 
 class MessageTooLarge(RpcError):
     """A request or response was over the ``max_message_size`` limit (it was not sent)."""
+
+
+class AuthenticationError(RpcError):
+    """The connection's pre-shared-key handshake failed (``auth_key=``; microrpc/auth.py).
+
+    The keys differ, one side has a key and the other has none, or the peer is not a
+    microrpc server. Nothing was sent on the connection, so no call ran. Retrying with the
+    same keys fails the same way.
+    """

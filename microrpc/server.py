@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from microrpc import _core, _decode, _dispatch, _native, transport
+from microrpc import _core, _decode, _dispatch, _native, auth, transport
 from microrpc.codecs import DecodeLimits, codec_id
 from microrpc.exactly_once import DEFAULT_LEASE_TTL, CompletionTable, LocalLeases
 from microrpc.service import exposed_methods
@@ -73,6 +73,8 @@ class ServerStatistics:
     undecodable: int = 0       # requests refused (BAD_REQUEST): arguments malformed or
                                # over decode_limits
     connections_refused: int = 0   # new connections closed at once: max_connections open
+    auth_failures: int = 0     # connections closed before authenticating (auth_key): wrong
+                               # or missing key, garbage, too slow (auth_timeout)
 
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain data (the policy's statistics as a dict too): what the
@@ -166,6 +168,14 @@ class Server:
     once (the client sees the connection closed), and counted in ``connections_refused``.
 
     ``statistics()`` reports the bounds and what they acted on (peaks, pauses, refusals).
+
+    **Authentication.** With ``auth_key`` (bytes, at least 16; ``microrpc.new_auth_key()``
+    makes one) a connection carries no frame until both ends have proved they hold the key
+    (an HMAC challenge/response, docs/wire.md *Authentication*); clients pass the same
+    ``auth_key``. A connection that has not finished within ``auth_timeout`` seconds, or
+    gets it wrong, is closed and counted in ``auth_failures``; until then it counts toward
+    ``max_connections``. It authenticates, it does not encrypt: on a network you do not
+    trust, run it inside a VPN (WireGuard).
     """
 
     def __init__(
@@ -189,6 +199,8 @@ class Server:
         decode_limits: DecodeLimits | None = None,
         expose_stats: bool = True,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        auth_key: bytes | None = None,
+        auth_timeout: float = auth.DEFAULT_AUTH_TIMEOUT,
     ):
         if poll not in _native.POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
@@ -221,6 +233,10 @@ class Server:
         if decode_limits is not None and not isinstance(decode_limits, DecodeLimits):
             raise TypeError(f"decode_limits must be a DecodeLimits, not {decode_limits!r}")
         self._decode_limits = decode_limits or _decode.DEFAULT_DECODE_LIMITS
+        self._auth_key = auth.check_key(auth_key)
+        if not auth_timeout > 0:
+            raise ValueError("auth_timeout must be positive")
+        self._auth_timeout = auth_timeout
         self._sock, self._bound = transport.listen(address)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._core: _dispatch.ServerCore | None = None
@@ -346,7 +362,9 @@ class Server:
                 accept_codecs=self._codec_mask, max_message_size=self._max_message_size,
                 send_tracebacks=self._send_tracebacks, decode_limits=self._decode_limits,
                 once=self._once, **self._bounds)
-            self._loop = _native.ServerLoop(self._core, waker, self._poll, self._spin_us)
+            self._loop = _native.ServerLoop(self._core, waker, self._poll, self._spin_us,
+                                            auth_key=self._auth_key,
+                                            auth_timeout=self._auth_timeout)
             self._loop.add_listener(self._sock.fileno())
             return self._loop
 
@@ -435,7 +453,7 @@ class Server:
             queued_peak_per_connection=core.queued_peak_per_connection,
             output_peak_per_connection=core.output_peak_per_connection,
             paused_reads=core.paused_reads, session_rejects=core.session_rejects,
-            undecodable=core.undecodable,
+            undecodable=core.undecodable, auth_failures=loop.auth_failures,
         )
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
+from microrpc import auth
 from microrpc.errors import ConnectionLost
 
 __all__ = ["Address", "parse_address", "listen", "connect", "client_socket"]
@@ -102,8 +103,11 @@ def listen(address: str, backlog: int = 1024) -> tuple[socket.socket, Address]:
     return sock, bound
 
 
-def connect(address: str, timeout: float | None) -> socket.socket:
-    """A connected, non-blocking socket (TCP_NODELAY on TCP). Failure raises ConnectionLost."""
+def connect(address: str, timeout: float | None,
+            auth_key: bytes | None = None) -> socket.socket:
+    """A connected, non-blocking socket (TCP_NODELAY on TCP). Failure raises ConnectionLost.
+    With ``auth_key`` the client's handshake (microrpc.auth) runs first, within ``timeout``
+    too; a failed one raises AuthenticationError."""
     addr = parse_address(address)
     try:
         if addr.scheme == "unix":
@@ -120,6 +124,12 @@ def connect(address: str, timeout: float | None) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         raise ConnectionLost(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    if auth_key is not None:
+        try:
+            auth.authenticate(sock, auth_key, timeout, address)
+        except BaseException:
+            sock.close()
+            raise
     sock.setblocking(False)
     return sock
 

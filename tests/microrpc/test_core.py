@@ -152,7 +152,7 @@ def test_error_codes_are_declared_once_and_documented():
 
     names = ["REMOTE_ERROR", "METHOD_NOT_FOUND", "DEADLINE_EXCEEDED", "MESSAGE_TOO_LARGE",
              "OVERLOADED", "BAD_REQUEST", "UNAVAILABLE", "WRONG_TARGET", "RETRY_ELSEWHERE",
-             "LOST", "IN_PROGRESS", "LEASE_EXPIRED"]
+             "LOST", "IN_PROGRESS", "LEASE_EXPIRED", "UNAUTHENTICATED"]
     core = {n: getattr(_core, n) for n in names}
     assert {n: getattr(codecs, n) for n in names} == core
     assert sorted(core.values()) == list(range(1, len(names) + 1))    # no gap, no repeat
