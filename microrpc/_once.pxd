@@ -1,5 +1,6 @@
 # The C-level contract of the exactly-once server side (see _once.pyx): the server core
 # cimports it to check and record a call without a Python method call.
+cimport cython
 from libc.stdint cimport uint64_t
 
 cdef enum:
@@ -12,6 +13,7 @@ cdef enum:
     CHECK_WINDOW_FULL = 5
 
 
+@cython.final
 cdef class LocalLeases:
     cdef public double ttl
     cdef object _clock
@@ -25,13 +27,17 @@ cdef class LocalLeases:
 cdef class _Client:
     cdef public uint64_t acked
     cdef public dict records
+    cdef double renew_at               # a LocalLeases lease: renew it again from then on
 
 
+@cython.final
 cdef class CompletionTable:
     cdef object _lease_valid
     cdef LocalLeases _leases          # the same authority when it is a LocalLeases, else None
     cdef readonly Py_ssize_t window
     cdef dict _clients
+    cdef uint64_t _last_lease         # the lease of the last call checked, and its records:
+    cdef _Client _last                # most calls come from the client of the call before
     cdef readonly object saved        # the saved reply found by the last check (DONE)
     cdef public uint64_t duplicates   # retries answered from a record
     cdef public uint64_t refused      # stale, expired or over the window
@@ -40,3 +46,5 @@ cdef class CompletionTable:
     cpdef finish(self, lease, seq, reply)
     cpdef forget(self, lease, seq)
     cdef int _ack(self, _Client client, uint64_t ack) except -1
+    cdef _Client _client(self, uint64_t lease)
+    cdef bint _valid(self, _Client client, uint64_t lease) except -1

@@ -127,18 +127,47 @@ cdef class CompletionTable:
         # The authority stays behind: it belongs to the process the table lives in.
         return (_rebuild_table, (self.window, self._clients, self.duplicates, self.refused))
 
+    cdef _Client _client(self, uint64_t lease):
+        """The records of ``lease``, or None."""
+        cdef PyObject* found
+        if lease == self._last_lease and self._last is not None:
+            return self._last
+        found = PyDict_GetItem(self._clients, lease)
+        if found is NULL:
+            return None
+        self._last_lease = lease
+        self._last = <_Client>found
+        return self._last
+
+    cdef bint _valid(self, _Client client, uint64_t lease) except -1:
+        """Ask the authority whether a new call of ``lease`` may run. A LocalLeases lease
+        is renewed by the call, but only once half its ttl has passed since the last
+        renewal: it stays alive as long, for a dict write and a float less per call."""
+        cdef LocalLeases leases = self._leases
+        cdef double now
+        if leases is not None:
+            now = leases._clock()
+            if client is not None and now < client.renew_at:
+                return True
+            if not leases.renew(lease):
+                return False
+            if client is not None:
+                client.renew_at = now + leases.ttl / 2
+            return True
+        if self._lease_valid is None:
+            raise RuntimeError("this completion table has no lease authority (rebind it)")
+        return self._lease_valid(lease)
+
     cdef int check_code(self, uint64_t lease, uint64_t seq, uint64_t ack) except -1:
         """:meth:`check` for the server core: a CHECK_* code; the saved reply of a DONE
         call is left in ``self.saved``."""
         cdef _Client client
         cdef PyObject* found
-        cdef bint valid
         if lease < 1 or seq < 1 or ack >= seq:
             raise ValueError(f"malformed call id (lease {lease}, seq {seq}, ack {ack})")
         self.saved = None
-        found = PyDict_GetItem(self._clients, lease)
-        if found is not NULL:
-            client = <_Client>found
+        client = self._client(lease)
+        if client is not None:
             if ack > client.acked:
                 self._ack(client, ack)
             if seq <= client.acked:
@@ -151,20 +180,14 @@ cdef class CompletionTable:
                 self.duplicates += 1
                 self.saved = <object>found
                 return CHECK_DONE
-        else:
-            client = None
-        if self._leases is not None:
-            valid = self._leases.renew(lease)
-        elif self._lease_valid is None:
-            raise RuntimeError("this completion table has no lease authority (rebind it)")
-        else:
-            valid = self._lease_valid(lease)
-        if not valid:
+        if not self._valid(client, lease):
             self.refused += 1
             return CHECK_EXPIRED
         if client is None:
             client = _Client(ack)
             self._clients[lease] = client
+            if self._leases is not None:
+                client.renew_at = self._leases._clock() + self._leases.ttl / 2
         if len(client.records) >= self.window:
             self.refused += 1
             return CHECK_WINDOW_FULL
@@ -187,10 +210,9 @@ cdef class CompletionTable:
         cdef _Client client
         if reply is None:
             raise ValueError("a saved reply cannot be None")
-        found = PyDict_GetItem(self._clients, lease)
-        if found is NULL:
+        client = self._client(lease)
+        if client is None:
             return
-        client = <_Client>found
         found = PyDict_GetItem(client.records, seq)
         if found is not NULL and <object>found is _RUNNING:
             if seq <= client.acked:          # acknowledged while it ran: nobody will ask
@@ -201,11 +223,10 @@ cdef class CompletionTable:
     cpdef forget(self, lease, seq):
         """The call did not run after all (refused before its handler started): a retry
         may run it."""
-        cdef PyObject* found = PyDict_GetItem(self._clients, lease)
-        cdef _Client client
-        if found is NULL:
+        cdef PyObject* found
+        cdef _Client client = self._client(lease)
+        if client is None:
             return
-        client = <_Client>found
         found = PyDict_GetItem(client.records, seq)
         if found is not NULL and <object>found is _RUNNING:
             del client.records[seq]
@@ -214,6 +235,7 @@ cdef class CompletionTable:
         """The lease expired: forget its records (a call from it is refused from now on,
         since the authority says it is expired). Returns how many records went."""
         client = self._clients.pop(lease, None)
+        self._last = None
         return len((<_Client>client).records) if client is not None else 0
 
     def records(self, lease=None):
@@ -245,6 +267,7 @@ cdef class CompletionTable:
 def _rebuild_table(window, clients, duplicates, refused):
     cdef CompletionTable table = CompletionTable(None, window=window)
     table._clients = clients
+    table._last = None
     table.duplicates = duplicates
     table.refused = refused
     return table

@@ -249,8 +249,9 @@ class Server:
             self._methods[STATS_METHOD.encode()] = _dispatch.Method(self._stats_method)
         # Exactly-once calls: this server is its clients' lease authority.
         self._leases = LocalLeases(lease_ttl)
-        # A lease is renewed by every new call made under it: a client that keeps calling
-        # never loses its records; one silent for a ttl does (and a call of it is refused).
+        # A new call keeps its lease alive (the table renews it, at most once per half
+        # ttl): a client that keeps calling never loses its records; one silent for a ttl
+        # does (and a call of it is refused).
         self._once = CompletionTable(self._leases)
         self._methods[LEASE_METHOD.encode()] = _dispatch.Method(self._grant_lease)
         self._methods[RENEW_METHOD.encode()] = _dispatch.Method(self._leases.renew)

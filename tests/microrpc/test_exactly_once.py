@@ -118,3 +118,33 @@ def test_lease_ids_of_two_incarnations_never_meet(clock):
     assert fixed.grant() == (7 << 32) + 1
     with pytest.raises(ValueError):
         LocalLeases(5.0, incarnation=0)
+
+
+def test_new_calls_keep_a_local_lease_alive_and_silence_lets_it_expire(clock):
+    leases = LocalLeases(10.0, clock=clock)
+    table = CompletionTable(leases)
+    lease = leases.grant()
+    for seq in range(1, 8):                   # one call every 4 s for 24 s: past the ttl
+        assert table.check(lease, seq, seq - 1)[0] is Check.NEW
+        table.finish(lease, seq, "ok")
+        clock.t += 4.0
+    assert leases.valid(lease)
+    clock.t += 10.0                            # silent for a ttl
+    assert table.check(lease, 8, 7)[0] is Check.EXPIRED
+
+
+def test_a_table_pickles_without_its_authority_and_is_rebound(clock):
+    import pickle
+    leases = LocalLeases(10.0, clock=clock)
+    table = CompletionTable(leases)
+    lease = leases.grant()
+    table.check(lease, 1, 0)
+    table.finish(lease, 1, "first")
+    moved = pickle.loads(pickle.dumps(table))
+    assert moved.check(lease, 1, 0) == (Check.DONE, "first")    # a retry needs no authority
+    with pytest.raises(RuntimeError, match="rebind"):
+        moved.check(lease, 2, 1)
+    moved.rebind(lambda lease: True)
+    assert moved.check(lease, 2, 1)[0] is Check.NEW
+    with pytest.raises(TypeError):
+        moved.rebind(42)
