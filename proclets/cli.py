@@ -110,9 +110,11 @@ def controller(listen: str, key_file: str | None, lease_ttl: float,
 @click.option("--key-file", type=click.Path(dir_okay=False), help="The cluster key.")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads for @blocking methods and migrations.")
+@click.option("--orphan-timeout", type=click.FloatRange(min=0.1), default=P.ORPHAN_TIMEOUT,
+              show_default=True, help="Exit when the controller is unreachable this long.")
 @click.option("--exit-with-parent", is_flag=True, hidden=True)
 def runtime(controller_address: str, listen: str, key_file: str | None, workers: int,
-            exit_with_parent: bool) -> None:
+            orphan_timeout: float, exit_with_parent: bool) -> None:
     """Run a runtime that hosts proclets."""
     from proclets.runtime import run
     controller_address = _address(controller_address, "--controller")
@@ -120,7 +122,7 @@ def runtime(controller_address: str, listen: str, key_file: str | None, workers:
     key = _key(key_file)
     try:
         code = run(controller_address, listen, key, workers=workers,
-                   exit_with_parent=exit_with_parent)
+                   exit_with_parent=exit_with_parent, orphan_timeout=orphan_timeout)
     except OSError as exc:
         _die(f"cannot listen on {listen}: {exc.strerror or exc}")
     sys.exit(code)

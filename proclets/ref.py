@@ -317,7 +317,7 @@ class _Session:
                 self.redirects += 1
                 self.locations.pop(pid, None)
                 if value and value != address:
-                    address = value
+                    address = self.locations[pid] = value     # the tombstone's forward
                 else:
                     address = self.locate(pid, deadline)
                     if address == value or value is None:

@@ -87,6 +87,7 @@ class Runtime:
         self._entries: dict[int, _Entry] = {}
         self._lock = threading.Lock()
         self._leases: dict[int, float] = {}       # client lease -> valid until (our clock)
+        self._dead_leases: set[int] = set()       # known expired, records not dropped yet
         self._lease_valid_fn = self._lease_valid  # one object, plugged into every table
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="proclets-turn")
         self._peers: dict[str, Any] = {}
@@ -204,6 +205,7 @@ class Runtime:
             raise _Unavailable(str(exc)) from None
         if left <= 0:
             self._leases.pop(lease, None)
+            self._dead_leases.add(lease)          # its records go at the next sweep
             return False
         self._leases[lease] = now + left      # measured before asking: never too late
         return True
@@ -213,23 +215,24 @@ class Runtime:
         controller about the cached leases past their cached expiry). Returns how many
         leases were dropped."""
         now = self.clock()
-        dropped = 0
         for lease, until in list(self._leases.items()):
             if until > now:
                 continue
             try:
                 left = self.controller.lease_left(lease)
             except (RpcError, OSError):
-                return dropped
+                break
             if left > 0:
                 self._leases[lease] = now + left
-                continue
-            self._leases.pop(lease, None)
-            dropped += 1
+            else:
+                self._leases.pop(lease, None)
+                self._dead_leases.add(lease)
+        dead, self._dead_leases = self._dead_leases, set()
+        for lease in dead:
             for e in list(self._entries.values()):
                 if e.table is not None:
                     e.table.drop_lease(lease)
-        return dropped
+        return len(dead)
 
     # -- spawn ------------------------------------------------------------------------
 
