@@ -58,6 +58,7 @@ _REF_TAG = "__proclet_ref__"
 # for small state), so start short and back off.
 _RETRY_FIRST = 0.0002
 _RETRY_MAX = 0.01
+_LOST_CONNECTION = object()      # an attempt's outcome: ConnectionLost (or a lost reply)
 
 
 def to_wire(value: Any) -> Any:
@@ -93,6 +94,11 @@ class Faults:
         self.duplicated = 0
         self._random = random.Random(os.getpid())
 
+    @property
+    def active(self) -> bool:
+        return bool(self.drop_replies or self.duplicate_requests or self.drop_rate
+                    or self.duplicate_rate)
+
     def _take(self, count: str, rate: str) -> bool:
         if getattr(self, count) > 0:
             setattr(self, count, getattr(self, count) - 1)
@@ -116,7 +122,7 @@ class _CallIds:
     def __init__(self) -> None:
         self.lease = 0
         self.numbers = CallNumbers()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
         return {"lease": self.lease, "numbers": self.numbers}
@@ -124,29 +130,30 @@ class _CallIds:
     def __setstate__(self, state: dict) -> None:
         self.lease = state["lease"]
         self.numbers = state["numbers"]
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
 
     def begin(self, session: "_Session", deadline: float) -> tuple[int, int]:
-        with self._cond:
-            while self.numbers.full():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DeadlineExceeded("too many calls in flight (the RIFL window)")
-                self._cond.wait(min(left, 0.1))
-            if not self.lease:
-                self.lease = session.grant_lease(self is session.ids)
-            return self.lease, self.numbers.next()
+        while True:
+            with self._lock:
+                if not self.numbers.full():
+                    if not self.lease:
+                        self.lease = session.grant_lease(self is session.ids)
+                    return self.lease, self.numbers.next()
+            # The window is full (512 calls in flight): rare, so a short poll rather than
+            # a condition every call would pay for.
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded("too many calls in flight (the RIFL window)")
+            time.sleep(0.001)
 
     def end(self, seq: int) -> None:
-        with self._cond:
+        with self._lock:
             self.numbers.ended(seq)
-            self._cond.notify()
 
     def ack(self) -> int:
         return self.numbers.ack
 
     def expired(self, lease: int) -> None:
-        with self._cond:
+        with self._lock:
             if self.lease == lease:
                 self.lease = 0
 
@@ -209,6 +216,8 @@ class _Session:
         return client
 
     def drop_client(self, address: str, client) -> None:
+        if client is None:
+            return
         with self._lock:
             if self._clients.get(address) is client:
                 del self._clients[address]
@@ -268,46 +277,75 @@ class _Session:
             ids = entry.obj.__dict__.get("_proclet_client")
             if ids is None:
                 ids = entry.obj.__dict__["_proclet_client"] = _CallIds()
-        if any(type(a) is ProcletRef for a in args):
+        if ProcletRef in map(type, args):
             args = [to_wire(a) for a in args]
         lease, seq = ids.begin(self, deadline)
         try:
+            # The common case first, in line: a known location, a connection, no faults
+            # to inject, and the answer OK. Anything else goes through _attempts.
+            address = self.locations.get(pid)
+            client = self._clients.get(address) if address is not None else None
+            first = None
+            if client is not None and not _faults.active:
+                try:
+                    reply = client.call(P.CALL, pid, method, args, kwargs or None, lease,
+                                        seq, ids.numbers.ack,
+                                        timeout=deadline - time.monotonic())
+                except ConnectionLost:
+                    first = _LOST_CONNECTION
+                else:
+                    if reply[0] == P.OK:
+                        value = reply[1]
+                        return _result(value) if type(value) is dict else value
+                    first = reply
             return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
-                                  deadline)
+                                  deadline, first)
         finally:
             ids.end(seq)
 
-    def _attempts(self, pid, method, args, kwargs, ids, lease, seq, deadline):
+    @staticmethod
+    def _send(client, pid, method, args, kwargs, lease, seq, ids, left):
+        """One attempt: the reply, or _LOST_CONNECTION (also for an injected lost reply:
+        the proclet ran the call, the reply never arrives)."""
+        try:
+            if _faults.active and _faults._take("duplicate_requests", "duplicate_rate"):
+                _faults.duplicated += 1
+                client.call_async(P.CALL, pid, method, args, kwargs, lease, seq,
+                                  ids.numbers.ack, timeout=left)
+            reply = client.call(P.CALL, pid, method, args, kwargs, lease, seq,
+                                ids.numbers.ack, timeout=left)
+        except ConnectionLost:
+            return _LOST_CONNECTION
+        if _faults.active and _faults._take("drop_replies", "drop_rate"):
+            _faults.dropped += 1
+            return _LOST_CONNECTION
+        return reply
+
+    def _attempts(self, pid, method, args, kwargs, ids, lease, seq, deadline, first):
+        """The call's attempts until an outcome. ``first``: the fast path's attempt (its
+        reply, or _LOST_CONNECTION), or None if it made none."""
         address = self.locations.get(pid) or self.locate(pid, deadline)
         pause = _RETRY_FIRST
-        sent = False                    # may the call have reached a proclet?
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceeded(f"proclet {pid}.{method}: deadline exceeded")
-            try:
-                client = self.client(address)
-            except ConnectionLost:
-                address = self.locate(pid, deadline, avoid=address)
-                continue
-            try:
-                if _faults.duplicate_rate or _faults.duplicate_requests:
-                    if _faults._take("duplicate_requests", "duplicate_rate"):
-                        _faults.duplicated += 1
-                        client.call_async(P.CALL, pid, method, args, kwargs, lease, seq,
-                                          ids.ack(), timeout=left)
-                sent = True
-                code, value = client.call(P.CALL, pid, method, args, kwargs, lease, seq,
-                                          ids.ack(), timeout=left)
-                if _faults.drop_rate or _faults.drop_replies:
-                    if _faults._take("drop_replies", "drop_rate"):
-                        _faults.dropped += 1
-                        raise ConnectionLost("reply dropped (fault injection)")
-            except ConnectionLost:
+            if first is not None:
+                outcome, first = first, None
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceeded(f"proclet {pid}.{method}: deadline exceeded")
+                try:
+                    client = self.client(address)
+                except ConnectionLost:
+                    address = self.locate(pid, deadline, avoid=address)
+                    continue
+                outcome = self._send(client, pid, method, args, kwargs, lease, seq, ids,
+                                     left)
+            if outcome is _LOST_CONNECTION:
                 self.retries += 1
-                self.drop_client(address, client)
+                self.drop_client(address, self._clients.get(address))
                 address = self.locate(pid, deadline, avoid=address)
                 continue
+            code, value = outcome
             if code == P.OK:
                 return _result(value) if type(value) is dict else value
             if code == P.ERROR:
@@ -378,11 +416,13 @@ class ProcletRef:
             raise AttributeError(name)
         return _Method(self, name)
 
+    def _bind(self) -> _Session:
+        session = self._session = connect(self.controller)
+        return session
+
     def _call(self, method: str, args: tuple, kwargs: dict, timeout: float | None):
-        session = self._session
-        if session is None:
-            session = self._session = connect(self.controller)
-        return session.invoke(self.pid, method, args, kwargs, timeout)
+        return (self._session or self._bind()).invoke(self.pid, method, args, kwargs,
+                                                      timeout)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, ProcletRef) and other.pid == self.pid
@@ -403,7 +443,9 @@ class _Method:
         self._name = name
 
     def __call__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        return self._ref._call(self._name, args, kwargs, timeout)
+        ref = self._ref
+        return (ref._session or ref._bind()).invoke(ref.pid, self._name, args, kwargs,
+                                                    timeout)
 
     def future(self, *args: Any, timeout: float | None = None,
                **kwargs: Any) -> concurrent.futures.Future:

@@ -39,7 +39,7 @@ from microrpc.exactly_once import Check, CompletionTable
 from proclets import _net, _protocol as P
 from proclets._turn import current
 from proclets.errors import MigrationError, ProcletError
-from proclets.lifecycle import Action, Event, State, step
+from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
 from proclets.migration import dump, load
 from proclets.proclet import get_state, load_class, method_of, set_state
 from proclets.ref import from_wire, to_wire
@@ -54,6 +54,10 @@ INSTALL_TIMEOUT = 30.0
 _OK, _ERROR, _RETRY = P.OK, P.ERROR, P.RETRY
 _PRESENT = State.PRESENT
 _RUN = Action.RUN
+# The states in which the lifecycle table runs a call, read from the table once: the hot
+# path tests membership instead of looking the pair up (the same rule, one place).
+_SERVING = frozenset(s for s in State
+                     if LIFECYCLE.get((s, Event.CALL), (None,))[0] is Action.RUN)
 
 
 class _Entry:
@@ -100,9 +104,8 @@ class Runtime:
         e = self._entries.get(pid)
         if e is None:
             return [P.WRONG_TARGET, None]
-        action = step(e.state, Event.CALL)[0]
-        if action is not _RUN:
-            return self._refusal(action, e)
+        if e.state not in _SERVING:
+            return self._refusal(step(e.state, Event.CALL)[0], e)
         found = method_of(e.cls, method)
         if found is None:
             return [_ERROR, ["AttributeError",
