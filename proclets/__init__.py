@@ -30,3 +30,11 @@ __all__ = ["LIFECYCLE", "Action", "CallError", "Cluster", "Compacted", "Event", 
            "MemoryStore", "MigrationError", "MigrationStats", "NotImportable",
            "OutcomeUnknown", "Proclet", "ProcletError", "ProcletLost", "ProcletRef", "State",
            "StoreError", "Watch", "blocking", "connect", "faults"]
+
+
+def __getattr__(name: str):
+    # The distribution's version, read from its metadata on first use (as microrpc does).
+    if name == "__version__":
+        from microrpc import _distribution_version
+        return _distribution_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,11 +22,8 @@ __all__ = ["main"]
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("microrpc-toolkit")
-    except PackageNotFoundError:
-        return "0+unknown"
+    from microrpc import _distribution_version
+    return _distribution_version()
 
 
 def _key(path: str | None) -> bytes | None:
