@@ -99,14 +99,28 @@ class Cluster:
         calling; returns the migration's statistics. MigrationError if it could not be
         moved (it then serves where it was)."""
         destination = self._address(to)
-        source = self.where(ref)
-        if source == destination:
-            raise MigrationError(f"proclet {ref.pid} is already on {destination}")
-        try:
-            stats = self.session.client(source).call(P.MIGRATE, ref.pid, destination,
-                                                     timeout=timeout)
-        except RemoteError as exc:
-            _reraise(exc)
+        # The cached location first (no controller round trip); if that runtime no longer
+        # has it, ask the controller and try once more.
+        cached = self.session.locations.get(ref.pid)
+        source = cached or self.where(ref)
+        while True:
+            if source == destination and cached is not None:
+                cached = None
+                source = self.where(ref)           # a stale cache may name the destination
+                continue
+            if source == destination:
+                raise MigrationError(f"proclet {ref.pid} is already on {destination}")
+            try:
+                stats = self.session.client(source).call(P.MIGRATE, ref.pid, destination,
+                                                         timeout=timeout)
+                break
+            except RemoteError as exc:
+                if cached is not None and exc.remote_type == "MigrationError":
+                    cached, previous = None, source
+                    source = self.where(ref)
+                    if source != previous:
+                        continue
+                _reraise(exc)
         self.session.locations[ref.pid] = destination
         return MigrationStats(**stats)
 

@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+import msgpack
+
 from microrpc.errors import RpcError
 from microrpc.exactly_once import Check, CompletionTable
 
@@ -40,7 +42,7 @@ from proclets import _net, _protocol as P
 from proclets._turn import current
 from proclets.errors import MigrationError, ProcletError
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
-from proclets.migration import dump, load
+from proclets.migration import dump, load, pack_install, unpack_install
 from proclets.proclet import get_state, load_class, method_of, set_state
 from proclets.ref import from_wire, to_wire
 
@@ -289,10 +291,12 @@ class Runtime:
             self._thaw(e)
             raise MigrationError(f"cannot pickle the state of proclet {pid}: {exc}") from None
         t2 = time.perf_counter()
+        nbuffers = len(buffers)
+        body = pack_install([pid, e.epoch, e.path, self.rid, kinds], header, buffers)
+        del header, buffers
         try:
-            done = self._peer(destination).call(P.INSTALL, pid, e.epoch, e.path, self.rid,
-                                                header, buffers, kinds,
-                                                timeout=INSTALL_TIMEOUT)
+            done = msgpack.unpackb(self._peer(destination).call(
+                P.INSTALL, body, timeout=INSTALL_TIMEOUT))
         except Exception as exc:
             self._install_failed(e, destination, exc)     # raises or hands off
             done = None
@@ -301,11 +305,11 @@ class Runtime:
             action, after = step(e.state, Event.HANDED_OFF)
             e.state, e.obj, e.table, e.moved_to = after, None, None, destination
         self.migrations_out += 1
-        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
+        size = len(body)
         install = done["install"] if done else 0.0
         directory = done["directory"] if done else 0.0
         return {"pid": pid, "source": self.address, "destination": destination,
-                "bytes": size, "buffers": len(buffers), "drain": t1 - t0,
+                "bytes": size, "buffers": nbuffers, "drain": t1 - t0,
                 "serialize": t2 - t1,
                 "transfer": max(t3 - t2 - install - directory, 0.0),
                 "install": install, "directory": directory, "total": t3 - t0}
@@ -331,12 +335,23 @@ class Runtime:
             e.drained = None
 
     def _peer(self, address: str):
+        """The raw-codec client to another runtime (install messages)."""
         client = self._peers.get(address)
         if client is None:
-            client = self._peers[address] = _net.connect(address, self.key)
+            client = self._peers[address] = _net.connect(address, self.key, codec="raw")
         return client
 
     # -- migration: the destination -----------------------------------------------------
+
+    def install_message(self, body: bytes) -> bytes:
+        """The INSTALL handler (raw codec): an install message in, msgpack'd
+        {"install", "directory", "epoch"} out."""
+        try:
+            (pid, epoch, path, source, kinds), header, buffers = unpack_install(body)
+        except (ValueError, TypeError) as exc:
+            raise MigrationError(f"malformed install message: {exc}") from None
+        return msgpack.packb(self.install(pid, epoch, path, source, header, buffers,
+                                          kinds))
 
     def install(self, pid: int, epoch: int, path: str, source: str, header: bytes,
                 buffers: list, kinds: dict) -> dict:
@@ -422,7 +437,7 @@ def serve(runtime: Runtime, listen: str, workers: int = 8):
     server = _net.serve(listen, runtime.key, workers=workers)
     server.register(P.CALL, runtime.call, context=True)
     server.register(P.SPAWN, runtime.spawn)
-    server.register(P.INSTALL, runtime.install)
+    server.register(P.INSTALL, runtime.install_message)
     server.register(P.MIGRATE, runtime.migrate_out, blocking=True)
     server.register(P.INFO, runtime.info)
     runtime.address = server.address
