@@ -25,7 +25,7 @@ from proclets import _protocol as P
 from proclets.errors import MigrationError, NotImportable, ProcletError, ProcletLost
 from proclets.migration import MigrationStats
 from proclets.proclet import Proclet, class_path
-from proclets.ref import ProcletRef, connect, to_wire
+from proclets.ref import ProcletRef, connect, disconnect, to_wire
 
 __all__ = ["Cluster", "LocalCluster"]
 
@@ -283,6 +283,9 @@ class LocalCluster(Cluster):
                                   if p.proc.poll() is None]))
 
     def close(self) -> None:
+        if getattr(self, "session", None) is not None:
+            disconnect(self.controller)
+            self.session = None
         for process in self.runtime_processes:
             process.stop()
         if self.controller_process is not None:

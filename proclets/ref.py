@@ -61,6 +61,10 @@ _RETRY_MAX = 0.01
 _LOST_CONNECTION = object()      # an attempt's outcome: ConnectionLost (or a lost reply)
 
 
+class _FreshLease(Exception):
+    """The first attempt of a call was refused: the caller's lease is expired."""
+
+
 def to_wire(value: Any) -> Any:
     if type(value) is ProcletRef:
         return {_REF_TAG: [value.pid, value.controller]}
@@ -174,6 +178,7 @@ class _Session:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._renewer: threading.Thread | None = None
+        self._closed = threading.Event()
         self.retries = 0           # statistics: resends of a call, for any reason
         self.redirects = 0         # WRONG_TARGET answers followed
 
@@ -188,8 +193,7 @@ class _Session:
         return lease
 
     def _renew(self, ttl: float) -> None:
-        while True:
-            time.sleep(ttl / 3)
+        while not self._closed.wait(ttl / 3):
             lease = self.ids.lease
             if not lease:
                 continue
@@ -214,6 +218,17 @@ class _Session:
                         raise ConnectionLost(f"cannot connect to {address}: {exc}") from None
                     self._clients[address] = client
         return client
+
+    def close(self) -> None:
+        """Close the connections and stop renewing (refs bound to it stop working)."""
+        self._closed.set()
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+        self.controller.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def drop_client(self, address: str, client) -> None:
         if client is None:
@@ -281,27 +296,44 @@ class _Session:
             args = [to_wire(a) for a in args]
         lease, seq = ids.begin(self, deadline)
         try:
-            # The common case first, in line: a known location, a connection, no faults
-            # to inject, and the answer OK. Anything else goes through _attempts.
-            address = self.locations.get(pid)
-            client = self._clients.get(address) if address is not None else None
-            first = None
-            if client is not None and not _faults.active:
-                try:
-                    reply = client.call(P.CALL, pid, method, args, kwargs or None, lease,
-                                        seq, ids.numbers.ack,
-                                        timeout=deadline - time.monotonic())
-                except ConnectionLost:
-                    first = _LOST_CONNECTION
-                else:
-                    if reply[0] == P.OK:
-                        value = reply[1]
-                        return _result(value) if type(value) is dict else value
-                    first = reply
-            return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
-                                  deadline, first)
+            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline)
+        except _FreshLease:
+            pass
         finally:
             ids.end(seq)
+        # The caller's lease had expired and the first attempt was refused unrun: no copy
+        # of the call can have run anywhere, so it is re-numbered under a new lease.
+        ids.expired(lease)
+        lease, seq = ids.begin(self, deadline)
+        try:
+            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline)
+        except _FreshLease:
+            raise OutcomeUnknown(f"proclet {pid}.{method}: a new lease was refused as "
+                                 f"expired") from None
+        finally:
+            ids.end(seq)
+
+    def _call_once(self, pid, method, args, kwargs, ids, lease, seq, deadline):
+        """One numbered call, retried until an outcome."""
+        # The common case first, in line: a known location, a connection, no faults
+        # to inject, and the answer OK. Anything else goes through _attempts.
+        address = self.locations.get(pid)
+        client = self._clients.get(address) if address is not None else None
+        first = None
+        if client is not None and not _faults.active:
+            try:
+                reply = client.call(P.CALL, pid, method, args, kwargs or None, lease,
+                                    seq, ids.numbers.ack,
+                                    timeout=deadline - time.monotonic())
+            except ConnectionLost:
+                first = _LOST_CONNECTION
+            else:
+                if reply[0] == P.OK:
+                    value = reply[1]
+                    return _result(value) if type(value) is dict else value
+                first = reply
+        return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
+                              deadline, first)
 
     @staticmethod
     def _send(client, pid, method, args, kwargs, lease, seq, ids, left):
@@ -326,6 +358,7 @@ class _Session:
         reply, or _LOST_CONNECTION), or None if it made none."""
         address = self.locations.get(pid) or self.locate(pid, deadline)
         pause = _RETRY_FIRST
+        sends = 1 if first is not None else 0
         while True:
             if first is not None:
                 outcome, first = first, None
@@ -340,6 +373,7 @@ class _Session:
                     continue
                 outcome = self._send(client, pid, method, args, kwargs, lease, seq, ids,
                                      left)
+                sends += 1
             if outcome is _LOST_CONNECTION:
                 self.retries += 1
                 self.drop_client(address, self._clients.get(address))
@@ -370,6 +404,8 @@ class _Session:
                 self.locations.pop(pid, None)
                 raise ProcletLost(f"proclet {pid} is lost (its runtime died)")
             elif code == P.EXPIRED:
+                if sends == 1:
+                    raise _FreshLease()
                 ids.expired(lease)
                 raise OutcomeUnknown(f"proclet {pid}.{method}: the caller's lease {lease} "
                                      f"expired; the call may or may not have run")
@@ -396,6 +432,14 @@ def connect(controller: str, key: bytes | None = None) -> _Session:
         elif key is not None and session.key is None:
             session.key = key
         return session
+
+
+def disconnect(controller: str) -> None:
+    """Forget this process's session with ``controller`` (Cluster.local does on exit)."""
+    with _sessions_lock:
+        session = _sessions.pop(controller, None)
+    if session is not None:
+        session.close()
 
 
 class ProcletRef:
