@@ -89,7 +89,10 @@ def _result(value: Any) -> Any:
 class Faults:
     """Faults this process injects into its ref calls (see the module docstring)."""
 
+    _SETTINGS = ("drop_replies", "duplicate_requests", "drop_rate", "duplicate_rate")
+
     def __init__(self) -> None:
+        self.active = False       # any fault set: read on every call, so kept up to date
         self.drop_replies = 0
         self.duplicate_requests = 0
         self.drop_rate = 0.0
@@ -98,10 +101,11 @@ class Faults:
         self.duplicated = 0
         self._random = random.Random(os.getpid())
 
-    @property
-    def active(self) -> bool:
-        return bool(self.drop_replies or self.duplicate_requests or self.drop_rate
-                    or self.duplicate_rate)
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in Faults._SETTINGS:
+            object.__setattr__(self, "active", any(getattr(self, n, 0)
+                                                   for n in Faults._SETTINGS))
 
     def _take(self, count: str, rate: str) -> bool:
         if getattr(self, count) > 0:
@@ -279,16 +283,18 @@ class _Session:
 
     def invoke(self, pid: int, method: str, args: tuple, kwargs: dict,
                timeout: float | None) -> Any:
-        deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        deadline = time.monotonic() + timeout
+        if current.inline:
+            raise ProcletError(
+                "a proclet method that calls another proclet must be marked "
+                "@proclets.blocking: this one runs on its runtime's I/O thread, which would "
+                "stop serving while it waits")
         entry = current.entry
         if entry is None:
             ids = self.ids
         else:
-            if current.inline:
-                raise ProcletError(
-                    f"a proclet method that calls another proclet must be marked "
-                    f"@proclets.blocking: {type(entry.obj).__name__} runs this call on its "
-                    f"runtime's I/O thread, which would stop serving while it waits")
             ids = entry.obj.__dict__.get("_proclet_client")
             if ids is None:
                 ids = entry.obj.__dict__["_proclet_client"] = _CallIds()
@@ -296,7 +302,8 @@ class _Session:
             args = [to_wire(a) for a in args]
         lease, seq = ids.begin(self, deadline)
         try:
-            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline)
+            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
+                                   timeout)
         except _FreshLease:
             pass
         finally:
@@ -306,14 +313,15 @@ class _Session:
         ids.expired(lease)
         lease, seq = ids.begin(self, deadline)
         try:
-            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline)
+            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
+                                   deadline - time.monotonic())
         except _FreshLease:
             raise OutcomeUnknown(f"proclet {pid}.{method}: a new lease was refused as "
                                  f"expired") from None
         finally:
             ids.end(seq)
 
-    def _call_once(self, pid, method, args, kwargs, ids, lease, seq, deadline):
+    def _call_once(self, pid, method, args, kwargs, ids, lease, seq, deadline, timeout):
         """One numbered call, retried until an outcome."""
         # The common case first, in line: a known location, a connection, no faults
         # to inject, and the answer OK. Anything else goes through _attempts.
@@ -323,8 +331,7 @@ class _Session:
         if client is not None and not _faults.active:
             try:
                 reply = client.call(P.CALL, pid, method, args, kwargs or None, lease,
-                                    seq, ids.numbers.ack,
-                                    timeout=deadline - time.monotonic())
+                                    seq, ids.numbers.ack, timeout=timeout)
             except ConnectionLost:
                 first = _LOST_CONNECTION
             else:
@@ -443,9 +450,9 @@ def disconnect(controller: str) -> None:
 
 
 class ProcletRef:
-    """A reference to a proclet (see the module docstring)."""
-
-    __slots__ = ("pid", "controller", "_session")
+    """A reference to a proclet (see the module docstring). ``ref.pid`` and
+    ``ref.controller`` are its own attributes: a proclet method of either name is called
+    with ``ref.method("pid")(...)``."""
 
     def __init__(self, pid: int, controller: str) -> None:
         self.pid = pid
@@ -458,6 +465,12 @@ class ProcletRef:
     def __getattr__(self, name: str) -> "_Method":
         if name.startswith("_"):
             raise AttributeError(name)
+        # Kept in the instance: the next ``ref.name`` is a plain attribute read.
+        method = self.__dict__[name] = _Method(self, name)
+        return method
+
+    def method(self, name: str) -> "_Method":
+        """The remote method ``name`` (for names a ref's own attributes take)."""
         return _Method(self, name)
 
     def _bind(self) -> _Session:

@@ -113,7 +113,8 @@ class Runtime:
             return [_ERROR, ["AttributeError",
                              f"{e.cls.__name__} has no public method {method!r}"]]
         fn, blocking = found
-        args = from_wire(args)
+        if dict in map(type, args):
+            args = from_wire(args)
         job = (fn, args, kwargs, lease, seq, ack)
         with self._lock:
             if e.running:
@@ -123,12 +124,21 @@ class Runtime:
         if blocking:
             self._pool.submit(self._on_worker, e, ctx.defer(), job)
             return None
-        current.entry, current.inline = e, True
+        # An inline turn: a ref used in it raises (it would block the I/O thread), so only
+        # that is marked, not which proclet runs.
+        current.inline = True
         try:
             return self._turn(e, job)
         finally:
-            current.entry, current.inline = None, False
-            self._end_turn(e, inline=True)
+            current.inline = False
+            with self._lock:
+                e.running = False
+                if e.queue:                    # (cannot happen: see _end_turn)
+                    e.running = True
+                    self._pool.submit(self._on_worker, e, *e.queue.popleft())
+                drained = e.drained
+            if drained is not None:
+                drained.set()
 
     def _turn(self, e: _Entry, job: tuple) -> list:
         fn, args, kwargs, lease, seq, ack = job
@@ -169,19 +179,19 @@ class Runtime:
                     pass
             finally:
                 current.entry = None
-            nxt = self._end_turn(e, inline=False)
+            nxt = self._end_turn(e)
             if nxt is None:
                 return
             reply, job = nxt
 
-    def _end_turn(self, e: _Entry, inline: bool):
+    def _end_turn(self, e: _Entry):
+        """After a worker's turn: the next queued call (this worker runs it), or None.
+        Calls queue only while a worker's turn runs (an inline turn runs to its end on the
+        I/O thread, which is the only thread that admits calls), so an inline turn never
+        leaves a queue behind."""
         with self._lock:
             if e.queue:
-                nxt = e.queue.popleft()
-                if not inline:
-                    return nxt
-                self._pool.submit(self._on_worker, e, *nxt)
-                return None
+                return e.queue.popleft()
             e.running = False
             drained = e.drained
         if drained is not None:
