@@ -24,7 +24,7 @@ from microrpc.errors import RemoteError
 from proclets import _protocol as P
 from proclets.errors import MigrationError, NotImportable, ProcletError, ProcletLost
 from proclets.migration import MigrationStats
-from proclets.proclet import Proclet, class_path
+from proclets.proclet import class_path
 from proclets.ref import ProcletRef, connect, disconnect, to_wire
 
 __all__ = ["Cluster", "LocalCluster"]

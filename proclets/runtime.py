@@ -55,7 +55,6 @@ INSTALL_TIMEOUT = 30.0
 
 _OK, _ERROR, _RETRY = P.OK, P.ERROR, P.RETRY
 _PRESENT = State.PRESENT
-_RUN = Action.RUN
 # The states in which the lifecycle table runs a call, read from the table once: the hot
 # path tests membership instead of looking the pair up (the same rule, one place).
 _SERVING = frozenset(s for s in State
