@@ -5,7 +5,7 @@ import pytest
 
 import proclets
 
-from proclet_samples import Counter
+from proclet_samples import Counter, Gatekeeper
 
 
 def test_a_killed_runtime_ends_its_calls_with_proclet_lost_quickly(no_leaked_processes):
@@ -14,8 +14,12 @@ def test_a_killed_runtime_ends_its_calls_with_proclet_lost_quickly(no_leaked_pro
         idle = cluster.spawn(Counter, 0, on=1)
         survivor = cluster.spawn(Counter, 0, on=2)
         assert doomed.incr(1) == 1 and idle.incr(1) == 1 and survivor.incr(1) == 1
-        in_flight = doomed.sleep_incr.future(30)       # running when the runtime dies
-        time.sleep(0.05)                                # let it start (not a wait for state)
+        gate = cluster.spawn(Gatekeeper, on=1)
+        in_flight = doomed.held_incr.future()           # running when the runtime dies
+        deadline = time.monotonic() + 10
+        while not gate.started():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         killed_at = time.monotonic()
         cluster.kill_runtime(1)
         with pytest.raises(proclets.ProcletLost):
