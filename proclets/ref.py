@@ -507,6 +507,12 @@ class _Method:
     def future(self, *args: Any, timeout: float | None = None,
                **kwargs: Any) -> concurrent.futures.Future:
         """The call on the session's thread pool: a concurrent.futures.Future."""
+        if current.entry is not None or current.inline:
+            # On the pool it would number its call with the process's ids, not the
+            # proclet's, and could outlive the turn (and a migration) of its caller.
+            raise ProcletError("inside a proclet method, call other proclets with the "
+                               "plain form (ref.method(...)) from a @proclets.blocking "
+                               "method, not .future() or .aio()")
         ref = self._ref
         session = ref._session or connect(ref.controller)
         return session.pool.submit(ref._call, self._name, args, kwargs, timeout)

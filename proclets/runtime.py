@@ -296,13 +296,13 @@ class Runtime:
         t1 = time.perf_counter()
         try:
             header, buffers, kinds = dump(get_state(e.obj), e.table)
+            nbuffers = len(buffers)
+            body = pack_install([pid, e.epoch, e.path, self.rid, kinds], header, buffers)
+            del header, buffers
         except Exception as exc:
             self._thaw(e)
             raise MigrationError(f"cannot pickle the state of proclet {pid}: {exc}") from None
         t2 = time.perf_counter()
-        nbuffers = len(buffers)
-        body = pack_install([pid, e.epoch, e.path, self.rid, kinds], header, buffers)
-        del header, buffers
         try:
             done = msgpack.unpackb(self._peer(destination).call(
                 P.INSTALL, body, timeout=INSTALL_TIMEOUT))
