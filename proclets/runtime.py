@@ -52,6 +52,9 @@ __all__ = ["Runtime", "run"]
 DRAIN_TIMEOUT = 10.0
 # ... and this long for the destination to install the state.
 INSTALL_TIMEOUT = 30.0
+# After a failed install, how long the source keeps asking a controller that cannot say
+# who holds the proclet (longer than a restarted controller takes to relearn).
+RECLAIM_WAIT = 5.0
 
 _OK, _ERROR, _RETRY = P.OK, P.ERROR, P.RETRY
 _PRESENT = State.PRESENT
@@ -324,18 +327,28 @@ class Runtime:
                 "install": install, "directory": directory, "total": t3 - t0}
 
     def _install_failed(self, e: _Entry, destination: str, exc: Exception) -> None:
-        try:
-            epoch = self.controller.reclaim(e.pid, self.rid, e.epoch)
-        except (RpcError, OSError) as why:
-            # Neither side can be sure who holds it: stay frozen (calls are told to retry)
-            # rather than risk two copies serving.
-            raise MigrationError(f"install at {destination} failed ({exc}) and the "
-                                 f"controller cannot be asked ({why}); proclet {e.pid} "
-                                 f"stays frozen") from None
-        if epoch:
+        """Raises MigrationError after taking the proclet back, or returns if the
+        destination has it (the directory names it)."""
+        deadline = time.monotonic() + RECLAIM_WAIT
+        while True:
+            try:
+                epoch = self.controller.reclaim(e.pid, self.rid, e.epoch)
+            except (RpcError, OSError):
+                epoch = -1
+            if epoch != -1 or time.monotonic() > deadline:
+                break
+            # The controller cannot say yet (unreachable, or restarted and relearning:
+            # this runtime's own registration names it at the old epoch soon). Neither
+            # side may serve until it can.
+            time.sleep(P.RELOCATE_POLL)
+        if epoch > 0:
             e.epoch = epoch
             self._thaw(e)
             raise MigrationError(f"install at {destination} failed: {exc}") from None
+        if epoch == -1:
+            raise MigrationError(f"install at {destination} failed ({exc}) and the "
+                                 f"controller cannot say who holds proclet {e.pid}; it "
+                                 f"stays frozen (calls to it are told to retry)") from None
         # The reclaim lost: the destination's move happened, so it has the proclet.
 
     def _thaw(self, e: _Entry) -> None:

@@ -296,3 +296,24 @@ def test_a_malformed_install_message_is_a_value_error_or_a_migration_error(ctl, 
     with pytest.raises(MigrationError, match="malformed"):
         b.install_message(body[:20])
     assert b.info()["proclets"] == {}
+
+
+def test_a_failed_install_during_a_controller_restart_waits_for_the_relearn(ctl, clock):
+    a, b = make_runtime(ctl, clock, "a"), make_runtime(ctl, clock, "b")
+    connect_peers(a, b)
+    a.spawn(7, class_path(Counter), [0], {})
+    new = Controller(clock=clock)
+    a.controller = b.controller = new          # restarted: it knows nothing yet
+    asked = []
+
+    def reclaim(pid, rid, epoch):
+        asked.append(pid)
+        if len(asked) == 2:
+            a.register()                        # the source's registration relearns it
+        return Controller.reclaim(new, pid, rid, epoch)
+    new.reclaim = reclaim
+    with pytest.raises(MigrationError, match="install at"):
+        a.migrate_out(7, b.address)            # b's move fails: the pid is unknown
+    assert len(asked) == 2
+    assert a.info()["proclets"]["7"] == "present"
+    assert new.locate(7) == [P.HERE, "a", a.address, 2]
