@@ -129,7 +129,11 @@ class Cluster:
         return self.session.client(self._address(runtime)).call(P.INFO)
 
     def close(self) -> None:
-        pass
+        """Forget this process's session with the cluster (refs to it stop working here);
+        the cluster itself runs on."""
+        if getattr(self, "session", None) is not None:
+            disconnect(self.controller)
+            self.session = None
 
     def __enter__(self) -> "Cluster":
         return self
@@ -283,9 +287,8 @@ class LocalCluster(Cluster):
                                   if p.proc.poll() is None]))
 
     def close(self) -> None:
-        if getattr(self, "session", None) is not None:
-            disconnect(self.controller)
-            self.session = None
+        """Stop every process this cluster started (SIGTERM, then SIGKILL)."""
+        super().close()
         for process in self.runtime_processes:
             process.stop()
         if self.controller_process is not None:

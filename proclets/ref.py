@@ -425,10 +425,16 @@ _sessions: dict[str, _Session] = {}
 _sessions_lock = threading.Lock()
 
 
-def connect(controller: str, key: bytes | None = None) -> _Session:
-    """Use the cluster whose controller is at ``controller`` from this process, with the
-    cluster key ``key`` (default: the PROCLETS_CLUSTER_KEY environment variable, hex).
-    Refs to that controller's proclets, made or unpickled here, use this session."""
+def connect(controller: str | None = None, key: bytes | None = None) -> _Session:
+    """Use the cluster whose controller is at ``controller`` (default: the
+    PROCLETS_CONTROLLER environment variable, which Cluster.local sets) from this process,
+    with the cluster key ``key`` (default: the PROCLETS_CLUSTER_KEY environment variable,
+    hex). Refs to that controller's proclets, made or unpickled here, use this session."""
+    if controller is None:
+        controller = os.environ.get(P.CONTROLLER_ENV)
+        if not controller:
+            raise ProcletError(f"no controller address given and {P.CONTROLLER_ENV} is "
+                               f"not set")
     with _sessions_lock:
         session = _sessions.get(controller)
         if session is None:

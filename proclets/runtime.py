@@ -454,15 +454,35 @@ class Runtime:
             client.close()
 
 
-def serve(runtime: Runtime, listen: str, workers: int = 8):
-    """A started server for ``runtime`` (its address set from the bound one)."""
+def advertised(bound: str, host: str | None) -> str:
+    """The address other processes reach a server bound at ``bound`` by: ``host`` (if
+    given) with the bound port. A wildcard bind needs a host to advertise."""
+    scheme, _, rest = bound.partition("://")
+    bound_host, _, port = rest.rpartition(":")
+    if host is None:
+        if bound_host in ("0.0.0.0", "[::]", "::", ""):
+            raise ValueError(f"{bound} is a wildcard address: give the host other "
+                             f"machines reach this one by (--advertise HOST)")
+        return bound
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def serve(runtime: Runtime, listen: str, workers: int = 8, advertise: str | None = None):
+    """A started server for ``runtime`` (its address set from the bound one, or with the
+    host ``advertise``)."""
     server = _net.serve(listen, runtime.key, workers=workers)
     server.register(P.CALL, runtime.call, context=True)
     server.register(P.SPAWN, runtime.spawn)
     server.register(P.INSTALL, runtime.install_message)
     server.register(P.MIGRATE, runtime.migrate_out, blocking=True)
     server.register(P.INFO, runtime.info)
-    runtime.address = server.address
+    try:
+        runtime.address = advertised(server.address, advertise)
+    except ValueError:
+        server.stop()
+        raise
     server.start()
     return server
 
@@ -479,6 +499,7 @@ def _die_with_parent() -> None:
 
 
 def run(controller: str, listen: str, key: bytes | None, *, workers: int = 8,
+        advertise: str | None = None,
         exit_with_parent: bool = False, heartbeat: float = P.HEARTBEAT,
         orphan_timeout: float = P.ORPHAN_TIMEOUT) -> int:
     """The ``proclets runtime`` process: serve, register, print the address, beat."""
@@ -487,7 +508,7 @@ def run(controller: str, listen: str, key: bytes | None, *, workers: int = 8,
     if exit_with_parent:
         _die_with_parent()
     runtime = Runtime(RemoteController(controller, key), key=key, workers=workers)
-    server = serve(runtime, listen, workers)
+    server = serve(runtime, listen, workers, advertise)
     beats = RemoteController(controller, key, timeout=max(heartbeat * 5, 0.5))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -504,7 +525,7 @@ def run(controller: str, listen: str, key: bytes | None, *, workers: int = 8,
                 server.stop()
                 return 1
             stop.wait(heartbeat)
-    print(server.address, flush=True)
+    print(runtime.address, flush=True)
     last_ok = time.monotonic()
     last_sweep = last_ok
     while not stop.wait(heartbeat):
