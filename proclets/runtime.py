@@ -44,7 +44,7 @@ from proclets.errors import MigrationError, ProcletError
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
 from proclets.migration import dump, load, pack_install, unpack_install
 from proclets.proclet import get_state, load_class, method_of, set_state
-from proclets.ref import from_wire, to_wire
+from proclets.ref import ProcletRef, from_wire, to_wire
 
 __all__ = ["Runtime", "run"]
 
@@ -58,6 +58,7 @@ RECLAIM_WAIT = 5.0
 
 _OK, _ERROR, _RETRY = P.OK, P.ERROR, P.RETRY
 _PRESENT = State.PRESENT
+_NEW = Check.NEW
 # The states in which the lifecycle table runs a call, read from the table once: the hot
 # path tests membership instead of looking the pair up (the same rule, one place).
 _SERVING = frozenset(s for s in State
@@ -117,20 +118,21 @@ class Runtime:
         fn, blocking = found
         if dict in map(type, args):
             args = from_wire(args)
-        job = (fn, args, kwargs, lease, seq, ack)
         with self._lock:
-            if e.running:
-                e.queue.append((ctx.defer(), job))
+            if e.running or blocking:
+                job = (fn, args, kwargs, lease, seq, ack)
+                if e.running:
+                    e.queue.append((ctx.defer(), job))
+                    return None
+                e.running = True
+                self._pool.submit(self._on_worker, e, ctx.defer(), job)
                 return None
             e.running = True
-        if blocking:
-            self._pool.submit(self._on_worker, e, ctx.defer(), job)
-            return None
         # An inline turn: a ref used in it raises (it would block the I/O thread), so only
         # that is marked, not which proclet runs.
         current.inline = True
         try:
-            return self._turn(e, job)
+            return self._turn(e, fn, args, kwargs, lease, seq, ack)
         finally:
             current.inline = False
             with self._lock:
@@ -142,23 +144,25 @@ class Runtime:
             if drained is not None:
                 drained.set()
 
-    def _turn(self, e: _Entry, job: tuple) -> list:
-        fn, args, kwargs, lease, seq, ack = job
+    def _turn(self, e: _Entry, fn, args, kwargs, lease, seq, ack) -> list:
+        """One turn: the completion table's verdict, then (if new) the call, its outcome
+        saved in the same step."""
         if e.state is not _PRESENT:
             return [_RETRY, None]       # it waited in the queue and the proclet is moving
+        table = e.table
         try:
-            check, saved = e.table.check(lease, seq, ack)
+            check, saved = table.check(lease, seq, ack)
         except _Unavailable:
             return [_RETRY, None]
         except ValueError as exc:
             return [_ERROR, ["ValueError", str(exc)]]
-        if check is Check.NEW:
+        if check is _NEW:
             try:
-                out = [_OK, to_wire(fn(e.obj, *args, **kwargs) if kwargs
-                                    else fn(e.obj, *args))]
+                value = fn(e.obj, *args, **kwargs) if kwargs else fn(e.obj, *args)
+                out = [_OK, to_wire(value) if type(value) is ProcletRef else value]
             except Exception as exc:
                 out = [_ERROR, [type(exc).__name__, str(exc)]]
-            e.table.finish(lease, seq, out)
+            table.finish(lease, seq, out)
             return out
         if check is Check.DONE:
             return saved
@@ -173,7 +177,7 @@ class Runtime:
         while True:
             current.entry, current.inline = e, False
             try:
-                reply.result(self._turn(e, job))
+                reply.result(self._turn(e, *job))
             except BaseException as exc:     # an unencodable result, a bug: still a reply
                 try:
                     reply.error(exc)
