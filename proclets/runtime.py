@@ -258,27 +258,22 @@ class Runtime:
     # -- spawn ------------------------------------------------------------------------
 
     def spawn(self, pid: int, path: str, args: list, kwargs: dict) -> int:
+        """Create the proclet here (SPAWN): built and placed in the directory before it is
+        entered, so no call sees it half made. Runs on the I/O thread, as installs do, so
+        no other spawn or install of the pid interleaves."""
         cls = load_class(path)
+        e = self._entries.get(pid) or _Entry(pid)
+        action, after = step(e.state, Event.SPAWN)
+        if action is not Action.CREATE:
+            raise ProcletError(f"proclet {pid} is {e.state.value} here: not created")
+        obj = cls(*from_wire(args), **(kwargs or {}))
+        if not self.controller.place(pid, self.rid, self.address, path):
+            raise ProcletError(f"proclet id {pid} exists in the directory")
         with self._lock:
-            e = self._entries.get(pid) or _Entry(pid)
-            action, after = step(e.state, Event.SPAWN)
-            if action is not Action.CREATE:
-                raise ProcletError(f"proclet {pid} is {e.state.value} here: not created")
-            e.state = State.MIGRATING_IN        # reserved while it is built (not callable)
+            e.obj, e.cls, e.path, e.epoch, e.moved_to = obj, cls, path, 1, None
+            e.table = CompletionTable(self._lease_valid_fn)
+            e.state = after
             self._entries[pid] = e
-        try:
-            obj = cls(*from_wire(args), **(kwargs or {}))
-            if not self.controller.place(pid, self.rid, self.address, path):
-                raise ProcletError(f"proclet id {pid} exists in the directory")
-        except BaseException:
-            with self._lock:
-                e.state = State.ABSENT
-                if self._entries.get(pid) is e:
-                    del self._entries[pid]
-            raise
-        e.obj, e.cls, e.path, e.epoch, e.moved_to = obj, cls, path, 1, None
-        e.table = CompletionTable(self._lease_valid_fn)
-        e.state = after
         return 1
 
     # -- migration: the source ----------------------------------------------------------
