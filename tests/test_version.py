@@ -10,7 +10,7 @@ import pytest
 DISTRIBUTION = "microrpc-toolkit"
 
 
-@pytest.mark.parametrize("package", ["microrpc", "nanolog", "breakwater"])
+@pytest.mark.parametrize("package", ["microrpc", "nanolog", "breakwater", "proclets"])
 def test_dunder_version_is_the_distribution_version(package):
     mod = importlib.import_module(package)
     expected = importlib.metadata.version(DISTRIBUTION)
@@ -20,7 +20,7 @@ def test_dunder_version_is_the_distribution_version(package):
         getattr(mod, "no_such_attribute")
 
 
-@pytest.mark.parametrize("command", ["microrpc", "nanolog"])
+@pytest.mark.parametrize("command", ["microrpc", "nanolog", "proclets"])
 def test_command_version_prints_the_distribution_version(command):
     # Run as `python -m PKG.cli` (the installed console script's entry point is the same
     # main(); the module form does not depend on the venv's bin/ being on PATH).

@@ -24,6 +24,10 @@ EXPECT = {
     "overload_control.py": ["no control: offered", "Breakwater: offered"],
     "nanolog_basic.py": ["INFO request 0 from 10.0.0.7 took 12.5 us",
                          "WARNING cache miss rate 0.25", "`nanolog decode` printed 6 lines"],
+    "proclets_counter.py": ["incr(5): 15", "migrated to runtime 1 in", "future: 17 get: 17",
+                            "with faults and another move: 27",
+                            "runtime 2 killed: ProcletLost after",
+                            "the proclet on runtime 0 still answers: 1"],
     "logging_bridge.py": ["[app.db] query SELECT 1 took 3 ms", "failed to compute a ratio"],
 }
 

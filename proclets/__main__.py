@@ -1,0 +1,3 @@
+from proclets.cli import main
+
+main(prog_name="proclets")

@@ -1,0 +1,64 @@
+"""What runtimes, the controller and refs say to each other: method names, reply codes and
+the timing constants of membership. One place for each, so the three sides cannot drift.
+
+A call to a proclet is the runtime method ``CALL`` with the arguments
+``(pid, method, args, kwargs, lease, seq, ack)`` (``lease, seq, ack``: the caller's RIFL id,
+see microrpc.exactly_once) and the reply ``[code, value]``:
+
+=================  ==========================================================  ===========
+code               meaning                                                     ran?
+=================  ==========================================================  ===========
+OK                 value is the method's result                                yes, once
+ERROR              value is ``[exception type, message]`` raised by the method  yes, once
+WRONG_TARGET       not here; value is the address it moved to, or None          no
+RETRY              moving in or out, or the call is in progress: retry soon    no
+LOST               its runtime died with its state                             no
+EXPIRED            the caller's lease is expired: refused                      no
+STALE              the call id was already acknowledged (a late duplicate)     no
+=================  ==========================================================  ===========
+"""
+from __future__ import annotations
+
+# --- runtime methods
+CALL = "p.call"              # a proclet method call (see the table above)
+SPAWN = "p.spawn"            # (pid, class path, args, kwargs) -> epoch
+MIGRATE = "p.migrate"        # (pid, destination address) -> statistics dict (at the source)
+INSTALL = "p.install"        # raw codec: an install message (proclets.migration)
+INFO = "p.info"              # () -> {"id", "address", "proclets"}
+FAULTS = "p.faults"          # (dict) -> None: fault injection for tests and benchmarks
+
+# --- controller methods
+REGISTER = "c.register"      # (runtime id, address, [[pid, epoch, class path], ...])
+BEAT = "c.beat"              # (runtime id, [proclet client leases]) -> known?
+LOCATE = "c.locate"          # (pid) -> [status, runtime id, address, epoch]
+PLACE = "c.place"            # (pid, runtime id, address, class path) -> placed?
+MOVE = "c.move"              # (pid, from id, epoch, to id, to address) -> new epoch or 0
+RECLAIM = "c.reclaim"        # (pid, runtime id, epoch) -> new epoch or 0
+LEASE = "c.lease"            # () -> [lease id, ttl]
+RENEW = "c.renew"            # (lease) -> still alive?
+LEASE_LEFT = "c.lease_left"  # (lease) -> seconds left, or -1 if gone
+RUNTIMES = "c.runtimes"      # () -> [[runtime id, address], ...]
+
+# --- reply codes of CALL
+OK, ERROR, WRONG_TARGET, RETRY, LOST, EXPIRED, STALE = range(7)
+
+# --- locate statuses
+HERE, GONE, UNKNOWN = "here", "lost", "unknown"
+
+# --- membership timing. A runtime beats every HEARTBEAT seconds and is declared dead after
+# DEAD_AFTER beats of silence: 0.5 s, inside the 1 s the issue allows for detection and
+# leaving a ref ~0.5 s to learn it (its 1.5 s budget).
+HEARTBEAT = 0.1
+DEAD_AFTER = 5
+# A ref polls the controller this often while it waits for a dead runtime's verdict.
+RELOCATE_POLL = 0.02
+# Client leases (refs' RIFL ids): renewed every third of this by a background thread.
+# Short enough that a dead client's records go within a minute, long enough that a busy
+# process never misses a renewal.
+LEASE_TTL = 30.0
+# A runtime that cannot reach its controller for this long exits (no orphans). Longer than
+# a controller restart takes.
+ORPHAN_TIMEOUT = 10.0
+# Environment variable with the cluster key (hex) for processes that use refs.
+KEY_ENV = "PROCLETS_CLUSTER_KEY"
+CONTROLLER_ENV = "PROCLETS_CONTROLLER"

@@ -1,0 +1,134 @@
+"""The ``proclets`` command: ``proclets controller`` and ``proclets runtime``.
+
+    proclets controller --listen tcp://0.0.0.0:7000 --key-file cluster.key
+    proclets runtime --controller tcp://HOST:7000 --listen tcp://0.0.0.0:0 --advertise HOST2 \
+        --key-file cluster.key
+
+Each prints its bound address on stdout (one line) once it serves, and runs until SIGTERM or
+Ctrl-C. The key file holds the cluster key (hex, or raw bytes); without one, the
+PROCLETS_CLUSTER_KEY environment variable (hex) is used.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from proclets import _protocol as P
+
+__all__ = ["main"]
+
+
+def _version() -> str:
+    from microrpc import _distribution_version
+    return _distribution_version()
+
+
+def _key(path: str | None) -> bytes | None:
+    if path is None:
+        env = os.environ.get(P.KEY_ENV)
+        try:
+            return bytes.fromhex(env) if env else None
+        except ValueError:
+            raise click.UsageError(f"{P.KEY_ENV} is not hex") from None
+    try:
+        data = open(path, "rb").read().strip()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
+                                 param_hint="--key-file") from None
+    if not data:
+        raise click.BadParameter(f"{path} is empty", param_hint="--key-file")
+    try:
+        return bytes.fromhex(data.decode())
+    except (ValueError, UnicodeDecodeError):
+        return data
+
+
+def _address(value: str, param: str) -> str:
+    from microrpc import transport
+    try:
+        transport.parse_address(value)
+    except Exception as exc:
+        raise click.BadParameter(f"{value!r}: {exc}", param_hint=param) from None
+    if not value.startswith("tcp://"):
+        raise click.BadParameter(f"{value!r} is not tcp://HOST:PORT", param_hint=param)
+    return value
+
+
+def _die(message: str) -> None:
+    click.echo(f"proclets: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.version_option(_version(), prog_name="proclets")
+def main() -> None:
+    """Proclets: migratable logical processes with exactly-once calls."""
+
+
+@main.command()
+@click.option("--listen", required=True, help="tcp://HOST:PORT to serve on (port 0: any).")
+@click.option("--key-file", type=click.Path(dir_okay=False), help="The cluster key.")
+@click.option("--lease-ttl", type=click.FloatRange(min=0.01), default=P.LEASE_TTL,
+              show_default=True, help="Seconds a client lease lives without renewal.")
+@click.option("--exit-with-parent", is_flag=True, hidden=True)
+def controller(listen: str, key_file: str | None, lease_ttl: float,
+               exit_with_parent: bool) -> None:
+    """Run the controller (directory, membership, client leases)."""
+    from proclets import controller as ctl
+    from proclets.runtime import _die_with_parent
+    listen = _address(listen, "--listen")
+    key = _key(key_file)
+    if exit_with_parent:
+        _die_with_parent()
+    try:
+        server, _, stop = ctl.serve(listen, key, ctl.Controller(lease_ttl=lease_ttl))
+    except OSError as exc:
+        _die(f"cannot listen on {listen}: {exc.strerror or exc}")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    click.echo(server.address)
+    sys.stdout.flush()
+    parent = os.getppid()
+    while not done.wait(0.5):
+        if exit_with_parent and os.getppid() != parent:
+            break
+    stop()
+
+
+@main.command()
+@click.option("--controller", "controller_address", required=True,
+              help="The controller's tcp://HOST:PORT.")
+@click.option("--listen", default="tcp://127.0.0.1:0", show_default=True,
+              help="tcp://HOST:PORT to serve on (port 0: any).")
+@click.option("--key-file", type=click.Path(dir_okay=False), help="The cluster key.")
+@click.option("--advertise", metavar="HOST",
+              help="The host others reach this runtime by (needed with a wildcard "
+                   "--listen such as tcp://0.0.0.0:0).")
+@click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Threads for @blocking methods and migrations.")
+@click.option("--orphan-timeout", type=click.FloatRange(min=0.1), default=P.ORPHAN_TIMEOUT,
+              show_default=True, help="Exit when the controller is unreachable this long.")
+@click.option("--exit-with-parent", is_flag=True, hidden=True)
+def runtime(controller_address: str, listen: str, key_file: str | None,
+            advertise: str | None, workers: int, orphan_timeout: float,
+            exit_with_parent: bool) -> None:
+    """Run a runtime that hosts proclets."""
+    from proclets.runtime import advertised, run
+    controller_address = _address(controller_address, "--controller")
+    listen = _address(listen, "--listen")
+    try:
+        advertised(listen, advertise)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    key = _key(key_file)
+    try:
+        code = run(controller_address, listen, key, workers=workers, advertise=advertise,
+                   exit_with_parent=exit_with_parent, orphan_timeout=orphan_timeout)
+    except OSError as exc:
+        _die(f"cannot listen on {listen}: {exc.strerror or exc}")
+    sys.exit(code)
