@@ -83,13 +83,9 @@ def dump(state: dict[str, Any], table: CompletionTable) -> tuple[bytes, list, di
             value = pickle.PickleBuffer(value)
         shipped[name] = value
     buffers: list = []
-    check = table._lease_valid
-    table._lease_valid = None
-    try:
-        header = pickle.dumps((shipped, table), protocol=5,
-                              buffer_callback=lambda b: buffers.append(b.raw()))
-    finally:
-        table._lease_valid = check
+    # (A completion table pickles without its lease authority.)
+    header = pickle.dumps((shipped, table), protocol=5,
+                          buffer_callback=lambda b: buffers.append(b.raw()))
     return header, buffers, kinds
 
 
@@ -107,7 +103,7 @@ def load(header: bytes, buffers: list, kinds: dict, lease_valid) -> tuple[dict, 
     for name, value in state.items():
         if isinstance(value, memoryview) and name not in kinds:
             state[name] = bytes(value)       # a read-only buffer arrived as a view of bytes
-    table._lease_valid = lease_valid
+    table.rebind(lease_valid)
     return state, table
 
 
