@@ -2,9 +2,10 @@
 key: runtimes, the controller and refs talk only through these two functions, and the one
 place that unpickles (a migration's install) is a method of a server made by :func:`serve`.
 
-The cluster key (bytes) is the pre-shared key of microrpc's authenticated handshake. Until
-that handshake lands in microrpc (``auth_key=``), the key is carried but not used: see the
-two lines marked AUTH.
+The cluster key (bytes) is the pre-shared key of microrpc's authenticated handshake
+(``auth_key=``): a peer that cannot prove it holds the key exchanges no frame with a
+runtime or the controller, so the install message (and its pickle) comes only from a
+runtime of the cluster. The handshake authenticates; it does not encrypt.
 """
 from __future__ import annotations
 
@@ -23,12 +24,10 @@ MAX_MESSAGE = 256 << 20
 def serve(address: str, key: bytes | None, **options: Any) -> microrpc.Server:
     """A microrpc server for the cluster (runtime or controller)."""
     options.setdefault("max_message_size", MAX_MESSAGE)
-    # AUTH: pass auth_key=key once microrpc.Server takes it (the auth branch).
-    return microrpc.Server(address, **options)
+    return microrpc.Server(address, auth_key=key, **options)
 
 
 def connect(address: str, key: bytes | None, **options: Any) -> microrpc.Client:
     """A microrpc client to a runtime or the controller of the cluster."""
     options.setdefault("max_message_size", MAX_MESSAGE)
-    # AUTH: pass auth_key=key once microrpc.Client takes it (the auth branch).
-    return microrpc.Client(address, **options)
+    return microrpc.Client(address, auth_key=key, **options)

@@ -5,8 +5,10 @@
         --key-file cluster.key
 
 Each prints its bound address on stdout (one line) once it serves, and runs until SIGTERM or
-Ctrl-C. The key file holds the cluster key (hex, or raw bytes); without one, the
-PROCLETS_CLUSTER_KEY environment variable (hex) is used.
+Ctrl-C. The key file holds the cluster key (hex, or raw bytes; at least 16 bytes); without
+one, the PROCLETS_CLUSTER_KEY environment variable (hex) is used. A key is required: every
+connection between the processes of a cluster proves it holds it (microrpc's
+authenticated handshake) before any frame, and runtimes accept pickled state only that way.
 """
 from __future__ import annotations
 
@@ -27,24 +29,37 @@ def _version() -> str:
     return _distribution_version()
 
 
-def _key(path: str | None) -> bytes | None:
+def _key(path: str | None) -> bytes:
+    """The cluster key: required, since runtimes accept pickled state from its holders."""
+    from microrpc import auth
     if path is None:
         env = os.environ.get(P.KEY_ENV)
+        if not env:
+            raise click.UsageError(
+                f"no cluster key: give --key-file FILE (hex or raw bytes, at least "
+                f"{auth.MIN_KEY_SIZE} bytes; e.g. `python -c 'import secrets; "
+                f"print(secrets.token_hex(32))' > cluster.key`) or set {P.KEY_ENV} (hex)")
         try:
-            return bytes.fromhex(env) if env else None
+            key = bytes.fromhex(env)
         except ValueError:
             raise click.UsageError(f"{P.KEY_ENV} is not hex") from None
+        hint = P.KEY_ENV
+    else:
+        try:
+            data = open(path, "rb").read().strip()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
+                                     param_hint="--key-file") from None
+        try:
+            key = bytes.fromhex(data.decode())
+        except (ValueError, UnicodeDecodeError):
+            key = data
+        hint = "--key-file"
     try:
-        data = open(path, "rb").read().strip()
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
-                                 param_hint="--key-file") from None
-    if not data:
-        raise click.BadParameter(f"{path} is empty", param_hint="--key-file")
-    try:
-        return bytes.fromhex(data.decode())
-    except (ValueError, UnicodeDecodeError):
-        return data
+        auth.check_key(key)
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    return key
 
 
 def _address(value: str, param: str) -> str:

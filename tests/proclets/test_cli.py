@@ -27,7 +27,8 @@ def test_help_and_version():
     (["runtime", "--controller", "tcp://127.0.0.1:1", "--listen", "tcp://0.0.0.0:0"],
      "--advertise"),
 ])
-def test_wrong_arguments_get_a_clear_error(args, message):
+def test_wrong_arguments_get_a_clear_error(args, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCLETS_CLUSTER_KEY", "ab" * 32)
     out = run(*args)
     assert out.returncode == 2
     assert message in out.stderr
@@ -35,9 +36,25 @@ def test_wrong_arguments_get_a_clear_error(args, message):
 
 
 def test_a_runtime_without_a_controller_says_so(tmp_path):
-    out = run("runtime", "--controller", "tcp://127.0.0.1:1", "--orphan-timeout", "0.5")
+    key = tmp_path / "k"
+    key.write_text("ab" * 32)
+    out = run("runtime", "--controller", "tcp://127.0.0.1:1", "--orphan-timeout", "0.5",
+              "--key-file", str(key))
     assert out.returncode == 1
     assert "cannot register" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("key_text, message", [
+    (None, "no cluster key"), ("abcd", "at least 16"), ("", "0 bytes"),
+])
+def test_a_cluster_key_is_required_and_checked(tmp_path, monkeypatch, key_text, message):
+    monkeypatch.delenv("PROCLETS_CLUSTER_KEY", raising=False)
+    args = ["controller", "--listen", "tcp://127.0.0.1:0"]
+    if key_text is not None:
+        (tmp_path / "k").write_text(key_text)
+        args += ["--key-file", str(tmp_path / "k")]
+    out = run(*args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_the_advertised_address_takes_the_bound_port():
