@@ -23,7 +23,7 @@ from __future__ import annotations
 CALL = "p.call"              # a proclet method call (see the table above)
 SPAWN = "p.spawn"            # (pid, class path, args, kwargs) -> epoch
 MIGRATE = "p.migrate"        # (pid, destination address) -> statistics dict (at the source)
-INSTALL = "p.install"        # (pid, epoch, class path, source id, header, buffers, kinds)
+INSTALL = "p.install"        # raw codec: an install message (proclets.migration)
 INFO = "p.info"              # () -> {"id", "address", "proclets"}
 FAULTS = "p.faults"          # (dict) -> None: fault injection for tests and benchmarks
 

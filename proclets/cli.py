@@ -1,7 +1,8 @@
 """The ``proclets`` command: ``proclets controller`` and ``proclets runtime``.
 
     proclets controller --listen tcp://0.0.0.0:7000 --key-file cluster.key
-    proclets runtime --controller tcp://HOST:7000 --listen tcp://0.0.0.0:0 --key-file cluster.key
+    proclets runtime --controller tcp://HOST:7000 --listen tcp://0.0.0.0:0 --advertise HOST2 \
+        --key-file cluster.key
 
 Each prints its bound address on stdout (one line) once it serves, and runs until SIGTERM or
 Ctrl-C. The key file holds the cluster key (hex, or raw bytes); without one, the
@@ -105,20 +106,28 @@ def controller(listen: str, key_file: str | None, lease_ttl: float,
 @click.option("--listen", default="tcp://127.0.0.1:0", show_default=True,
               help="tcp://HOST:PORT to serve on (port 0: any).")
 @click.option("--key-file", type=click.Path(dir_okay=False), help="The cluster key.")
+@click.option("--advertise", metavar="HOST",
+              help="The host others reach this runtime by (needed with a wildcard "
+                   "--listen such as tcp://0.0.0.0:0).")
 @click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Threads for @blocking methods and migrations.")
 @click.option("--orphan-timeout", type=click.FloatRange(min=0.1), default=P.ORPHAN_TIMEOUT,
               show_default=True, help="Exit when the controller is unreachable this long.")
 @click.option("--exit-with-parent", is_flag=True, hidden=True)
-def runtime(controller_address: str, listen: str, key_file: str | None, workers: int,
-            orphan_timeout: float, exit_with_parent: bool) -> None:
+def runtime(controller_address: str, listen: str, key_file: str | None,
+            advertise: str | None, workers: int, orphan_timeout: float,
+            exit_with_parent: bool) -> None:
     """Run a runtime that hosts proclets."""
-    from proclets.runtime import run
+    from proclets.runtime import advertised, run
     controller_address = _address(controller_address, "--controller")
     listen = _address(listen, "--listen")
+    try:
+        advertised(listen, advertise)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
     key = _key(key_file)
     try:
-        code = run(controller_address, listen, key, workers=workers,
+        code = run(controller_address, listen, key, workers=workers, advertise=advertise,
                    exit_with_parent=exit_with_parent, orphan_timeout=orphan_timeout)
     except OSError as exc:
         _die(f"cannot listen on {listen}: {exc.strerror or exc}")

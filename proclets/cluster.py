@@ -24,8 +24,8 @@ from microrpc.errors import RemoteError
 from proclets import _protocol as P
 from proclets.errors import MigrationError, NotImportable, ProcletError, ProcletLost
 from proclets.migration import MigrationStats
-from proclets.proclet import Proclet, class_path
-from proclets.ref import ProcletRef, connect, to_wire
+from proclets.proclet import class_path
+from proclets.ref import ProcletRef, connect, disconnect, to_wire
 
 __all__ = ["Cluster", "LocalCluster"]
 
@@ -99,14 +99,28 @@ class Cluster:
         calling; returns the migration's statistics. MigrationError if it could not be
         moved (it then serves where it was)."""
         destination = self._address(to)
-        source = self.where(ref)
-        if source == destination:
-            raise MigrationError(f"proclet {ref.pid} is already on {destination}")
-        try:
-            stats = self.session.client(source).call(P.MIGRATE, ref.pid, destination,
-                                                     timeout=timeout)
-        except RemoteError as exc:
-            _reraise(exc)
+        # The cached location first (no controller round trip); if that runtime no longer
+        # has it, ask the controller and try once more.
+        cached = self.session.locations.get(ref.pid)
+        source = cached or self.where(ref)
+        while True:
+            if source == destination and cached is not None:
+                cached = None
+                source = self.where(ref)           # a stale cache may name the destination
+                continue
+            if source == destination:
+                raise MigrationError(f"proclet {ref.pid} is already on {destination}")
+            try:
+                stats = self.session.client(source).call(P.MIGRATE, ref.pid, destination,
+                                                         timeout=timeout)
+                break
+            except RemoteError as exc:
+                if cached is not None and exc.remote_type == "MigrationError":
+                    cached, previous = None, source
+                    source = self.where(ref)
+                    if source != previous:
+                        continue
+                _reraise(exc)
         self.session.locations[ref.pid] = destination
         return MigrationStats(**stats)
 
@@ -115,7 +129,11 @@ class Cluster:
         return self.session.client(self._address(runtime)).call(P.INFO)
 
     def close(self) -> None:
-        pass
+        """Forget this process's session with the cluster (refs to it stop working here);
+        the cluster itself runs on."""
+        if getattr(self, "session", None) is not None:
+            disconnect(self.controller)
+            self.session = None
 
     def __enter__(self) -> "Cluster":
         return self
@@ -269,6 +287,8 @@ class LocalCluster(Cluster):
                                   if p.proc.poll() is None]))
 
     def close(self) -> None:
+        """Stop every process this cluster started (SIGTERM, then SIGKILL)."""
+        super().close()
         for process in self.runtime_processes:
             process.stop()
         if self.controller_process is not None:

@@ -171,7 +171,11 @@ class Controller:
 
     def reclaim(self, pid: int, rid: str, epoch: int) -> int:
         """The source of a failed migration takes the entry back (epoch + 1), fencing off a
-        destination whose move has not happened yet. 0: the move happened first."""
+        destination whose move has not happened yet. 0: the move happened first (or the
+        proclet is lost); -1: the pid is unknown (a restarted controller that has not
+        relearned it yet: ask again)."""
+        if self.store.get(_pkey(pid)) is None:
+            return -1
         return self._swap(pid, rid, epoch, rid, None)
 
     def _swap(self, pid: int, rid: str, epoch: int, to_rid: str, to_address) -> int:

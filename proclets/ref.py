@@ -61,6 +61,10 @@ _RETRY_MAX = 0.01
 _LOST_CONNECTION = object()      # an attempt's outcome: ConnectionLost (or a lost reply)
 
 
+class _FreshLease(Exception):
+    """The first attempt of a call was refused: the caller's lease is expired."""
+
+
 def to_wire(value: Any) -> Any:
     if type(value) is ProcletRef:
         return {_REF_TAG: [value.pid, value.controller]}
@@ -85,7 +89,10 @@ def _result(value: Any) -> Any:
 class Faults:
     """Faults this process injects into its ref calls (see the module docstring)."""
 
+    _SETTINGS = ("drop_replies", "duplicate_requests", "drop_rate", "duplicate_rate")
+
     def __init__(self) -> None:
+        self.active = False       # any fault set: read on every call, so kept up to date
         self.drop_replies = 0
         self.duplicate_requests = 0
         self.drop_rate = 0.0
@@ -94,10 +101,11 @@ class Faults:
         self.duplicated = 0
         self._random = random.Random(os.getpid())
 
-    @property
-    def active(self) -> bool:
-        return bool(self.drop_replies or self.duplicate_requests or self.drop_rate
-                    or self.duplicate_rate)
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in Faults._SETTINGS:
+            object.__setattr__(self, "active", any(getattr(self, n, 0)
+                                                   for n in Faults._SETTINGS))
 
     def _take(self, count: str, rate: str) -> bool:
         if getattr(self, count) > 0:
@@ -174,6 +182,7 @@ class _Session:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._renewer: threading.Thread | None = None
+        self._closed = threading.Event()
         self.retries = 0           # statistics: resends of a call, for any reason
         self.redirects = 0         # WRONG_TARGET answers followed
 
@@ -188,8 +197,7 @@ class _Session:
         return lease
 
     def _renew(self, ttl: float) -> None:
-        while True:
-            time.sleep(ttl / 3)
+        while not self._closed.wait(ttl / 3):
             lease = self.ids.lease
             if not lease:
                 continue
@@ -214,6 +222,17 @@ class _Session:
                         raise ConnectionLost(f"cannot connect to {address}: {exc}") from None
                     self._clients[address] = client
         return client
+
+    def close(self) -> None:
+        """Close the connections and stop renewing (refs bound to it stop working)."""
+        self._closed.set()
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+        self.controller.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def drop_client(self, address: str, client) -> None:
         if client is None:
@@ -264,16 +283,18 @@ class _Session:
 
     def invoke(self, pid: int, method: str, args: tuple, kwargs: dict,
                timeout: float | None) -> Any:
-        deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        deadline = time.monotonic() + timeout
+        if current.inline:
+            raise ProcletError(
+                "a proclet method that calls another proclet must be marked "
+                "@proclets.blocking: this one runs on its runtime's I/O thread, which would "
+                "stop serving while it waits")
         entry = current.entry
         if entry is None:
             ids = self.ids
         else:
-            if current.inline:
-                raise ProcletError(
-                    f"a proclet method that calls another proclet must be marked "
-                    f"@proclets.blocking: {type(entry.obj).__name__} runs this call on its "
-                    f"runtime's I/O thread, which would stop serving while it waits")
             ids = entry.obj.__dict__.get("_proclet_client")
             if ids is None:
                 ids = entry.obj.__dict__["_proclet_client"] = _CallIds()
@@ -281,27 +302,45 @@ class _Session:
             args = [to_wire(a) for a in args]
         lease, seq = ids.begin(self, deadline)
         try:
-            # The common case first, in line: a known location, a connection, no faults
-            # to inject, and the answer OK. Anything else goes through _attempts.
-            address = self.locations.get(pid)
-            client = self._clients.get(address) if address is not None else None
-            first = None
-            if client is not None and not _faults.active:
-                try:
-                    reply = client.call(P.CALL, pid, method, args, kwargs or None, lease,
-                                        seq, ids.numbers.ack,
-                                        timeout=deadline - time.monotonic())
-                except ConnectionLost:
-                    first = _LOST_CONNECTION
-                else:
-                    if reply[0] == P.OK:
-                        value = reply[1]
-                        return _result(value) if type(value) is dict else value
-                    first = reply
-            return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
-                                  deadline, first)
+            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
+                                   timeout)
+        except _FreshLease:
+            pass
         finally:
             ids.end(seq)
+        # The caller's lease had expired and the first attempt was refused unrun: no copy
+        # of the call can have run anywhere, so it is re-numbered under a new lease.
+        ids.expired(lease)
+        lease, seq = ids.begin(self, deadline)
+        try:
+            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
+                                   deadline - time.monotonic())
+        except _FreshLease:
+            raise OutcomeUnknown(f"proclet {pid}.{method}: a new lease was refused as "
+                                 f"expired") from None
+        finally:
+            ids.end(seq)
+
+    def _call_once(self, pid, method, args, kwargs, ids, lease, seq, deadline, timeout):
+        """One numbered call, retried until an outcome."""
+        # The common case first, in line: a known location, a connection, no faults
+        # to inject, and the answer OK. Anything else goes through _attempts.
+        address = self.locations.get(pid)
+        client = self._clients.get(address) if address is not None else None
+        first = None
+        if client is not None and not _faults.active:
+            try:
+                reply = client.call(P.CALL, pid, method, args, kwargs or None, lease,
+                                    seq, ids.numbers.ack, timeout=timeout)
+            except ConnectionLost:
+                first = _LOST_CONNECTION
+            else:
+                if reply[0] == P.OK:
+                    value = reply[1]
+                    return _result(value) if type(value) is dict else value
+                first = reply
+        return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
+                              deadline, first)
 
     @staticmethod
     def _send(client, pid, method, args, kwargs, lease, seq, ids, left):
@@ -326,6 +365,7 @@ class _Session:
         reply, or _LOST_CONNECTION), or None if it made none."""
         address = self.locations.get(pid) or self.locate(pid, deadline)
         pause = _RETRY_FIRST
+        sends = 1 if first is not None else 0
         while True:
             if first is not None:
                 outcome, first = first, None
@@ -340,6 +380,7 @@ class _Session:
                     continue
                 outcome = self._send(client, pid, method, args, kwargs, lease, seq, ids,
                                      left)
+                sends += 1
             if outcome is _LOST_CONNECTION:
                 self.retries += 1
                 self.drop_client(address, self._clients.get(address))
@@ -370,6 +411,8 @@ class _Session:
                 self.locations.pop(pid, None)
                 raise ProcletLost(f"proclet {pid} is lost (its runtime died)")
             elif code == P.EXPIRED:
+                if sends == 1:
+                    raise _FreshLease()
                 ids.expired(lease)
                 raise OutcomeUnknown(f"proclet {pid}.{method}: the caller's lease {lease} "
                                      f"expired; the call may or may not have run")
@@ -382,10 +425,16 @@ _sessions: dict[str, _Session] = {}
 _sessions_lock = threading.Lock()
 
 
-def connect(controller: str, key: bytes | None = None) -> _Session:
-    """Use the cluster whose controller is at ``controller`` from this process, with the
-    cluster key ``key`` (default: the PROCLETS_CLUSTER_KEY environment variable, hex).
-    Refs to that controller's proclets, made or unpickled here, use this session."""
+def connect(controller: str | None = None, key: bytes | None = None) -> _Session:
+    """Use the cluster whose controller is at ``controller`` (default: the
+    PROCLETS_CONTROLLER environment variable, which Cluster.local sets) from this process,
+    with the cluster key ``key`` (default: the PROCLETS_CLUSTER_KEY environment variable,
+    hex). Refs to that controller's proclets, made or unpickled here, use this session."""
+    if controller is None:
+        controller = os.environ.get(P.CONTROLLER_ENV)
+        if not controller:
+            raise ProcletError(f"no controller address given and {P.CONTROLLER_ENV} is "
+                               f"not set")
     with _sessions_lock:
         session = _sessions.get(controller)
         if session is None:
@@ -398,10 +447,18 @@ def connect(controller: str, key: bytes | None = None) -> _Session:
         return session
 
 
-class ProcletRef:
-    """A reference to a proclet (see the module docstring)."""
+def disconnect(controller: str) -> None:
+    """Forget this process's session with ``controller`` (Cluster.local does on exit)."""
+    with _sessions_lock:
+        session = _sessions.pop(controller, None)
+    if session is not None:
+        session.close()
 
-    __slots__ = ("pid", "controller", "_session")
+
+class ProcletRef:
+    """A reference to a proclet (see the module docstring). ``ref.pid`` and
+    ``ref.controller`` are its own attributes: a proclet method of either name is called
+    with ``ref.method("pid")(...)``."""
 
     def __init__(self, pid: int, controller: str) -> None:
         self.pid = pid
@@ -414,6 +471,12 @@ class ProcletRef:
     def __getattr__(self, name: str) -> "_Method":
         if name.startswith("_"):
             raise AttributeError(name)
+        # Kept in the instance: the next ``ref.name`` is a plain attribute read.
+        method = self.__dict__[name] = _Method(self, name)
+        return method
+
+    def method(self, name: str) -> "_Method":
+        """The remote method ``name`` (for names a ref's own attributes take)."""
         return _Method(self, name)
 
     def _bind(self) -> _Session:
@@ -450,6 +513,12 @@ class _Method:
     def future(self, *args: Any, timeout: float | None = None,
                **kwargs: Any) -> concurrent.futures.Future:
         """The call on the session's thread pool: a concurrent.futures.Future."""
+        if current.entry is not None or current.inline:
+            # On the pool it would number its call with the process's ids, not the
+            # proclet's, and could outlive the turn (and a migration) of its caller.
+            raise ProcletError("inside a proclet method, call other proclets with the "
+                               "plain form (ref.method(...)) from a @proclets.blocking "
+                               "method, not .future() or .aio()")
         ref = self._ref
         session = ref._session or connect(ref.controller)
         return session.pool.submit(ref._call, self._name, args, kwargs, timeout)

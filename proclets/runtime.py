@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+import msgpack
+
 from microrpc.errors import RpcError
 from microrpc.exactly_once import Check, CompletionTable
 
@@ -40,7 +42,7 @@ from proclets import _net, _protocol as P
 from proclets._turn import current
 from proclets.errors import MigrationError, ProcletError
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
-from proclets.migration import dump, load
+from proclets.migration import dump, load, pack_install, unpack_install
 from proclets.proclet import get_state, load_class, method_of, set_state
 from proclets.ref import from_wire, to_wire
 
@@ -50,10 +52,12 @@ __all__ = ["Runtime", "run"]
 DRAIN_TIMEOUT = 10.0
 # ... and this long for the destination to install the state.
 INSTALL_TIMEOUT = 30.0
+# After a failed install, how long the source keeps asking a controller that cannot say
+# who holds the proclet (longer than a restarted controller takes to relearn).
+RECLAIM_WAIT = 5.0
 
 _OK, _ERROR, _RETRY = P.OK, P.ERROR, P.RETRY
 _PRESENT = State.PRESENT
-_RUN = Action.RUN
 # The states in which the lifecycle table runs a call, read from the table once: the hot
 # path tests membership instead of looking the pair up (the same rule, one place).
 _SERVING = frozenset(s for s in State
@@ -111,7 +115,8 @@ class Runtime:
             return [_ERROR, ["AttributeError",
                              f"{e.cls.__name__} has no public method {method!r}"]]
         fn, blocking = found
-        args = from_wire(args)
+        if dict in map(type, args):
+            args = from_wire(args)
         job = (fn, args, kwargs, lease, seq, ack)
         with self._lock:
             if e.running:
@@ -121,12 +126,21 @@ class Runtime:
         if blocking:
             self._pool.submit(self._on_worker, e, ctx.defer(), job)
             return None
-        current.entry, current.inline = e, True
+        # An inline turn: a ref used in it raises (it would block the I/O thread), so only
+        # that is marked, not which proclet runs.
+        current.inline = True
         try:
             return self._turn(e, job)
         finally:
-            current.entry, current.inline = None, False
-            self._end_turn(e, inline=True)
+            current.inline = False
+            with self._lock:
+                e.running = False
+                if e.queue:                    # (cannot happen: see _end_turn)
+                    e.running = True
+                    self._pool.submit(self._on_worker, e, *e.queue.popleft())
+                drained = e.drained
+            if drained is not None:
+                drained.set()
 
     def _turn(self, e: _Entry, job: tuple) -> list:
         fn, args, kwargs, lease, seq, ack = job
@@ -167,19 +181,19 @@ class Runtime:
                     pass
             finally:
                 current.entry = None
-            nxt = self._end_turn(e, inline=False)
+            nxt = self._end_turn(e)
             if nxt is None:
                 return
             reply, job = nxt
 
-    def _end_turn(self, e: _Entry, inline: bool):
+    def _end_turn(self, e: _Entry):
+        """After a worker's turn: the next queued call (this worker runs it), or None.
+        Calls queue only while a worker's turn runs (an inline turn runs to its end on the
+        I/O thread, which is the only thread that admits calls), so an inline turn never
+        leaves a queue behind."""
         with self._lock:
             if e.queue:
-                nxt = e.queue.popleft()
-                if not inline:
-                    return nxt
-                self._pool.submit(self._on_worker, e, *nxt)
-                return None
+                return e.queue.popleft()
             e.running = False
             drained = e.drained
         if drained is not None:
@@ -285,14 +299,16 @@ class Runtime:
         t1 = time.perf_counter()
         try:
             header, buffers, kinds = dump(get_state(e.obj), e.table)
+            nbuffers = len(buffers)
+            body = pack_install([pid, e.epoch, e.path, self.rid, kinds], header, buffers)
+            del header, buffers
         except Exception as exc:
             self._thaw(e)
             raise MigrationError(f"cannot pickle the state of proclet {pid}: {exc}") from None
         t2 = time.perf_counter()
         try:
-            done = self._peer(destination).call(P.INSTALL, pid, e.epoch, e.path, self.rid,
-                                                header, buffers, kinds,
-                                                timeout=INSTALL_TIMEOUT)
+            done = msgpack.unpackb(self._peer(destination).call(
+                P.INSTALL, body, timeout=INSTALL_TIMEOUT))
         except Exception as exc:
             self._install_failed(e, destination, exc)     # raises or hands off
             done = None
@@ -301,28 +317,38 @@ class Runtime:
             action, after = step(e.state, Event.HANDED_OFF)
             e.state, e.obj, e.table, e.moved_to = after, None, None, destination
         self.migrations_out += 1
-        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
+        size = len(body)
         install = done["install"] if done else 0.0
         directory = done["directory"] if done else 0.0
         return {"pid": pid, "source": self.address, "destination": destination,
-                "bytes": size, "buffers": len(buffers), "drain": t1 - t0,
+                "bytes": size, "buffers": nbuffers, "drain": t1 - t0,
                 "serialize": t2 - t1,
                 "transfer": max(t3 - t2 - install - directory, 0.0),
                 "install": install, "directory": directory, "total": t3 - t0}
 
     def _install_failed(self, e: _Entry, destination: str, exc: Exception) -> None:
-        try:
-            epoch = self.controller.reclaim(e.pid, self.rid, e.epoch)
-        except (RpcError, OSError) as why:
-            # Neither side can be sure who holds it: stay frozen (calls are told to retry)
-            # rather than risk two copies serving.
-            raise MigrationError(f"install at {destination} failed ({exc}) and the "
-                                 f"controller cannot be asked ({why}); proclet {e.pid} "
-                                 f"stays frozen") from None
-        if epoch:
+        """Raises MigrationError after taking the proclet back, or returns if the
+        destination has it (the directory names it)."""
+        deadline = time.monotonic() + RECLAIM_WAIT
+        while True:
+            try:
+                epoch = self.controller.reclaim(e.pid, self.rid, e.epoch)
+            except (RpcError, OSError):
+                epoch = -1
+            if epoch != -1 or time.monotonic() > deadline:
+                break
+            # The controller cannot say yet (unreachable, or restarted and relearning:
+            # this runtime's own registration names it at the old epoch soon). Neither
+            # side may serve until it can.
+            time.sleep(P.RELOCATE_POLL)
+        if epoch > 0:
             e.epoch = epoch
             self._thaw(e)
             raise MigrationError(f"install at {destination} failed: {exc}") from None
+        if epoch == -1:
+            raise MigrationError(f"install at {destination} failed ({exc}) and the "
+                                 f"controller cannot say who holds proclet {e.pid}; it "
+                                 f"stays frozen (calls to it are told to retry)") from None
         # The reclaim lost: the destination's move happened, so it has the proclet.
 
     def _thaw(self, e: _Entry) -> None:
@@ -331,12 +357,23 @@ class Runtime:
             e.drained = None
 
     def _peer(self, address: str):
+        """The raw-codec client to another runtime (install messages)."""
         client = self._peers.get(address)
         if client is None:
-            client = self._peers[address] = _net.connect(address, self.key)
+            client = self._peers[address] = _net.connect(address, self.key, codec="raw")
         return client
 
     # -- migration: the destination -----------------------------------------------------
+
+    def install_message(self, body: bytes) -> bytes:
+        """The INSTALL handler (raw codec): an install message in, msgpack'd
+        {"install", "directory", "epoch"} out."""
+        try:
+            (pid, epoch, path, source, kinds), header, buffers = unpack_install(body)
+        except (ValueError, TypeError) as exc:
+            raise MigrationError(f"malformed install message: {exc}") from None
+        return msgpack.packb(self.install(pid, epoch, path, source, header, buffers,
+                                          kinds))
 
     def install(self, pid: int, epoch: int, path: str, source: str, header: bytes,
                 buffers: list, kinds: dict) -> dict:
@@ -417,15 +454,35 @@ class Runtime:
             client.close()
 
 
-def serve(runtime: Runtime, listen: str, workers: int = 8):
-    """A started server for ``runtime`` (its address set from the bound one)."""
+def advertised(bound: str, host: str | None) -> str:
+    """The address other processes reach a server bound at ``bound`` by: ``host`` (if
+    given) with the bound port. A wildcard bind needs a host to advertise."""
+    scheme, _, rest = bound.partition("://")
+    bound_host, _, port = rest.rpartition(":")
+    if host is None:
+        if bound_host in ("0.0.0.0", "[::]", "::", ""):
+            raise ValueError(f"{bound} is a wildcard address: give the host other "
+                             f"machines reach this one by (--advertise HOST)")
+        return bound
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def serve(runtime: Runtime, listen: str, workers: int = 8, advertise: str | None = None):
+    """A started server for ``runtime`` (its address set from the bound one, or with the
+    host ``advertise``)."""
     server = _net.serve(listen, runtime.key, workers=workers)
     server.register(P.CALL, runtime.call, context=True)
     server.register(P.SPAWN, runtime.spawn)
-    server.register(P.INSTALL, runtime.install)
+    server.register(P.INSTALL, runtime.install_message)
     server.register(P.MIGRATE, runtime.migrate_out, blocking=True)
     server.register(P.INFO, runtime.info)
-    runtime.address = server.address
+    try:
+        runtime.address = advertised(server.address, advertise)
+    except ValueError:
+        server.stop()
+        raise
     server.start()
     return server
 
@@ -442,6 +499,7 @@ def _die_with_parent() -> None:
 
 
 def run(controller: str, listen: str, key: bytes | None, *, workers: int = 8,
+        advertise: str | None = None,
         exit_with_parent: bool = False, heartbeat: float = P.HEARTBEAT,
         orphan_timeout: float = P.ORPHAN_TIMEOUT) -> int:
     """The ``proclets runtime`` process: serve, register, print the address, beat."""
@@ -450,7 +508,7 @@ def run(controller: str, listen: str, key: bytes | None, *, workers: int = 8,
     if exit_with_parent:
         _die_with_parent()
     runtime = Runtime(RemoteController(controller, key), key=key, workers=workers)
-    server = serve(runtime, listen, workers)
+    server = serve(runtime, listen, workers, advertise)
     beats = RemoteController(controller, key, timeout=max(heartbeat * 5, 0.5))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -467,7 +525,7 @@ def run(controller: str, listen: str, key: bytes | None, *, workers: int = 8,
                 server.stop()
                 return 1
             stop.wait(heartbeat)
-    print(server.address, flush=True)
+    print(runtime.address, flush=True)
     last_ok = time.monotonic()
     last_sweep = last_ok
     while not stop.wait(heartbeat):

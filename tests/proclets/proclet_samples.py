@@ -86,3 +86,7 @@ class Caller(proclets.Proclet):
 
     def bump_inline(self, k):
         return self.target.incr(k)
+
+    @proclets.blocking
+    def bump_future(self, k):
+        return self.target.incr.future(k).result()

@@ -174,6 +174,8 @@ def test_narrowed_state_and_proclet_to_proclet_calls(cluster):
     assert caller.bump(1) == 6
     with pytest.raises(proclets.CallError, match="blocking"):
         caller.bump_inline(1)
+    with pytest.raises(proclets.CallError, match="plain form"):
+        caller.bump_future(1)
     assert target.get() == 6
 
 

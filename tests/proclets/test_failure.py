@@ -5,7 +5,7 @@ import pytest
 
 import proclets
 
-from proclet_samples import Counter
+from proclet_samples import Counter, Gatekeeper
 
 
 def test_a_killed_runtime_ends_its_calls_with_proclet_lost_quickly(no_leaked_processes):
@@ -14,8 +14,12 @@ def test_a_killed_runtime_ends_its_calls_with_proclet_lost_quickly(no_leaked_pro
         idle = cluster.spawn(Counter, 0, on=1)
         survivor = cluster.spawn(Counter, 0, on=2)
         assert doomed.incr(1) == 1 and idle.incr(1) == 1 and survivor.incr(1) == 1
-        in_flight = doomed.sleep_incr.future(30)       # running when the runtime dies
-        time.sleep(0.05)                                # let it start (not a wait for state)
+        gate = cluster.spawn(Gatekeeper, on=1)
+        in_flight = doomed.held_incr.future()           # running when the runtime dies
+        deadline = time.monotonic() + 10
+        while not gate.started():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         killed_at = time.monotonic()
         cluster.kill_runtime(1)
         with pytest.raises(proclets.ProcletLost):
@@ -73,3 +77,28 @@ def test_a_runtime_exits_when_its_parent_dies(tmp_path):
                  open(f"/proc/{p}/stat").read().split()[2] != "Z"]
         time.sleep(0.05)
     assert not alive, f"orphans left: {alive}"
+
+
+def test_an_expired_lease_is_refused_and_a_new_call_takes_a_new_lease(no_leaked_processes):
+    from proclets import _protocol as P
+    with proclets.Cluster.local(runtimes=1, lease_ttl=0.5) as cluster:
+        ref = cluster.spawn(Counter, 0, on=0)
+        session = cluster.session
+        old = session.controller.grant_lease()[0]
+        session.ids.lease = old                 # held by a process that stops renewing
+        assert ref.incr(1) == 1
+        deadline = time.monotonic() + 5
+        while session.controller.lease_left(old) > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # a new call id under the expired lease: refused, not run (the runtime's cached
+        # expiry is never later than the controller's)
+        client = session.client(cluster.addresses[0])
+        seq = session.ids.numbers.next()
+        assert client.call(P.CALL, ref.pid, "incr", [100], None, old, seq, 0) == \
+            [P.EXPIRED, None]
+        session.ids.numbers.ended(seq)
+        # the ref's next call is refused on its first attempt, re-numbered under a new lease
+        assert ref.incr(1) == 2
+        assert session.ids.lease not in (0, old)
+        assert ref.get() == 2

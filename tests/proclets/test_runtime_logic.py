@@ -55,9 +55,9 @@ def connect_peers(*runtimes):
         def __init__(self, rt):
             self.rt = rt
 
-        def call(self, method, *args, timeout=None):
+        def call(self, method, body, timeout=None):
             assert method == P.INSTALL
-            return self.rt.install(*args)
+            return self.rt.install_message(body)
 
     for rt in runtimes:
         rt._peer = lambda address: Peer(by_address[address])
@@ -266,3 +266,54 @@ def test_the_table_pickles_without_the_runtime_check():
     assert b"lambda" not in header
     with pytest.raises(Exception):
         pickle.dumps(CompletionTable(lambda lease: True))   # why dump() takes it out
+
+
+def test_the_install_message_round_trips_through_its_layout():
+    from proclets.migration import pack_install, unpack_install
+    data = bytes(range(256)) * 64
+    header, buffers, kinds = dump({"data": data, "buf": bytearray(data)},
+                                  CompletionTable(lambda lease: True))
+    body = pack_install([7, 3, "m:C", "src", kinds], header, buffers)
+    meta, header2, buffers2 = unpack_install(body)
+    assert meta == [7, 3, "m:C", "src", kinds]
+    assert bytes(header2) == header and [bytes(b) for b in buffers2] == [data, data]
+    state, _ = load(header2, buffers2, kinds, lambda lease: True)
+    assert type(state["data"]) is bytes and state["data"] == data
+    assert type(state["buf"]) is bytearray and state["buf"] == data
+
+
+def test_a_malformed_install_message_is_a_value_error_or_a_migration_error(ctl, clock):
+    from proclets.migration import pack_install, unpack_install
+    header, buffers, kinds = dump({"n": 1, "blob": bytes(5000)},
+                                  CompletionTable(lambda lease: True))
+    body = pack_install([7, 1, class_path(Counter), "a", kinds], header, buffers)
+    cuts = [0, 3, 5, 9, 10, 20, len(body) // 2, len(body) - 1]
+    for bad in [body[:n] for n in cuts] + [b"XXXX" + body[4:], body + b"x",
+                                           body[:5] + b"\xff\xff\xff\x7f" + body[9:]]:
+        with pytest.raises(ValueError):
+            unpack_install(bad)
+    b = make_runtime(ctl, clock, "b")
+    with pytest.raises(MigrationError, match="malformed"):
+        b.install_message(body[:20])
+    assert b.info()["proclets"] == {}
+
+
+def test_a_failed_install_during_a_controller_restart_waits_for_the_relearn(ctl, clock):
+    a, b = make_runtime(ctl, clock, "a"), make_runtime(ctl, clock, "b")
+    connect_peers(a, b)
+    a.spawn(7, class_path(Counter), [0], {})
+    new = Controller(clock=clock)
+    a.controller = b.controller = new          # restarted: it knows nothing yet
+    asked = []
+
+    def reclaim(pid, rid, epoch):
+        asked.append(pid)
+        if len(asked) == 2:
+            a.register()                        # the source's registration relearns it
+        return Controller.reclaim(new, pid, rid, epoch)
+    new.reclaim = reclaim
+    with pytest.raises(MigrationError, match="install at"):
+        a.migrate_out(7, b.address)            # b's move fails: the pid is unknown
+    assert len(asked) == 2
+    assert a.info()["proclets"]["7"] == "present"
+    assert new.locate(7) == [P.HERE, "a", a.address, 2]
