@@ -663,7 +663,10 @@ def main(argv: list[str] | None = None) -> int:
         if ray_skip is None:
             from procbench import ray_peer
             log("starting Ray ...")
-            ray_peer.start()
+            try:
+                ray_peer.start()
+            except Exception as exc:     # a peer that cannot start is a skipped row
+                ray_skip = f"skipped: Ray did not start ({type(exc).__name__}: {exc})"[:300]
         try:
             log("migration ...")
             migration = {}
