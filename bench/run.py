@@ -31,6 +31,7 @@ SUITES = {
     "nanolog": "nanolog_bench.py",    # logging cost vs stdlib, picologging, loguru, structlog
     "overload": "overload_bench.py",  # Breakwater vs no control, AQM-only, static limit
     "hostile": "hostile_bench.py",    # a well-behaved client beside each hostile peer
+    "proclets": "proclets_bench.py",  # migration time, ref calls vs peers, moving counter
 }
 
 

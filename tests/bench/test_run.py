@@ -20,7 +20,7 @@ from reporting import SUMMARY_FILE_ENV             # noqa: E402
 def test_no_suite_named_means_every_suite():
     # Python 3.11's argparse rejected the empty default when the positional had choices=.
     args = bench_run.parse_args([])
-    assert args.suites == ["rpc", "nanolog", "overload", "hostile"]
+    assert args.suites == ["rpc", "nanolog", "overload", "hostile", "proclets"]
     assert args.quick is False
     assert bench_run.parse_args(["--quick"]).suites == list(bench_run.SUITES)
 
@@ -36,7 +36,7 @@ def test_an_unknown_suite_is_a_usage_error_that_names_it_and_the_choices(capsys)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "unknown suites 'tput', 'nanolgo'" in err
-    assert "choose from rpc, nanolog, overload, hostile" in err
+    assert "choose from rpc, nanolog, overload, hostile, proclets" in err
 
 
 def _record_calls(monkeypatch, failing: set[str]) -> list[list[str]]:
