@@ -15,7 +15,6 @@ import selectors
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -203,14 +202,11 @@ class LocalCluster(Cluster):
         if runtimes < 1:
             raise ValueError("runtimes must be at least 1")
         self.key = key or secrets.token_bytes(32)
-        self._keyfile = tempfile.NamedTemporaryFile("w", prefix="proclets-key-",
-                                                    delete=False)
-        self._keyfile.write(self.key.hex())
-        self._keyfile.close()
-        os.chmod(self._keyfile.name, 0o600)
         paths = [os.path.abspath(p) for p in pythonpath]
         paths += [p for p in sys.path if p and os.path.isdir(p) and p not in paths]
         self._env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+        # The children read the key from their environment (as readable as a 0600 file
+        # to the same user, and nothing to delete when this process is killed).
         self._env[P.KEY_ENV] = self.key.hex()
         self._saved_env = {k: os.environ.get(k) for k in (P.KEY_ENV, P.CONTROLLER_ENV)}
         self._lease_ttl = lease_ttl
@@ -230,8 +226,7 @@ class LocalCluster(Cluster):
             raise
 
     def _argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "proclets", *args, "--key-file", self._keyfile.name,
-                "--exit-with-parent"]
+        return [sys.executable, "-m", "proclets", *args, "--exit-with-parent"]
 
     def _start_controller(self, listen: str) -> _Process:
         extra = ["--lease-ttl", str(self._lease_ttl)] if self._lease_ttl else []
@@ -300,7 +295,3 @@ class LocalCluster(Cluster):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        try:
-            os.unlink(self._keyfile.name)
-        except OSError:
-            pass
