@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from microrpc._core cimport Frame, OutBuffer
 from microrpc._decode cimport DecodeLimits
+from microrpc._once cimport CallNumbers
 
 cdef enum:
     # The life of one call. QUEUED and SENT are pending; DONE and CANCELLED are final, and a
@@ -75,10 +76,7 @@ cdef class ClientCore:
     # progress" (``retry_heap``: (time ns, n, Call)), and the lease request in flight.
     cdef readonly bint exactly_once
     cdef readonly uint64_t once_lease
-    cdef uint64_t once_next
-    cdef uint64_t once_first_open
-    cdef set once_ended
-    cdef readonly Py_ssize_t once_window
+    cdef readonly CallNumbers numbers  # the calls' numbers and the ack (microrpc._once)
     cdef list parked
     cdef object window_wait            # deque of calls not numbered yet: the window is full
     cdef int64_t last_now              # the latest time a driver passed in (ns)

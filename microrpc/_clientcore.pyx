@@ -34,6 +34,7 @@ from microrpc._core cimport (
     OutBuffer,
 )
 from microrpc._decode cimport DecodeLimits
+from microrpc._once cimport CallNumbers
 
 from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Submit
 from microrpc._decode import DEFAULT_DECODE_LIMITS
@@ -188,13 +189,8 @@ cdef class ClientCore:
         self.heap = []
         self.names = {}
         self.ended = []
-        if once_window < 1:
-            raise ValueError("once_window must be at least 1")
         self.exactly_once = exactly_once
-        self.once_window = once_window
-        self.once_next = 1
-        self.once_first_open = 1
-        self.once_ended = set()
+        self.numbers = CallNumbers(once_window)
         self.parked = []
         self.window_wait = deque()
         self.retry_heap = []
@@ -478,7 +474,7 @@ cdef class ClientCore:
                                     self.session, call.deadline_us, demand,
                                     PyBytes_AS_STRING(call.name), PyBytes_GET_SIZE(call.name),
                                     PyBytes_AS_STRING(call.body), PyBytes_GET_SIZE(call.body),
-                                    self.once_lease, call.seq, self.once_first_open - 1)
+                                    self.once_lease, call.seq, self.numbers.first_open - 1)
         else:
             self.out.put_frame(KIND_REQUEST, call.flags,
                                CODEC_MSGPACK if call is self.lease_call else self.codec,
@@ -622,34 +618,33 @@ cdef class ClientCore:
     cdef int _number(self, Call call, int64_t now) except -1:
         """Give an exactly-once call its number and send it, or have it wait for one
         (FIFO) while ``once_window`` numbered calls are pending from the oldest."""
-        if self.window_wait or self.once_next - self.once_first_open >= self.once_window:
+        cdef uint64_t seq = 0 if self.window_wait else self.numbers.take()
+        if seq == 0:
             call.state = CALL_SENT            # pending, unnumbered, in ``window_wait``
             call.call_id = 0
             self.window_wait.append(call)
             return 0
-        call.seq = self.once_next
-        self.once_next += 1
+        call.seq = seq
         return self._route(call, now)
 
     cdef int _once_ended(self, uint64_t seq) except -1:
         """Exactly-once call ``seq`` ended: the ack moves past every call that has, and
         calls waiting for the window get numbers."""
         cdef Call call
-        if seq == self.once_first_open:
-            self.once_first_open += 1
-            ended = self.once_ended
-            while ended and self.once_first_open in ended:
-                ended.discard(self.once_first_open)
-                self.once_first_open += 1
+        cdef uint64_t next_seq
+        if self.numbers.end(seq):
             wait = self.window_wait
-            while wait and self.once_next - self.once_first_open < self.once_window:
-                call = wait.popleft()
-                if call.state == CALL_SENT and call.seq == 0:
-                    call.seq = self.once_next
-                    self.once_next += 1
-                    self._route(call, self.last_now)
-        elif self.once_first_open < seq < self.once_next:
-            self.once_ended.add(seq)
+            while wait:
+                call = wait[0]
+                if call.state != CALL_SENT or call.seq != 0:
+                    wait.popleft()            # it ended while it waited
+                    continue
+                next_seq = self.numbers.take()
+                if next_seq == 0:
+                    break
+                wait.popleft()
+                call.seq = next_seq
+                self._route(call, self.last_now)
         return 0
 
     # -- replies ------------------------------------------------------------------------

@@ -14,6 +14,17 @@ cdef enum:
 
 
 @cython.final
+cdef class CallNumbers:
+    cdef readonly Py_ssize_t window
+    cdef uint64_t next_seq            # the next number to give
+    cdef uint64_t first_open          # the lowest number not ended
+    cdef set done                     # numbers above first_open that ended
+
+    cdef uint64_t take(self) except? 0
+    cdef bint end(self, uint64_t seq) except -1
+
+
+@cython.final
 cdef class LocalLeases:
     cdef public double ttl
     cdef object _clock

@@ -11,6 +11,7 @@ import itertools
 import secrets
 import time
 
+cimport cython
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
@@ -36,6 +37,74 @@ cdef tuple _CHECKS = (Check.NEW, Check.DONE, Check.RUNNING, Check.STALE, Check.E
                       Check.WINDOW_FULL)
 # A record whose call is still running (a saved reply is never None, so None is free).
 cdef object _RUNNING = None
+
+
+cdef class CallNumbers:
+    """A client's numbering of its exactly-once calls: seq 1, 2, ... and the ack to send
+    (every call at or below it has ended). ``window`` bounds the calls not yet ended, as
+    the server bounds the records it keeps per lease. Each method is one C-level step, so
+    threads sharing one need no lock of their own. Picklable (a proclet that calls others
+    keeps its numbers in its state)."""
+
+    def __init__(self, window=DEFAULT_WINDOW, *, _next=1, _first_open=1, _done=()):
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        self.next_seq = _next
+        self.first_open = _first_open
+        self.done = set(_done)
+
+    def __reduce__(self):
+        return (_rebuild_numbers, (self.window, self.next_seq, self.first_open,
+                                   tuple(self.done)))
+
+    @property
+    def ack(self):
+        return self.first_open - 1
+
+    def full(self):
+        """True while ``window`` calls have not ended: a new one must wait."""
+        return self.next_seq - self.first_open >= <uint64_t>self.window
+
+    cdef uint64_t take(self) except? 0:
+        """The next number, or 0 while the window is full."""
+        if self.next_seq - self.first_open >= <uint64_t>self.window:
+            return 0
+        self.next_seq += 1
+        return self.next_seq - 1
+
+    def next(self):
+        """The next number (RuntimeError while the window is full)."""
+        seq = self.take()
+        if seq == 0:
+            raise RuntimeError(f"{self.window} exactly-once calls have not ended")
+        return seq
+
+    def try_next(self):
+        """The next number, or 0 while the window is full."""
+        return self.take()
+
+    cdef bint end(self, uint64_t seq) except -1:
+        """Call ``seq`` ended (any outcome). True if the ack moved."""
+        if seq == self.first_open:
+            self.first_open += 1
+            done = self.done
+            while done and self.first_open in done:
+                done.discard(self.first_open)
+                self.first_open += 1
+            return True
+        if self.first_open < seq < self.next_seq:
+            self.done.add(seq)
+        return False
+
+    def ended(self, seq):
+        """Call ``seq`` ended (any outcome): it may be acknowledged."""
+        if 0 < seq < (1 << 64):
+            self.end(seq)
+
+
+def _rebuild_numbers(window, next_seq, first_open, done):
+    return CallNumbers(window, _next=next_seq, _first_open=first_open, _done=done)
 
 
 cdef class LocalLeases:
@@ -198,10 +267,11 @@ cdef class CompletionTable:
         """Look a numbered call up; (Check, saved reply or None). NEW records it RUNNING:
         the caller runs it and then calls :meth:`finish` (or :meth:`forget` if it could
         not run it at all)."""
-        if lease < 1 or seq < 1 or ack < 0 or ack >= seq or lease >= 1 << 64 \
-                or seq >= 1 << 64:
-            raise ValueError(f"malformed call id (lease {lease}, seq {seq}, ack {ack})")
-        code = self.check_code(lease, seq, ack)
+        try:
+            code = self.check_code(lease, seq, ack)
+        except (OverflowError, TypeError):     # negative, over 64 bits, not an int
+            raise ValueError(f"malformed call id (lease {lease}, seq {seq}, "
+                             f"ack {ack})") from None
         return _CHECKS[code], self.saved
 
     cpdef finish(self, lease, seq, reply):

@@ -33,47 +33,11 @@ bounded (``window``): a client with that many calls unacknowledged must wait.
 """
 from __future__ import annotations
 
-from microrpc._once import (  # the server side runs in C-level code: see _once.pyx
-    DEFAULT_LEASE_TTL, DEFAULT_WINDOW, Check, CompletionTable, LocalLeases,
+from microrpc._once import (  # the rules run in C-level code: see _once.pyx
+    DEFAULT_LEASE_TTL, DEFAULT_WINDOW, CallNumbers, Check, CompletionTable, LocalLeases,
 )
 
 __all__ = [
     "CallNumbers", "Check", "CompletionTable", "LocalLeases", "DEFAULT_LEASE_TTL",
     "DEFAULT_WINDOW",
 ]
-
-
-class CallNumbers:
-    """A client's numbering of its exactly-once calls: seq 1, 2, ... and the ack to send
-    (every call at or below it has ended). ``window`` bounds the calls not yet ended, as
-    the server bounds the records it keeps per lease."""
-
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
-        self.window = window
-        self._next = 1
-        self._ended: set[int] = set()
-        self._first_open = 1                 # the lowest seq not ended
-
-    @property
-    def ack(self) -> int:
-        return self._first_open - 1
-
-    def full(self) -> bool:
-        """True while ``window`` calls have not ended: a new one must wait."""
-        return self._next - self._first_open >= self.window
-
-    def next(self) -> int:
-        if self.full():
-            raise RuntimeError(f"{self.window} exactly-once calls have not ended")
-        seq = self._next
-        self._next += 1
-        return seq
-
-    def ended(self, seq: int) -> None:
-        """Call ``seq`` ended (any outcome): it may be acknowledged."""
-        if not self._first_open <= seq < self._next:
-            return
-        self._ended.add(seq)
-        while self._first_open in self._ended:
-            self._ended.remove(self._first_open)
-            self._first_open += 1

@@ -62,3 +62,8 @@ ORPHAN_TIMEOUT = 10.0
 # Environment variable with the cluster key (hex) for processes that use refs.
 KEY_ENV = "PROCLETS_CLUSTER_KEY"
 CONTROLLER_ENV = "PROCLETS_CONTROLLER"
+# Directories (os.pathsep-separated) a controller or runtime appends to its sys.path to
+# import proclet classes from: appended, not prepended as PYTHONPATH would be, so that a
+# source checkout among them cannot shadow the installed packages (whose compiled modules
+# a checkout does not have).
+PATH_ENV = "PROCLETS_PATH"

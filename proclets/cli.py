@@ -82,6 +82,9 @@ def _die(message: str) -> None:
 @click.version_option(_version(), prog_name="proclets")
 def main() -> None:
     """Proclets: migratable logical processes with exactly-once calls."""
+    for path in os.environ.get(P.PATH_ENV, "").split(os.pathsep):
+        if path and path not in sys.path:
+            sys.path.append(path)
 
 
 @main.command()

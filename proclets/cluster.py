@@ -145,7 +145,7 @@ class Cluster:
         """A controller and ``runtimes`` runtime processes on this machine (a context
         manager). Options: ``key`` (bytes; default random), ``pythonpath`` (extra
         directories the runtimes import proclet classes from; this process's sys.path is
-        passed on too), ``workers`` per runtime, ``lease_ttl`` (client leases, seconds)."""
+        passed on too, after the runtimes' own), ``workers`` per runtime, ``lease_ttl`` (client leases, seconds)."""
         return LocalCluster(runtimes, **options)
 
 
@@ -192,6 +192,14 @@ class _Process:
         self.proc.stdout.close()
 
 
+# ``python -m proclets``, but without the working directory first on sys.path (what -m and
+# -c put there): run from a source checkout (the benchmarks run from the repository root),
+# it would import the checkout's packages, which have no compiled modules, instead of the
+# installed ones. (Python 3.11's -P does this; 3.10 is supported.)
+_LAUNCH = ("import sys; del sys.path[0]; import runpy; "
+           "runpy.run_module('proclets', run_name='__main__', alter_sys=True)")
+
+
 class LocalCluster(Cluster):
     """``Cluster.local``: the processes it started, stopped on exit. ``on=i`` names the
     i-th runtime started (also after others died)."""
@@ -204,7 +212,8 @@ class LocalCluster(Cluster):
         self.key = key or secrets.token_bytes(32)
         paths = [os.path.abspath(p) for p in pythonpath]
         paths += [p for p in sys.path if p and os.path.isdir(p) and p not in paths]
-        self._env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+        self._env = dict(os.environ)
+        self._env[P.PATH_ENV] = os.pathsep.join(paths)
         # The children read the key from their environment (as readable as a 0600 file
         # to the same user, and nothing to delete when this process is killed).
         self._env[P.KEY_ENV] = self.key.hex()
@@ -226,7 +235,7 @@ class LocalCluster(Cluster):
             raise
 
     def _argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "proclets", *args, "--exit-with-parent"]
+        return [sys.executable, "-c", _LAUNCH, *args, "--exit-with-parent"]
 
     def _start_controller(self, listen: str) -> _Process:
         extra = ["--lease-ttl", str(self._lease_ttl)] if self._lease_ttl else []

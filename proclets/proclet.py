@@ -84,8 +84,8 @@ def load_class(path: str) -> type:
             module = importlib.import_module(name)
         except Exception as exc:
             raise NotImportable(f"runtimes cannot import module {name!r} ({exc}); it must "
-                                f"be on their path (Cluster.local(pythonpath=...) or "
-                                f"PYTHONPATH)") from None
+                                f"be on their path (Cluster.local(pythonpath=...), "
+                                f"PROCLETS_PATH or PYTHONPATH)") from None
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)

@@ -141,12 +141,16 @@ class _CallIds:
         self._lock = threading.Lock()
 
     def begin(self, session: "_Session", deadline: float) -> tuple[int, int]:
+        # CallNumbers' methods are single C-level steps: threads share them without a
+        # lock; the lock is only for taking a lease.
         while True:
-            with self._lock:
-                if not self.numbers.full():
+            if not self.lease:
+                with self._lock:
                     if not self.lease:
                         self.lease = session.grant_lease(self is session.ids)
-                    return self.lease, self.numbers.next()
+            seq = self.numbers.try_next()
+            if seq:
+                return self.lease, seq
             # The window is full (512 calls in flight): rare, so a short poll rather than
             # a condition every call would pay for.
             if time.monotonic() > deadline:
@@ -154,8 +158,7 @@ class _CallIds:
             time.sleep(0.001)
 
     def end(self, seq: int) -> None:
-        with self._lock:
-            self.numbers.ended(seq)
+        self.numbers.ended(seq)
 
     def ack(self) -> int:
         return self.numbers.ack

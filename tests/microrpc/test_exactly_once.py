@@ -148,3 +148,21 @@ def test_a_table_pickles_without_its_authority_and_is_rebound(clock):
     assert moved.check(lease, 2, 1)[0] is Check.NEW
     with pytest.raises(TypeError):
         moved.rebind(42)
+
+
+def test_call_numbers_pickle_with_their_place_and_keep_counting():
+    import pickle
+    n = CallNumbers(window=4)
+    seqs = [n.next() for _ in range(3)]
+    n.ended(seqs[1])
+    m = pickle.loads(pickle.dumps(n))
+    assert (m.ack, m.full(), m.window) == (0, False, 4)
+    assert m.next() == 4 and m.try_next() == 0           # 4 pending: the window is full
+    m.ended(1)
+    assert m.ack == 2 and m.try_next() == 5
+
+
+@pytest.mark.parametrize("lease, seq, ack", [(-1, 1, 0), (1, 2**64, 0), (1, 1, -1), (1, "1", 0)])
+def test_ids_out_of_range_are_malformed(table, leases, lease, seq, ack):
+    with pytest.raises(ValueError, match="malformed"):
+        table.check(lease, seq, ack)

@@ -73,7 +73,7 @@ def test_a_cluster_by_hand_through_the_cli(tmp_path, no_leaked_processes):
     from proclet_samples import Counter
     key = tmp_path / "cluster.key"
     key.write_text(os.urandom(32).hex())
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = dict(os.environ, PROCLETS_PATH=os.pathsep.join(p for p in sys.path if p))
     procs = []
     try:
         ctl = subprocess.Popen([sys.executable, "-m", "proclets", "controller", "--listen",

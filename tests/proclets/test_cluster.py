@@ -187,3 +187,13 @@ def test_a_class_runtimes_cannot_import_is_refused_clearly(cluster):
         cluster.spawn(Local)
     with pytest.raises(TypeError):
         cluster.spawn(int)
+
+
+def test_a_cluster_started_from_a_source_checkout_runs_the_installed_packages(
+        source_tree_in_cwd, no_leaked_processes, monkeypatch):
+    # The benchmarks start clusters from the repository root, and tests may put it on
+    # sys.path: the processes must still import the installed packages, not the decoys.
+    monkeypatch.syspath_prepend(str(source_tree_in_cwd))
+    with proclets.Cluster.local(runtimes=1) as c:
+        ref = c.spawn(Counter, 1, on=0)
+        assert ref.incr(1) == 2

@@ -98,7 +98,7 @@ class Hosts:
     def start(self, role: str, *argv: str, stdin: bool = False) -> subprocess.Popen:
         """``argv`` run in ``role``'s namespace (`ip netns exec` execs it: the pid is the
         command's own)."""
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        env = dict(os.environ, PROCLETS_PATH=os.pathsep.join(
             [HERE] + [p for p in sys.path if p and os.path.isdir(p)]))
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], env=env,
                                 stdin=subprocess.PIPE if stdin else None,
