@@ -101,13 +101,17 @@ _methods: dict[type, dict[str, tuple[Callable, bool]]] = {}
 def method_of(cls: type, name: str) -> tuple[Callable, bool] | None:
     """The function for a remote call of ``name`` and whether it is blocking, or None if
     ``name`` is not callable remotely (private, missing, or not a method)."""
+    try:
+        return _methods[cls][name]
+    except (KeyError, TypeError):          # not cached yet, or a name that is no str
+        pass
+    if not isinstance(name, str) or name.startswith("_"):
+        return None
     table = _methods.get(cls)
     if table is None:
         table = _methods[cls] = {}
     found = table.get(name)
     if found is None:
-        if not isinstance(name, str) or name.startswith("_"):
-            return None
         function = getattr(cls, name, None)
         if not callable(function) or isinstance(function, type):
             return None

@@ -109,14 +109,16 @@ class Runtime:
         e = self._entries.get(pid)
         if e is None:
             return [P.WRONG_TARGET, None]
-        if e.state not in _SERVING:
-            return self._refusal(step(e.state, Event.CALL)[0], e)
+        state = e.state
+        # (An enum's hash is a Python-level call: the usual state is tested by identity.)
+        if state is not _PRESENT and state not in _SERVING:
+            return self._refusal(step(state, Event.CALL)[0], e)
         found = method_of(e.cls, method)
         if found is None:
             return [_ERROR, ["AttributeError",
                              f"{e.cls.__name__} has no public method {method!r}"]]
         fn, blocking = found
-        if dict in map(type, args):
+        if args and dict in map(type, args):
             args = from_wire(args)
         with self._lock:
             if e.running or blocking:
