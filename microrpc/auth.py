@@ -41,7 +41,7 @@ from typing import Any
 import msgpack
 
 from microrpc import _core
-from microrpc.errors import AuthenticationError, ConnectionLost
+from microrpc.errors import AuthenticationError, ConnectionLost, RpcError
 
 __all__ = ["new_auth_key", "check_key", "ClientHandshake", "ServerHandshake",
            "authenticate", "authenticate_async", "is_hello", "MIN_KEY_SIZE",
@@ -274,12 +274,8 @@ def authenticate(sock: socket.socket, key: bytes, timeout: float | None,
             proof = hs.feed(data)
         sock.settimeout(left())
         sock.sendall(proof)
-    except socket.timeout:
-        raise ConnectionLost(f"no authentication answer from {address} within "
-                             f"{timeout} s") from None
-    except OSError as exc:
-        raise ConnectionLost(f"authentication with {address} failed: "
-                             f"{exc.strerror or exc}") from None
+    except OSError as exc:        # (socket.timeout is one)
+        raise _handshake_failed(exc, address, timeout) from None
 
 
 async def authenticate_async(loop: asyncio.AbstractEventLoop, sock: socket.socket,
@@ -299,9 +295,13 @@ async def authenticate_async(loop: asyncio.AbstractEventLoop, sock: socket.socke
 
     try:
         await asyncio.wait_for(run(), 30.0 if timeout is None else timeout)
-    except asyncio.TimeoutError:
-        raise ConnectionLost(f"no authentication answer from {address} within "
-                             f"{timeout} s") from None
-    except OSError as exc:
-        raise ConnectionLost(f"authentication with {address} failed: "
-                             f"{exc.strerror or exc}") from None
+    except (asyncio.TimeoutError, OSError) as exc:
+        raise _handshake_failed(exc, address, timeout) from None
+
+
+def _handshake_failed(exc: BaseException, address: str, timeout: float | None) -> RpcError:
+    """The error a client's handshake ends with when the socket times out or fails."""
+    if isinstance(exc, (socket.timeout, asyncio.TimeoutError)):
+        return ConnectionLost(f"no authentication answer from {address} within {timeout} s")
+    return ConnectionLost(f"authentication with {address} failed: "
+                          f"{getattr(exc, 'strerror', None) or exc}")
