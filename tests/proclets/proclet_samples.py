@@ -90,3 +90,10 @@ class Caller(proclets.Proclet):
     @proclets.blocking
     def bump_future(self, k):
         return self.target.incr.future(k).result()
+
+
+def use_ref_in_another_process(blob, out):
+    """A child process's part of test_cluster: unpickle a ref and call it twice."""
+    import pickle
+    ref = pickle.loads(blob)
+    out.put([ref.incr(1), ref.incr(1)])

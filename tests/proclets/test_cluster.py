@@ -11,7 +11,8 @@ import pytest
 import microrpc
 import proclets
 
-from proclet_samples import Blob, Caller, Counter, Gatekeeper, Narrow
+from proclet_samples import (Blob, Caller, Counter, Gatekeeper, Narrow,
+                              use_ref_in_another_process)
 
 
 def wait_for(predicate, timeout=10.0, interval=0.01):
@@ -138,11 +139,6 @@ def test_a_call_running_when_migration_starts_completes_once(cluster):
     assert cluster.where(ref) == cluster.addresses[0]
 
 
-def _use_ref_in_another_process(blob, out):
-    ref = pickle.loads(blob)
-    out.put([ref.incr(1), ref.incr(1)])
-
-
 def test_a_ref_pickled_into_another_process_works_after_two_migrations(cluster):
     ref = cluster.spawn(Counter, 0, on=0)
     blob = pickle.dumps(ref)
@@ -151,7 +147,9 @@ def test_a_ref_pickled_into_another_process_works_after_two_migrations(cluster):
     cluster.migrate(ref, to=2)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    child = ctx.Process(target=_use_ref_in_another_process, args=(blob, out))
+    # (The child imports the target by module: tests are imported as tests.proclets.*,
+    # which a child cannot import; proclet_samples is on its path.)
+    child = ctx.Process(target=use_ref_in_another_process, args=(blob, out))
     child.start()
     try:
         assert out.get(timeout=30) == [1, 2]

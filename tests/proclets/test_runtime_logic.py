@@ -1,6 +1,5 @@
 """The runtime and controller logic in one process, without sockets: the controller object
 stands in for its remote proxy, and an injected clock drives leases and membership."""
-import pickle
 
 import pytest
 
