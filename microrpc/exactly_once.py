@@ -1,12 +1,15 @@
 """Exactly-once calls (RIFL, SOSP'15): the server's completion records and the client's ids.
 
-Not wired into the wire format and the cores yet (issue #11 lands it in steps): this module
-is the bookkeeping, as plain objects fed events and a clock, so that the rules are tested
-on their own before a transport carries them.
+The bookkeeping as plain objects fed events and a clock, tested on their own
+(tests/microrpc/test_exactly_once.py); they run in C-level code (microrpc/_once.pyx). The
+server core checks and records calls with :class:`CompletionTable` (``Server`` registers a
+method ``idempotent=False`` to have them), the client core numbers them with
+:class:`CallNumbers` (``Client(exactly_once=True)``), and proclets keep one table per
+proclet, which migrates with it. The wire form is in docs/wire.md (*Exactly-once calls*).
 
 How it works. A client holds a **lease** (an id the server side hands out, never twice,
-kept alive by the client; :class:`LocalLeases` is a server's own authority, and proclets
-will plug the controller's leases in through the same two calls). It numbers its calls
+kept alive by the client's calls; :class:`LocalLeases` is a server's own authority, and
+proclets plug the controller's leases in as a callable). It numbers its calls
 1, 2, 3, ... (:class:`CallNumbers`), sends each with ``(lease, seq, ack)`` where ``ack`` is
 the highest seq below which every call has ended, and sends a retry with the same
 numbers. The server keeps a **completion record** per (lease, seq) of a method that is not
