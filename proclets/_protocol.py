@@ -46,10 +46,13 @@ OK, ERROR, WRONG_TARGET, RETRY, LOST, EXPIRED, STALE = range(7)
 HERE, GONE, UNKNOWN = "here", "lost", "unknown"
 
 # --- membership timing. A runtime beats every HEARTBEAT seconds and is declared dead after
-# DEAD_AFTER beats of silence: 0.5 s, inside the 1 s the issue allows for detection and
-# leaving a ref ~0.5 s to learn it (its 1.5 s budget).
+# DEAD_AFTER beats of silence: 0.8 s, inside the 1 s the issue allows for detection and
+# leaving a ref ~0.7 s to learn it (its 1.5 s budget). Not shorter: a runtime pickling or
+# unpickling a large state holds the GIL for a few hundred ms (a 16 MiB dict of small
+# objects: ~0.3 s), and its heartbeat thread waits meanwhile; at 0.5 s a busy machine
+# declared such a runtime dead in the middle of a migration.
 HEARTBEAT = 0.1
-DEAD_AFTER = 5
+DEAD_AFTER = 8
 # A ref polls the controller this often while it waits for a dead runtime's verdict.
 RELOCATE_POLL = 0.02
 # Client leases (refs' RIFL ids): renewed every third of this by a background thread.

@@ -40,7 +40,7 @@ from microrpc.exactly_once import Check, CompletionTable
 
 from proclets import _net, _protocol as P
 from proclets._turn import current
-from proclets.errors import MigrationError, ProcletError
+from proclets.errors import MigrationError, ProcletError, ProcletLost
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
 from proclets.migration import dump, load, pack_install, unpack_install
 from proclets.proclet import get_state, load_class, method_of, set_state
@@ -315,6 +315,12 @@ class Runtime:
             done = None
         t3 = time.perf_counter()
         with self._lock:
+            if e.state is State.LOST:
+                # The controller declared this runtime dead while it migrated (it missed
+                # its heartbeats): the proclet is lost here, and the directory, not this
+                # runtime, says whether the destination has it.
+                raise ProcletLost(f"proclet {pid} was declared lost during its migration "
+                                  f"(runtime {self.address} missed its heartbeats)")
             action, after = step(e.state, Event.HANDED_OFF)
             e.state, e.obj, e.table, e.moved_to = after, None, None, destination
         self.migrations_out += 1
