@@ -118,4 +118,6 @@ def test_a_log_of_one_chunk_cut_in_half_decodes_its_first_half(tmp_path):
     list(records)
     offset = records.damage.offset
     assert f"everything before offset {offset} was decoded" in proc.stderr
-    assert 0 < len(data) // 2 - offset < 100  # the start of the one torn record
+    # The start of the one torn record, or the cut itself when it fell between two records
+    # (record sizes vary with the timestamps' varints: seen once in CI).
+    assert 0 <= len(data) // 2 - offset < 100
