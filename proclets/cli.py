@@ -29,6 +29,10 @@ def _version() -> str:
     return _distribution_version()
 
 
+_KEY_HELP = ("The cluster key: hex or raw bytes, at least 16 (default: "
+             f"${P.KEY_ENV}, hex). Required.")
+
+
 def _key(path: str | None) -> bytes:
     """The cluster key: required, since runtimes accept pickled state from its holders."""
     from microrpc import auth
@@ -89,7 +93,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--listen", required=True, help="tcp://HOST:PORT to serve on (port 0: any).")
-@click.option("--key-file", type=click.Path(dir_okay=False), help="The cluster key.")
+@click.option("--key-file", type=click.Path(dir_okay=False), help=_KEY_HELP)
 @click.option("--lease-ttl", type=click.FloatRange(min=0.01), default=P.LEASE_TTL,
               show_default=True, help="Seconds a client lease lives without renewal.")
 @click.option("--exit-with-parent", is_flag=True, hidden=True)
@@ -123,7 +127,7 @@ def controller(listen: str, key_file: str | None, lease_ttl: float,
               help="The controller's tcp://HOST:PORT.")
 @click.option("--listen", default="tcp://127.0.0.1:0", show_default=True,
               help="tcp://HOST:PORT to serve on (port 0: any).")
-@click.option("--key-file", type=click.Path(dir_okay=False), help="The cluster key.")
+@click.option("--key-file", type=click.Path(dir_okay=False), help=_KEY_HELP)
 @click.option("--advertise", metavar="HOST",
               help="The host others reach this runtime by (needed with a wildcard "
                    "--listen such as tcp://0.0.0.0:0).")
