@@ -43,7 +43,7 @@ import msgpack
 from microrpc import _core
 from microrpc.errors import AuthenticationError, ConnectionLost, RpcError
 
-__all__ = ["new_auth_key", "check_key", "ClientHandshake", "ServerHandshake",
+__all__ = ["new_auth_key", "check_key", "read_key_file", "ClientHandshake", "ServerHandshake",
            "authenticate", "authenticate_async", "is_hello", "MIN_KEY_SIZE",
            "DEFAULT_AUTH_TIMEOUT", "MAX_MESSAGE"]
 
@@ -100,6 +100,24 @@ def check_key(key: Any) -> bytes | None:
         raise ValueError(f"auth_key is {len(key)} bytes; at least {MIN_KEY_SIZE} random bytes "
                          f"are needed (microrpc.new_auth_key() makes 32)")
     return key
+
+
+def read_key_file(path: str) -> bytes:
+    """The key in the file at ``path``, checked: the one rule for key files, used by every
+    command that takes ``--key-file``. The file holds the key as hex text (what
+    ``python -c 'import secrets; print(secrets.token_hex(32))'`` writes; surrounding
+    whitespace is ignored), or else as raw bytes, taken exactly. OSError if it cannot be
+    read; ValueError for an empty or too short key."""
+    with open(path, "rb") as f:
+        data = f.read()
+    text = data.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii")) if text else b""
+    except (UnicodeDecodeError, ValueError):
+        key = data                        # not hex text: the raw bytes, as they are
+    if not key:
+        raise ValueError(f"the key file {path} is empty")
+    return check_key(key)
 
 
 def _proof(key: bytes, label: bytes, nonce_c: bytes, nonce_s: bytes) -> bytes:

@@ -91,6 +91,11 @@ def main() -> None:
     running server's statistics."""
 
 
+_KEY_FILE_HELP = ("For a server started with auth_key: a file holding that key as hex text "
+                  "(e.g. written by python -c 'import secrets; "
+                  "print(secrets.token_hex(32))'), or else as raw bytes, exactly.")
+
+
 @main.command()
 @click.argument("address")
 @click.option("--rate", type=float, default=1000.0, show_default=True,
@@ -147,8 +152,10 @@ def main() -> None:
               help="Server method returning its statistics (synthetic.stats), read after.")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress on stderr (default: when stderr is a terminal).")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help=_KEY_FILE_HELP)
 def bench(address, json_path, hgrm_prefix, stats_method, progress, cpus, service, schedule,
-          **options) -> None:
+          key_file, **options) -> None:
     """Offer open-loop Poisson load to the server at ADDRESS and report what came back.
 
     Exit status: 0 for a valid run, 1 when the run is INVALID (the generator could not keep
@@ -159,7 +166,9 @@ def bench(address, json_path, hgrm_prefix, stats_method, progress, cpus, service
 
     try:
         spec = loadgen.LoadSpec(address=address, cpus=cpus or (), service=_service(service),
-                                schedule=schedule or (), **options)
+                                schedule=schedule or (),
+                                auth_key=_read_key_file(key_file) if key_file else None,
+                                **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     total = spec.warmup + spec.measured_s
@@ -261,16 +270,14 @@ def _fetch_stats(client, address: str) -> dict:
 
 
 def _read_key_file(path: str) -> bytes:
-    """The raw bytes of a key file; a bad one is an argument error (exit 2)."""
-    from microrpc.auth import check_key
+    """The key in a key file (microrpc.auth.read_key_file); a bad one is an argument error
+    (exit 2)."""
+    from microrpc.auth import read_key_file
 
     try:
-        with open(path, "rb") as f:
-            key = f.read()
+        return read_key_file(path)
     except OSError as exc:
         raise _BadArgument(f"cannot read the key file {path}: {exc.strerror or exc}") from None
-    try:
-        return check_key(key)
     except ValueError as exc:
         raise _BadArgument(f"key file {path}: {exc}") from None
 
@@ -316,9 +323,7 @@ def _stats_table(stats: dict, address: str):
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0,
               show_default=True, help="Seconds to wait for the server.")
 @click.option("--key-file", type=click.Path(dir_okay=False), default=None,
-              help="For a server started with auth_key: a file holding that key as raw "
-                   "bytes, exactly (no hex, no trailing newline), e.g. written with "
-                   "open(path, 'wb').write(microrpc.new_auth_key()).")
+              help=_KEY_FILE_HELP)
 def stats(address, as_json, watch, count, timeout, key_file) -> None:
     """Print the statistics of the running microrpc server at ADDRESS (tcp://host:port or
     unix:///path): calls, errors, connections, queues, bounds and the overload policy's

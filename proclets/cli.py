@@ -34,36 +34,30 @@ _KEY_HELP = ("The cluster key: hex or raw bytes, at least 16 (default: "
 
 
 def _key(path: str | None) -> bytes:
-    """The cluster key: required, since runtimes accept pickled state from its holders."""
+    """The cluster key: required, since runtimes accept pickled state from its holders.
+    From ``--key-file`` (microrpc.auth.read_key_file: hex text, or else raw bytes) or else
+    the environment (hex)."""
     from microrpc import auth
-    if path is None:
+    try:
+        if path is not None:
+            return auth.read_key_file(path)
         env = os.environ.get(P.KEY_ENV)
         if not env:
             raise click.UsageError(
-                f"no cluster key: give --key-file FILE (hex or raw bytes, at least "
+                f"no cluster key: give --key-file FILE (hex text or raw bytes, at least "
                 f"{auth.MIN_KEY_SIZE} bytes; e.g. `python -c 'import secrets; "
                 f"print(secrets.token_hex(32))' > cluster.key`) or set {P.KEY_ENV} (hex)")
         try:
             key = bytes.fromhex(env)
         except ValueError:
             raise click.UsageError(f"{P.KEY_ENV} is not hex") from None
-        hint = P.KEY_ENV
-    else:
-        try:
-            data = open(path, "rb").read().strip()
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
-                                     param_hint="--key-file") from None
-        try:
-            key = bytes.fromhex(data.decode())
-        except (ValueError, UnicodeDecodeError):
-            key = data
-        hint = "--key-file"
-    try:
-        auth.check_key(key)
-    except (TypeError, ValueError) as exc:
-        raise click.BadParameter(str(exc), param_hint=hint) from None
-    return key
+        return auth.check_key(key)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
+                                 param_hint="--key-file") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key-file" if path else P.KEY_ENV
+                                 ) from None
 
 
 def _address(value: str, param: str) -> str:

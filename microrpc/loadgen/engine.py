@@ -85,6 +85,20 @@ class LoadSpec:
     seed: int = 1
     cpus: tuple[int, ...] = ()
     driver: str = "engine"
+    # The server's pre-shared key (Server(auth_key=)); never written to results.
+    auth_key: bytes | None = dataclasses.field(default=None, repr=False)
+
+    def config(self) -> dict:
+        """The spec as plain data for results and reports: without the key."""
+        out = dataclasses.asdict(self)
+        del out["auth_key"]
+        return out
+
+    def to_wire(self) -> dict:
+        """The spec as JSON-able data for a generator process (the key as hex)."""
+        out = dataclasses.asdict(self)
+        out["auth_key"] = self.auth_key.hex() if self.auth_key is not None else None
+        return out
 
     def __post_init__(self) -> None:
         transport.parse_address(self.address)
@@ -327,7 +341,8 @@ class Engine(ProcessShare):
         self.epoll = select.epoll()
         for _ in range(n_conns):
             chan = channel.open_channel(spec.address, connect_timeout=5.0,
-                                        max_message_size=_core.DEFAULT_MAX_MESSAGE_SIZE)
+                                        max_message_size=_core.DEFAULT_MAX_MESSAGE_SIZE,
+                                        auth_key=spec.auth_key)
             conn = _Conn(chan)
             self.conns.append(conn)
             self.by_fd[conn.fd] = conn

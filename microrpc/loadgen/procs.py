@@ -16,7 +16,6 @@ system-wide), so their time buckets line up when the tallies are merged.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 import queue
@@ -69,6 +68,8 @@ def spec_from_dict(d: dict) -> LoadSpec:
     d = dict(d)
     d["schedule"] = tuple(tuple(seg) for seg in d.get("schedule", ()))
     d["cpus"] = tuple(d.get("cpus", ()))
+    if d.get("auth_key") is not None:
+        d["auth_key"] = bytes.fromhex(d["auth_key"])
     return LoadSpec(**d)
 
 
@@ -106,7 +107,7 @@ def run_processes(spec: LoadSpec, progress: Callable[[dict], None] | None) -> li
     lines: queue.Queue = queue.Queue()
     children: list[subprocess.Popen] = []
     errs = []
-    spec_json = json.dumps(dataclasses.asdict(spec))
+    spec_json = json.dumps(spec.to_wire())
     try:
         for i in range(spec.procs):
             err = tempfile.TemporaryFile()

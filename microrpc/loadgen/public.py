@@ -123,7 +123,7 @@ class ClientDriver(_Base):
         self.clients = [Client(spec.address, codec=spec.codec, timeout=spec.timeout,
                                poll="block", session=self.session_base + i,
                                credit_queue=spec.client_queue,
-                               credit_wait=spec.client_max_wait)
+                               credit_wait=spec.client_max_wait, auth_key=spec.auth_key)
                         for i in range(self.n_clients)]
 
     def run(self, start_ns: int) -> Tally:
@@ -189,7 +189,7 @@ class AsyncDriver(_Base):
         spec = self.spec
         clients = [AsyncClient(spec.address, codec=spec.codec, timeout=spec.timeout,
                                session=self.session_base + i, credit_queue=spec.client_queue,
-                               credit_wait=spec.client_max_wait)
+                               credit_wait=spec.client_max_wait, auth_key=spec.auth_key)
                    for i in range(self.n_clients)]
         for c in clients:
             await c.connect()

@@ -3,7 +3,6 @@ merged tallies checked (every request accounted for exactly once) and judged val
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 from microrpc import _native
@@ -56,17 +55,19 @@ def run(spec: LoadSpec, progress: Callable[[dict], None] | None = None,
                     "cpu_share": t.cpu_ns / t.elapsed_ns if t.elapsed_ns else None}
                    for t in tallies]
     result = LoadResult(
-        config=dataclasses.asdict(spec), tally=merged, measured_s=measured_s,
+        config=spec.config(), tally=merged, measured_s=measured_s,
         offered_rate=merged.offered / measured_s if measured_s else 0.0,
         per_process=per_process, valid=not reasons, invalid_reasons=reasons)
     if stats_method:
-        result.server_stats = fetch_server_stats(spec.address, stats_method)
+        result.server_stats = fetch_server_stats(spec.address, stats_method,
+                                                 auth_key=spec.auth_key)
     return result
 
 
-def fetch_server_stats(address: str, method: str, timeout: float = 5.0) -> dict:
+def fetch_server_stats(address: str, method: str, timeout: float = 5.0,
+                       auth_key: bytes | None = None) -> dict:
     """Call a statistics method on the server (msgpack codec) and return its dict."""
-    with Client(address, timeout=timeout) as c:
+    with Client(address, timeout=timeout, auth_key=auth_key) as c:
         stats = c.call(method)
     if not isinstance(stats, dict):
         raise RpcError(f"{method} returned {type(stats).__name__}, not a dict")

@@ -425,3 +425,23 @@ def test_every_wrong_header_is_refused_in_every_state(state, header):
     # Only a client without a key (a frame first, in place of the hello) is told why.
     assert server.farewell == (auth.KEY_REQUIRED if (state, header) == ("hello", b"\xb5R")
                                else b"")
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"ab" * 32 + b"\n", bytes.fromhex("ab" * 32)),            # hex text, as token_hex writes
+    (bytes(range(200, 232)), bytes(range(200, 232))),            # raw bytes, exactly
+    (b"  " + b"0f" * 16 + b"  ", bytes.fromhex("0f" * 16)),      # whitespace around hex
+])
+def test_key_files_hold_hex_text_or_raw_bytes(tmp_path, content, expected):
+    path = tmp_path / "k"
+    path.write_bytes(content)
+    assert microrpc.auth.read_key_file(str(path)) == expected
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"\n", "empty"),
+                                              (b"abcd", "at least")])
+def test_a_bad_key_file_says_why(tmp_path, content, message):
+    path = tmp_path / "k"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        microrpc.auth.read_key_file(str(path))

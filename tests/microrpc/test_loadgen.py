@@ -4,6 +4,7 @@ Runs against ``microrpc serve-synthetic`` child processes (a server in this proc
 share the GIL with the spinning generator). Every run is short and bounded; the assertions
 are on counts, which do not depend on the machine's speed, never on timings.
 """
+import dataclasses
 import os
 import random
 import subprocess
@@ -378,3 +379,19 @@ def test_a_run_whose_calls_fail_is_invalid_and_says_why():
     t.error_types["ProtocolError"] = 6_000
     (why,) = invalid_reasons(t, spec)
     assert "60.0% of calls ended in an error" in why and "ProtocolError 6000" in why
+
+
+@pytest.mark.parametrize("driver, procs", [("engine", 1), ("client", 1), ("engine", 2)])
+def test_load_on_an_authenticated_server_and_the_key_stays_out_of_results(driver, procs):
+    key = microrpc.new_auth_key()
+    with microrpc.Server("tcp://127.0.0.1:0", auth_key=key) as server:
+        server.register("echo", lambda body: body)
+        spec = LoadSpec(address=server.address, rate=300, duration=0.3, warmup=0.0,
+                        clients=2, connections=1, procs=procs, method="echo", service=None,
+                        payload=8, timeout=1.0, seed=4, driver=driver, auth_key=key)
+        result = loadgen.run(spec)
+        assert result.counts["ok"] == result.offered > 0
+        assert "auth_key" not in result.config and key.hex() not in repr(spec)
+        wrong = dataclasses.replace(spec, auth_key=microrpc.new_auth_key())
+        with pytest.raises(Exception, match="authenticat"):
+            loadgen.run(wrong)

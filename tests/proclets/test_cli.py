@@ -45,7 +45,7 @@ def test_a_runtime_without_a_controller_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("key_text, message", [
-    (None, "no cluster key"), ("abcd", "at least 16"), ("", "0 bytes"),
+    (None, "no cluster key"), ("abcd", "at least 16"), ("", "is empty"),
 ])
 def test_a_cluster_key_is_required_and_checked(tmp_path, monkeypatch, key_text, message):
     monkeypatch.delenv("PROCLETS_CLUSTER_KEY", raising=False)
