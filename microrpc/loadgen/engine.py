@@ -476,8 +476,16 @@ class Engine(ProcessShare):
                 conn = self.by_fd.get(fd)
                 if conn is not None and not conn.dead:
                     self._read(conn)
-            if any(c.dead for c in self.conns):
-                raise RuntimeError("a connection was lost while registering the sessions")
+            dead = next((c for c in self.conns if c.dead), None)
+            if dead is not None:
+                # Say why (a refused handshake, say: AuthenticationError), as an RpcError
+                # the command line prints as one line.
+                cause = next((cl.core.error for cl in dead.clients
+                              if cl.core.error is not None), None)
+                if isinstance(cause, RpcError) and not isinstance(cause, ConnectionLost):
+                    raise cause
+                raise ConnectionLost("a connection was lost while registering the sessions"
+                                     + (f": {cause}" if cause is not None else ""))
             waiting = sum(1 for c in self.clients if not c.core.ready)
             if waiting and self.clock() > give_up:
                 raise RuntimeError(f"{waiting} of {len(self.clients)} session handshakes "
