@@ -23,7 +23,6 @@ again; if the reclaim loses, the move happened, and the source hands off.
 """
 from __future__ import annotations
 
-import collections
 import os
 import secrets
 import signal
@@ -36,15 +35,16 @@ from typing import Any, Callable
 import msgpack
 
 from microrpc.errors import RpcError
-from microrpc.exactly_once import Check, CompletionTable
+from microrpc.exactly_once import CompletionTable
 
 from proclets import _net, _protocol as P
+from proclets._hot import CallHandler, Entry as _Entry, Unavailable as _Unavailable, turn
 from proclets._turn import current
 from proclets.errors import MigrationError, ProcletError, ProcletLost
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
 from proclets.migration import dump, load, pack_install, unpack_install
 from proclets.proclet import get_state, load_class, method_of, set_state
-from proclets.ref import ProcletRef, from_wire, to_wire
+from proclets.ref import from_wire
 
 __all__ = ["Runtime", "run"]
 
@@ -58,30 +58,10 @@ RECLAIM_WAIT = 5.0
 
 _OK, _ERROR, _RETRY = P.OK, P.ERROR, P.RETRY
 _PRESENT = State.PRESENT
-_NEW = Check.NEW
 # The states in which the lifecycle table runs a call, read from the table once: the hot
 # path tests membership instead of looking the pair up (the same rule, one place).
 _SERVING = frozenset(s for s in State
                      if LIFECYCLE.get((s, Event.CALL), (None,))[0] is Action.RUN)
-
-
-class _Entry:
-    __slots__ = ("pid", "state", "obj", "cls", "path", "table", "epoch", "running", "queue",
-                 "drained", "moved_to")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.state = State.ABSENT
-        self.obj = self.cls = self.path = self.table = None
-        self.epoch = 0
-        self.running = False            # a turn runs (or is handed to a worker)
-        self.queue: collections.deque = collections.deque()
-        self.drained: threading.Event | None = None
-        self.moved_to: str | None = None    # the tombstone: where it went
-
-
-class _Unavailable(Exception):
-    """The controller could not be asked (restarting): answer RETRY, run nothing."""
 
 
 class Runtime:
@@ -101,43 +81,16 @@ class Runtime:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="proclets-turn")
         self._peers: dict[str, Any] = {}
         self.migrations_out = self.migrations_in = 0
+        # The CALL handler (see proclets._protocol for the reply codes).
+        self.call = CallHandler(self._entries, _SERVING, current, method_of, self._refuse,
+                                self._queued)
 
     # -- calls ------------------------------------------------------------------------
 
-    def call(self, ctx, pid, method, args, kwargs, lease, seq, ack):
-        """The CALL handler (see proclets._protocol for the reply codes)."""
-        e = self._entries.get(pid)
-        if e is None:
-            return [P.WRONG_TARGET, None]
-        state = e.state
-        # (An enum's hash is a Python-level call: the usual state is tested by identity.)
-        if state is not _PRESENT and state not in _SERVING:
-            return self._refusal(step(state, Event.CALL)[0], e)
-        found = method_of(e.cls, method)
-        if found is None:
-            return [_ERROR, ["AttributeError",
-                             f"{e.cls.__name__} has no public method {method!r}"]]
-        fn, blocking = found
-        if args and dict in map(type, args):
-            args = from_wire(args)
-        if not e.running and not blocking:
-            # The usual case, an inline turn, takes no lock (two lock round trips were a
-            # tenth of a call's cost here). It is safe because only this thread (the I/O
-            # thread, the only one that admits calls) sets ``running``, a worker clears
-            # it only while it is set, and the order of the steps pairs with
-            # migrate_out's: running is set before _turn reads the state, and cleared
-            # before ``drained`` is read (migrate_out sets the state, then ``drained``,
-            # then reads ``running``), so a drain never misses the end of this turn.
-            e.running = True
-            current.inline = True
-            try:
-                return self._turn(e, fn, args, kwargs, lease, seq, ack)
-            finally:
-                current.inline = False
-                e.running = False
-                drained = e.drained
-                if drained is not None:
-                    drained.set()
+    def _queued(self, ctx, e: _Entry, fn, blocking, args, kwargs, lease, seq, ack):
+        """CALL when the proclet is busy or the method blocks (the usual case runs in
+        _hot.CallHandler): queue the call behind the running turn, hand it to a worker, or,
+        if the turn ended meanwhile, run it in line."""
         with self._lock:
             if e.running or blocking:
                 job = (fn, args, kwargs, lease, seq, ack)
@@ -152,7 +105,7 @@ class Runtime:
         # that is marked, not which proclet runs.
         current.inline = True
         try:
-            return self._turn(e, fn, args, kwargs, lease, seq, ack)
+            return turn(e, fn, args, kwargs, lease, seq, ack)
         finally:
             current.inline = False
             with self._lock:
@@ -164,40 +117,12 @@ class Runtime:
             if drained is not None:
                 drained.set()
 
-    def _turn(self, e: _Entry, fn, args, kwargs, lease, seq, ack) -> list:
-        """One turn: the completion table's verdict, then (if new) the call, its outcome
-        saved in the same step."""
-        if e.state is not _PRESENT:
-            return [_RETRY, None]       # it waited in the queue and the proclet is moving
-        table = e.table
-        try:
-            check, saved = table.check(lease, seq, ack)
-        except _Unavailable:
-            return [_RETRY, None]
-        except ValueError as exc:
-            return [_ERROR, ["ValueError", str(exc)]]
-        if check is _NEW:
-            try:
-                value = fn(e.obj, *args, **kwargs) if kwargs else fn(e.obj, *args)
-                out = [_OK, to_wire(value) if type(value) is ProcletRef else value]
-            except Exception as exc:
-                out = [_ERROR, [type(exc).__name__, str(exc)]]
-            table.finish(lease, seq, out)
-            return out
-        if check is Check.DONE:
-            return saved
-        if check is Check.RUNNING or check is Check.WINDOW_FULL:
-            return [_RETRY, None]
-        if check is Check.EXPIRED:
-            return [P.EXPIRED, None]
-        return [P.STALE, None]
-
     def _on_worker(self, e: _Entry, reply, job: tuple) -> None:
         """Run a blocking turn, then whatever queued behind it, on this worker."""
         while True:
             current.entry, current.inline = e, False
             try:
-                reply.result(self._turn(e, *job))
+                reply.result(turn(e, *job))
             except BaseException as exc:     # an unencodable result, a bug: still a reply
                 try:
                     reply.error(exc)
@@ -223,6 +148,10 @@ class Runtime:
         if drained is not None:
             drained.set()
         return None
+
+    def _refuse(self, state: State, e: _Entry) -> list:
+        """The reply to a call the lifecycle table does not run in ``state``."""
+        return self._refusal(step(state, Event.CALL)[0], e)
 
     def _refusal(self, action: Action, e: _Entry) -> list:
         if action is Action.WRONG_TARGET:

@@ -1,0 +1,138 @@
+# cython: language_level=3
+"""A runtime's per-call path in C-level code: the entry of a proclet, the CALL handler's
+usual case (an inline turn) and the turn itself with the completion table's verdict.
+
+proclets.runtime owns everything else (spawn, migration, queued and blocking turns, lease
+checks); the rules here are the ones it documents, written once, here. Every call through
+a ref goes through this path, which as Python methods cost ~2-2.6 us: a seventh of a whole
+call on loopback (issue #11's target is a ref call within 1.3x a plain microrpc call).
+"""
+from collections import deque
+
+from microrpc._once cimport (
+    CHECK_DONE, CHECK_EXPIRED, CHECK_NEW, CHECK_RUNNING, CHECK_WINDOW_FULL, CompletionTable,
+)
+
+from proclets import _protocol as P
+from proclets.lifecycle import State
+from proclets.ref import ProcletRef, from_wire, to_wire
+
+cdef object _PRESENT = State.PRESENT
+cdef object _ABSENT = State.ABSENT
+cdef object _OK = P.OK
+cdef object _ERROR = P.ERROR
+cdef object _RETRY = P.RETRY
+cdef object _EXPIRED = P.EXPIRED
+cdef object _STALE = P.STALE
+cdef object _WRONG_TARGET = P.WRONG_TARGET
+
+
+class Unavailable(Exception):
+    """The controller could not be asked (restarting): answer RETRY, run nothing."""
+
+
+cdef class Entry:
+    """One proclet on a runtime: its lifecycle state, object, class, completion table and
+    epoch; ``running`` while a turn runs (or is handed to a worker), the calls queued
+    behind it, the event a migration waits on for the turn to end, and the tombstone."""
+
+    cdef public object pid, state, obj, cls, path, epoch, queue, drained, moved_to
+    cdef public CompletionTable table
+    cdef public bint running
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.state = _ABSENT
+        self.obj = self.cls = self.path = None
+        self.table = None
+        self.epoch = 0
+        self.running = False
+        self.queue = deque()
+        self.drained = None
+        self.moved_to = None
+
+
+cpdef list turn(Entry e, object fn, object args, object kwargs, object lease, object seq,
+                object ack):
+    """One turn: the completion table's verdict, then (if new) the call, its outcome saved
+    in the same step (runtime.Runtime documents the codes)."""
+    cdef CompletionTable table
+    cdef int code
+    if e.state is not _PRESENT:
+        return [_RETRY, None]            # it waited in the queue and the proclet is moving
+    table = e.table
+    try:
+        code = table.check_code(lease, seq, ack)
+    except Unavailable:
+        return [_RETRY, None]
+    except (ValueError, OverflowError, TypeError):
+        return [_ERROR, ["ValueError",
+                         f"malformed call id (lease {lease!r}, seq {seq!r}, ack {ack!r})"]]
+    if code == CHECK_NEW:
+        try:
+            value = fn(e.obj, *args, **kwargs) if kwargs else fn(e.obj, *args)
+            out = [_OK, to_wire(value) if type(value) is ProcletRef else value]
+        except Exception as exc:
+            out = [_ERROR, [type(exc).__name__, str(exc)]]
+        table.finish(lease, seq, out)
+        return out
+    if code == CHECK_DONE:
+        return table.saved
+    if code == CHECK_RUNNING or code == CHECK_WINDOW_FULL:
+        return [_RETRY, None]
+    if code == CHECK_EXPIRED:
+        return [_EXPIRED, None]
+    return [_STALE, None]
+
+
+cdef class CallHandler:
+    """The runtime's CALL handler (registered with ``context=True``). The usual case, a
+    proclet present and idle and a method that is not blocking, runs its turn here, in
+    line and without a lock: only this thread (the server's I/O thread, the only one that
+    admits calls) sets ``running``; a worker clears it only while it is set; and the order
+    of the steps pairs with Runtime.migrate_out's (running is set before the turn reads
+    the state, and cleared before ``drained`` is read; migrate_out sets the state, then
+    ``drained``, then reads ``running``), so a drain never misses the end of a turn. Every
+    other case goes to the runtime's Python methods."""
+
+    cdef dict entries
+    cdef object serving, current, method_of, refusal, queued
+
+    def __init__(self, dict entries, serving, current, method_of, refusal, queued):
+        self.entries = entries            # the runtime's own dict: pid -> Entry
+        self.serving = serving            # the states the lifecycle table runs a call in
+        self.current = current            # proclets._turn.current (marks an inline turn)
+        self.method_of = method_of
+        self.refusal = refusal            # (state, entry) -> the reply to a refused call
+        self.queued = queued              # (ctx, entry, fn, blocking, args, kwargs, lease,
+                                          #  seq, ack): a busy proclet, a blocking method
+
+    def __call__(self, ctx, pid, method, args, kwargs, lease, seq, ack):
+        cdef Entry e
+        found = self.entries.get(pid)
+        if found is None:
+            return [_WRONG_TARGET, None]
+        e = <Entry>found
+        state = e.state
+        if state is not _PRESENT and state not in self.serving:
+            return self.refusal(state, e)
+        found = self.method_of(e.cls, method)
+        if found is None:
+            return [_ERROR, ["AttributeError",
+                             f"{e.cls.__name__} has no public method {method!r}"]]
+        fn, blocking = found
+        if args and dict in map(type, args):
+            args = from_wire(args)
+        if e.running or blocking:
+            return self.queued(ctx, e, fn, blocking, args, kwargs, lease, seq, ack)
+        current = self.current
+        e.running = True
+        current.inline = True
+        try:
+            return turn(e, fn, args, kwargs, lease, seq, ack)
+        finally:
+            current.inline = False
+            e.running = False
+            drained = e.drained
+            if drained is not None:
+                drained.set()
