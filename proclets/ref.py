@@ -45,6 +45,7 @@ from microrpc.errors import ConnectionLost, DeadlineExceeded, RpcError
 from microrpc.exactly_once import CallNumbers
 
 from proclets import _net, _protocol as P
+from proclets._hotref import FastCall
 from proclets._turn import current
 from proclets.errors import CallError, OutcomeUnknown, ProcletError, ProcletLost
 
@@ -188,6 +189,10 @@ class _Session:
         self._closed = threading.Event()
         self.retries = 0           # statistics: resends of a call, for any reason
         self.redirects = 0         # WRONG_TARGET answers followed
+        # A call's usual case in C-level code; the rest comes back to invoke/numbered.
+        self.fast = FastCall(self, self.ids, self.locations, self._clients, _faults, current,
+                             ProcletRef, _LOST_CONNECTION, _result, P.CALL, DEFAULT_TIMEOUT,
+                             time.monotonic)
 
     # -- leases -------------------------------------------------------------------------
 
@@ -230,7 +235,8 @@ class _Session:
         """Close the connections and stop renewing (refs bound to it stop working)."""
         self._closed.set()
         with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
+            clients = list(self._clients.values())
+            self._clients.clear()          # (the same dict: self.fast holds it)
         for client in clients:
             client.close()
         self.controller.close()
@@ -304,9 +310,18 @@ class _Session:
         if ProcletRef in map(type, args):
             args = [to_wire(a) for a in args]
         lease, seq = ids.begin(self, deadline)
+        return self.numbered(pid, method, args, kwargs, ids, lease, seq, deadline, None)
+
+    def numbered(self, pid, method, args, kwargs, ids, lease, seq, deadline, first):
+        """The call numbered ``seq`` under ``lease`` until its outcome, its number ended
+        whatever happens. ``first``: an attempt already made (its reply, or
+        _LOST_CONNECTION: proclets._hotref makes it), or None."""
         try:
-            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
-                                   timeout)
+            if first is None:
+                return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
+                                       deadline - time.monotonic())
+            return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
+                                  deadline, first)
         except _FreshLease:
             pass
         finally:
@@ -510,8 +525,7 @@ class _Method:
 
     def __call__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         ref = self._ref
-        return (ref._session or ref._bind()).invoke(ref.pid, self._name, args, kwargs,
-                                                    timeout)
+        return (ref._session or ref._bind()).fast(ref.pid, self._name, args, kwargs, timeout)
 
     def future(self, *args: Any, timeout: float | None = None,
                **kwargs: Any) -> concurrent.futures.Future:

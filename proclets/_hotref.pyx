@@ -1,0 +1,71 @@
+# cython: language_level=3
+"""A ref call's usual case in C-level code: a process's own call (not a proclet calling
+another), no injected faults, a lease held, the proclet's location known and its runtime
+connected, and the answer OK. Anything else, or any other answer, goes to the session's
+Python methods (proclets.ref._Session), with the call's number if it already has one, so
+the rules stay written once, there.
+"""
+from microrpc.errors import ConnectionLost
+
+from proclets import _protocol as P
+
+cdef object _OK = P.OK
+
+
+cdef class FastCall:
+    """``session.fast(pid, method, args, kwargs, timeout)``: the call (see the module doc)."""
+
+    cdef object session, ids, locations, clients, faults, current, ref_type, lost, result
+    cdef object call_name, default_timeout, monotonic
+
+    def __init__(self, session, ids, locations, clients, faults, current, ref_type, lost,
+                 result, call_name, default_timeout, monotonic):
+        self.session = session
+        self.ids = ids                    # the process's _CallIds (lease and numbers)
+        self.locations = locations        # the session's own dicts (never replaced)
+        self.clients = clients
+        self.faults = faults
+        self.current = current
+        self.ref_type = ref_type          # ProcletRef: an argument that is one goes slow
+        self.lost = lost                  # ref._LOST_CONNECTION
+        self.result = result              # ref._result: a dict result may hold refs
+        self.call_name = call_name
+        self.default_timeout = default_timeout
+        self.monotonic = monotonic
+
+    def __call__(self, pid, method, tuple args, dict kwargs, timeout):
+        session = self.session
+        current = self.current
+        ids = self.ids
+        if current.inline or current.entry is not None or self.faults.active or not ids.lease:
+            return session.invoke(pid, method, args, kwargs, timeout)
+        ref_type = self.ref_type
+        for a in args:
+            if type(a) is ref_type:
+                return session.invoke(pid, method, args, kwargs, timeout)
+        address = self.locations.get(pid)
+        client = self.clients.get(address) if address is not None else None
+        if client is None:
+            return session.invoke(pid, method, args, kwargs, timeout)
+        numbers = ids.numbers
+        seq = numbers.try_next()
+        if not seq:
+            return session.invoke(pid, method, args, kwargs, timeout)
+        lease = ids.lease
+        if timeout is None:
+            timeout = self.default_timeout
+        deadline = self.monotonic() + timeout
+        try:
+            reply = client.call(self.call_name, pid, method, args, kwargs or None, lease, seq,
+                                numbers.ack, timeout=timeout)
+        except ConnectionLost:
+            reply = self.lost
+        except BaseException:
+            numbers.ended(seq)
+            raise
+        if reply is not self.lost and type(reply) is list and len(reply) == 2 \
+                and reply[0] == _OK:
+            numbers.ended(seq)
+            value = reply[1]
+            return self.result(value) if type(value) is dict else value
+        return session.numbered(pid, method, args, kwargs, ids, lease, seq, deadline, reply)
