@@ -25,6 +25,15 @@ cdef class CallNumbers:
 
 
 @cython.final
+cdef class CachedLeases:
+    cdef dict until                   # lease -> valid until (the clock's seconds)
+    cdef object clock
+    cdef object ask                   # lease -> bool, for a lease not valid in the cache
+
+    cpdef bint valid(self, lease) except -1
+
+
+@cython.final
 cdef class LocalLeases:
     cdef public double ttl
     cdef object _clock
@@ -45,6 +54,7 @@ cdef class _Client:
 cdef class CompletionTable:
     cdef object _lease_valid
     cdef LocalLeases _leases          # the same authority when it is a LocalLeases, else None
+    cdef CachedLeases _cached         # ... when it is a CachedLeases, else None
     cdef readonly Py_ssize_t window
     cdef dict _clients
     cdef uint64_t _last_lease         # the lease of the last call checked, and its records:

@@ -37,10 +37,12 @@ bounded (``window``): a client with that many calls unacknowledged must wait.
 from __future__ import annotations
 
 from microrpc._once import (  # the rules run in C-level code: see _once.pyx
-    DEFAULT_LEASE_TTL, DEFAULT_WINDOW, CallNumbers, Check, CompletionTable, LocalLeases,
+    DEFAULT_LEASE_TTL, DEFAULT_WINDOW, CachedLeases, CallNumbers, Check, CompletionTable,
+    LocalLeases,
 )
 
 __all__ = [
-    "CallNumbers", "Check", "CompletionTable", "LocalLeases", "DEFAULT_LEASE_TTL",
+    "CachedLeases", "CallNumbers", "Check", "CompletionTable", "LocalLeases",
+    "DEFAULT_LEASE_TTL",
     "DEFAULT_WINDOW",
 ]

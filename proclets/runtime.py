@@ -35,7 +35,7 @@ from typing import Any, Callable
 import msgpack
 
 from microrpc.errors import RpcError
-from microrpc.exactly_once import CompletionTable
+from microrpc.exactly_once import CachedLeases, CompletionTable
 
 from proclets import _net, _protocol as P
 from proclets._hot import CallHandler, Entry as _Entry, Unavailable as _Unavailable, turn
@@ -77,7 +77,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._leases: dict[int, float] = {}       # client lease -> valid until (our clock)
         self._dead_leases: set[int] = set()       # known expired, records not dropped yet
-        self._lease_valid_fn = self._lease_valid  # one object, plugged into every table
+        # One authority, plugged into every table: the cache checked in C, the controller
+        # asked (by _lease_valid, which fills the cache) for a lease not valid in it.
+        self._lease_valid_fn = CachedLeases(self._leases, clock, self._lease_valid)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="proclets-turn")
         self._peers: dict[str, Any] = {}
         self.migrations_out = self.migrations_in = 0

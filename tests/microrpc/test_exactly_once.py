@@ -166,3 +166,20 @@ def test_call_numbers_pickle_with_their_place_and_keep_counting():
 def test_ids_out_of_range_are_malformed(table, leases, lease, seq, ack):
     with pytest.raises(ValueError, match="malformed"):
         table.check(lease, seq, ack)
+
+
+def test_cached_leases_ask_only_for_a_lease_not_valid_in_the_cache(clock):
+    from microrpc.exactly_once import CachedLeases
+    asked = []
+    until = {7: clock.t + 5.0}
+
+    def ask(lease):
+        asked.append(lease)
+        return lease == 8
+
+    table = CompletionTable(CachedLeases(until, clock, ask))
+    assert table.check(7, 1, 0)[0] is Check.NEW and asked == []        # cached: no ask
+    assert table.check(8, 1, 0)[0] is Check.NEW and asked == [8]
+    assert table.check(9, 1, 0)[0] is Check.EXPIRED and asked == [8, 9]
+    clock.t += 6.0                                                       # 7's cache ran out
+    assert table.check(7, 2, 1)[0] is Check.EXPIRED and asked == [8, 9, 7]
