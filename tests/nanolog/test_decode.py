@@ -146,7 +146,15 @@ def test_a_flipped_byte_is_reported_at_its_chunk(sample, tmp_path, as_tuple):
         fast, fast_err = decode_all(bytes(bad), tmp_path, read)
         assert isinstance(ref_err, nanolog.DamagedLogError), where
         chunk_start = max(s for s in starts if s <= where)
-        assert ref_err.offset == chunk_start == fast_err.offset, where
+        assert ref_err.offset == fast_err.offset, where
+        if "truncated" in str(ref_err):
+            # The flip made the chunk's length run past the end of the file: it is read
+            # as a chunk cut short, whose whole records are kept, and the damage is the
+            # first record not taken (at or after the chunk; depends on the sample's
+            # timestamps, so only some runs meet it).
+            assert ref_err.offset >= chunk_start, where
+        else:
+            assert ref_err.offset == chunk_start, where
         assert str(fast_err) == str(ref_err)
         assert [as_tuple(r) for r in fast] == [as_tuple(r) for r in ref]
 
