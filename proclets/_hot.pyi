@@ -22,6 +22,9 @@ class Entry:
 def turn(e: Entry, fn: Callable, args: Any, kwargs: Any, lease: Any, seq: Any,
          ack: Any) -> list: ...
 
+def inline_turn(e: Entry, fn: Callable, args: Any, kwargs: Any, lease: Any, seq: Any,
+                ack: Any, current: Any) -> list: ...
+
 class CallHandler:
     def __init__(self, entries: dict, serving: Any, current: Any, method_of: Callable,
                  refusal: Callable, queued: Callable) -> None: ...

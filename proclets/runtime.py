@@ -38,7 +38,8 @@ from microrpc.errors import RpcError
 from microrpc.exactly_once import CachedLeases, CompletionTable
 
 from proclets import _net, _protocol as P
-from proclets._hot import CallHandler, Entry as _Entry, Unavailable as _Unavailable, turn
+from proclets._hot import (CallHandler, Entry as _Entry, Unavailable as _Unavailable,
+                           inline_turn, turn)
 from proclets._turn import current
 from proclets.errors import MigrationError, ProcletError, ProcletLost
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
@@ -103,21 +104,7 @@ class Runtime:
                 self._pool.submit(self._on_worker, e, ctx.defer(), job)
                 return None
             e.running = True
-        # An inline turn: a ref used in it raises (it would block the I/O thread), so only
-        # that is marked, not which proclet runs.
-        current.inline = True
-        try:
-            return turn(e, fn, args, kwargs, lease, seq, ack)
-        finally:
-            current.inline = False
-            with self._lock:
-                e.running = False
-                if e.queue:                    # (cannot happen: see _end_turn)
-                    e.running = True
-                    self._pool.submit(self._on_worker, e, *e.queue.popleft())
-                drained = e.drained
-            if drained is not None:
-                drained.set()
+        return inline_turn(e, fn, args, kwargs, lease, seq, ack, current)
 
     def _on_worker(self, e: _Entry, reply, job: tuple) -> None:
         """Run a blocking turn, then whatever queued behind it, on this worker."""
