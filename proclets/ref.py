@@ -317,9 +317,6 @@ class _Session:
         whatever happens. ``first``: an attempt already made (its reply, or
         _LOST_CONNECTION: proclets._hotref makes it), or None."""
         try:
-            if first is None:
-                return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
-                                       deadline - time.monotonic())
             return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
                                   deadline, first)
         except _FreshLease:
@@ -331,34 +328,13 @@ class _Session:
         ids.expired(lease)
         lease, seq = ids.begin(self, deadline)
         try:
-            return self._call_once(pid, method, args, kwargs, ids, lease, seq, deadline,
-                                   deadline - time.monotonic())
+            return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
+                                  deadline, None)
         except _FreshLease:
             raise OutcomeUnknown(f"proclet {pid}.{method}: a new lease was refused as "
                                  f"expired") from None
         finally:
             ids.end(seq)
-
-    def _call_once(self, pid, method, args, kwargs, ids, lease, seq, deadline, timeout):
-        """One numbered call, retried until an outcome."""
-        # The common case first, in line: a known location, a connection, no faults
-        # to inject, and the answer OK. Anything else goes through _attempts.
-        address = self.locations.get(pid)
-        client = self._clients.get(address) if address is not None else None
-        first = None
-        if client is not None and not _faults.active:
-            try:
-                reply = client.call(P.CALL, pid, method, args, kwargs or None, lease,
-                                    seq, ids.numbers.ack, timeout=timeout)
-            except ConnectionLost:
-                first = _LOST_CONNECTION
-            else:
-                if reply[0] == P.OK:
-                    value = reply[1]
-                    return _result(value) if type(value) is dict else value
-                first = reply
-        return self._attempts(pid, method, args, kwargs or None, ids, lease, seq,
-                              deadline, first)
 
     @staticmethod
     def _send(client, pid, method, args, kwargs, lease, seq, ids, left):

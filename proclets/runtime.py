@@ -79,7 +79,7 @@ class Runtime:
         self._leases: dict[int, float] = {}       # client lease -> valid until (our clock)
         self._dead_leases: set[int] = set()       # known expired, records not dropped yet
         # One authority, plugged into every table: the cache checked in C, the controller
-        # asked (by _lease_valid, which fills the cache) for a lease not valid in it.
+        # asked (_lease_valid, which fills the cache) for a lease not valid in it.
         self._lease_valid_fn = CachedLeases(self._leases, clock, self._lease_valid)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="proclets-turn")
         self._peers: dict[str, Any] = {}
@@ -152,12 +152,10 @@ class Runtime:
     # -- client leases ----------------------------------------------------------------
 
     def _lease_valid(self, lease: int) -> bool:
-        """The completion tables' lease check: the cached expiry, else the controller's
-        word (validated when a new id arrives, then cached, as RAMCloud does)."""
+        """The controller's word on a lease the cache does not hold as valid (the tables'
+        CachedLeases checks the cache first): asked when a new id arrives, then cached,
+        as RAMCloud does."""
         now = self.clock()
-        until = self._leases.get(lease)
-        if until is not None and until > now:
-            return True
         try:
             left = self.controller.lease_left(lease)
         except (RpcError, OSError) as exc:
