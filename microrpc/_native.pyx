@@ -787,6 +787,14 @@ cdef class ServerLoop:
         cdef _Conn c
         with nogil:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout_ms)
+        if n < 0:
+            # A signal landed on this thread (any thread may take a process's signal; a
+            # debugger's attach does the same): nothing happened, the loop polls again.
+            # Returned as -1, it would be read as a raised exception that was never set
+            # (the serving thread died with SystemError).
+            if errno == EINTR:
+                return 0
+            raise OSError(errno, "epoll_wait failed")
         t1 = now_ns()
         # If data was already waiting when we asked (we did not sleep), it may have waited
         # since we last looked at the sockets: that is how far behind the loop is, and the

@@ -327,3 +327,31 @@ def test_a_connection_past_max_connections_is_closed_and_the_others_go_on(make_s
     for s in (second, third):
         s.close()
     first.close()
+
+
+def _thread_state(native_id):
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def test_a_signal_on_the_serving_thread_does_not_stop_it(make_server, until):
+    """Any thread may take a process-directed signal, and a debugger's attach interrupts
+    system calls the same way: the serving thread's epoll_wait then fails with EINTR,
+    which once ended that thread with a SystemError."""
+    import signal
+    server = make_server(poll="block")
+    thread = server._thread
+    taken = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: taken.append(1))
+    try:
+        with microrpc.Client(server.address, timeout=5) as client:
+            for i in range(5):
+                # Only once it sleeps in epoll_wait does the signal interrupt a wait.
+                until(lambda: _thread_state(thread.native_id) == "S",
+                      what="the serving thread waiting")
+                signal.pthread_kill(thread.ident, signal.SIGUSR1)
+                assert client.call("add", i, 1) == i + 1
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert thread.is_alive()
+    assert taken                     # the handler ran (in the main thread), so they landed
