@@ -15,6 +15,10 @@ from microrpc._once cimport (
 
 from proclets import _protocol as P
 from proclets.lifecycle import State
+from proclets.proclet import method_table
+
+from proclets._turn cimport enter, leave
+from proclets._turn import INLINE
 from proclets.ref import ProcletRef, from_wire, to_wire
 
 cdef object _PRESENT = State.PRESENT
@@ -32,13 +36,16 @@ class Unavailable(Exception):
 
 
 cdef class Entry:
-    """One proclet on a runtime: its lifecycle state, object, class, completion table and
-    epoch; ``running`` while a turn runs (or is handed to a worker), the calls queued
-    behind it, the event a migration waits on for the turn to end, and the tombstone."""
+    """One proclet on a runtime: its lifecycle state, object, class (and the class's table
+    of remote methods, proclet.method_table), completion table and epoch; ``running``
+    while a turn runs (or is handed to a worker), the calls queued behind it, the event a
+    migration waits on for the turn to end, and the tombstone."""
 
-    cdef public object pid, state, obj, cls, path, epoch, queue, drained, moved_to
+    cdef public object pid, state, obj, path, epoch, queue, drained, moved_to
     cdef public CompletionTable table
     cdef public bint running
+    cdef object _cls
+    cdef readonly dict methods
 
     def __init__(self, pid):
         self.pid = pid
@@ -50,6 +57,15 @@ cdef class Entry:
         self.queue = deque()
         self.drained = None
         self.moved_to = None
+
+    @property
+    def cls(self):
+        return self._cls
+
+    @cls.setter
+    def cls(self, cls):
+        self._cls = cls
+        self.methods = method_table(cls) if cls is not None else None
 
 
 cpdef list turn(Entry e, object fn, object args, object kwargs, object lease, object seq,
@@ -96,12 +112,11 @@ cdef class CallHandler:
     other case goes to the runtime's Python methods."""
 
     cdef dict entries
-    cdef object serving, current, method_of, refusal, queued
+    cdef object serving, method_of, refusal, queued
 
-    def __init__(self, dict entries, serving, current, method_of, refusal, queued):
+    def __init__(self, dict entries, serving, method_of, refusal, queued):
         self.entries = entries            # the runtime's own dict: pid -> Entry
         self.serving = serving            # the states the lifecycle table runs a call in
-        self.current = current            # proclets._turn.current (marks an inline turn)
         self.method_of = method_of
         self.refusal = refusal            # (state, entry) -> the reply to a refused call
         self.queued = queued              # (ctx, entry, fn, blocking, args, kwargs, lease,
@@ -116,29 +131,36 @@ cdef class CallHandler:
         state = e.state
         if state is not _PRESENT and state not in self.serving:
             return self.refusal(state, e)
-        found = self.method_of(e.cls, method)
+        # The class's table first (a C-level lookup); method_of fills it, and refuses
+        # what is not a remote method.
+        found = e.methods.get(method) if type(method) is str else None
         if found is None:
-            return [_ERROR, ["AttributeError",
-                             f"{e.cls.__name__} has no public method {method!r}"]]
-        fn, blocking = found
-        if args and dict in map(type, args):
-            args = from_wire(args)
+            found = self.method_of(e.cls, method)
+            if found is None:
+                return [_ERROR, ["AttributeError",
+                                 f"{e.cls.__name__} has no public method {method!r}"]]
+        fn, blocking = <tuple>found
+        if type(args) is list or type(args) is tuple:
+            for a in args:
+                if type(a) is dict:
+                    args = from_wire(args)         # a ref passed as an argument
+                    break
         if e.running or blocking:
             return self.queued(ctx, e, fn, blocking, args, kwargs, lease, seq, ack)
         e.running = True
-        return inline_turn(e, fn, args, kwargs, lease, seq, ack, self.current)
+        return inline_turn(e, fn, args, kwargs, lease, seq, ack)
 
 
 cpdef object inline_turn(Entry e, object fn, object args, object kwargs, object lease,
-                         object seq, object ack, object current):
+                         object seq, object ack):
     """A turn on the I/O thread, ``e.running`` already set by the caller: marked inline
     (a ref used in it raises: it would block the I/O thread), then ``running`` cleared
     and a waiting drain told, in the order CallHandler explains (no lock needed)."""
-    current.inline = True
+    enter(INLINE)
     try:
         return turn(e, fn, args, kwargs, lease, seq, ack)
     finally:
-        current.inline = False
+        leave()
         e.running = False
         drained = e.drained
         if drained is not None:

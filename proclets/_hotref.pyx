@@ -8,24 +8,44 @@ the rules stay written once, there.
 from microrpc.errors import ConnectionLost
 
 from proclets import _protocol as P
+from proclets._turn cimport here
 
 cdef object _OK = P.OK
+
+
+cdef class MethodCall:
+    """The base of a ref's method (proclets.ref._Method): ``ref.name(*args, timeout=None,
+    **kwargs)`` goes to its session's FastCall without a Python frame on the way. The
+    session is the ref's (bound on first use, as the ref binds it: for good)."""
+
+    cdef readonly object _ref, _name
+    cdef object pid
+    cdef FastCall fast
+
+    def __init__(self, ref, name):
+        self._ref = ref
+        self._name = name
+        self.pid = ref.pid
+        self.fast = None
+
+    def __call__(self, *args, timeout=None, **kwargs):
+        cdef FastCall fast = self.fast
+        if fast is None:
+            ref = self._ref
+            fast = self.fast = (ref._session or ref._bind()).fast
+        return fast.call(self.pid, self._name, args, kwargs, timeout)
 
 
 cdef class FastCall:
     """``session.fast(pid, method, args, kwargs, timeout)``: the call (see the module doc)."""
 
-    cdef object session, ids, locations, clients, faults, current, ref_type, lost, result
-    cdef object call_name, default_timeout, monotonic
-
-    def __init__(self, session, ids, locations, clients, faults, current, ref_type, lost,
+    def __init__(self, session, ids, locations, clients, faults, ref_type, lost,
                  result, call_name, default_timeout, monotonic):
         self.session = session
         self.ids = ids                    # the process's _CallIds (lease and numbers)
         self.locations = locations        # the session's own dicts (never replaced)
         self.clients = clients
         self.faults = faults
-        self.current = current
         self.ref_type = ref_type          # ProcletRef: an argument that is one goes slow
         self.lost = lost                  # ref._LOST_CONNECTION
         self.result = result              # ref._result: a dict result may hold refs
@@ -34,10 +54,12 @@ cdef class FastCall:
         self.monotonic = monotonic
 
     def __call__(self, pid, method, tuple args, dict kwargs, timeout):
+        return self.call(pid, method, args, kwargs, timeout)
+
+    cdef object call(self, pid, method, tuple args, dict kwargs, timeout):
         session = self.session
-        current = self.current
         ids = self.ids
-        if current.inline or current.entry is not None or self.faults.active or not ids.lease:
+        if here() is not None or self.faults.active or not ids.lease:
             return session.invoke(pid, method, args, kwargs, timeout)
         ref_type = self.ref_type
         for a in args:

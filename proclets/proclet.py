@@ -98,6 +98,15 @@ def load_class(path: str) -> type:
 _methods: dict[type, dict[str, tuple[Callable, bool]]] = {}
 
 
+def method_table(cls: type) -> dict[str, tuple[Callable, bool]]:
+    """The cache :func:`method_of` fills for ``cls`` (a runtime's entry keeps it, to look
+    a call's method up without calling method_of)."""
+    table = _methods.get(cls)
+    if table is None:
+        table = _methods[cls] = {}
+    return table
+
+
 def method_of(cls: type, name: str) -> tuple[Callable, bool] | None:
     """The function for a remote call of ``name`` and whether it is blocking, or None if
     ``name`` is not callable remotely (private, missing, or not a method)."""
@@ -107,9 +116,7 @@ def method_of(cls: type, name: str) -> tuple[Callable, bool] | None:
         pass
     if not isinstance(name, str) or name.startswith("_"):
         return None
-    table = _methods.get(cls)
-    if table is None:
-        table = _methods[cls] = {}
+    table = method_table(cls)
     found = table.get(name)
     if found is None:
         function = getattr(cls, name, None)

@@ -45,8 +45,8 @@ from microrpc.errors import ConnectionLost, DeadlineExceeded, RpcError
 from microrpc.exactly_once import CallNumbers
 
 from proclets import _net, _protocol as P
-from proclets._hotref import FastCall
-from proclets._turn import current
+from proclets._hotref import FastCall, MethodCall
+from proclets._turn import INLINE, turn_here
 from proclets.errors import CallError, OutcomeUnknown, ProcletError, ProcletLost
 
 __all__ = ["ProcletRef", "Faults", "connect", "faults", "from_wire", "to_wire"]
@@ -190,7 +190,7 @@ class _Session:
         self.retries = 0           # statistics: resends of a call, for any reason
         self.redirects = 0         # WRONG_TARGET answers followed
         # A call's usual case in C-level code; the rest comes back to invoke/numbered.
-        self.fast = FastCall(self, self.ids, self.locations, self._clients, _faults, current,
+        self.fast = FastCall(self, self.ids, self.locations, self._clients, _faults,
                              ProcletRef, _LOST_CONNECTION, _result, P.CALL, DEFAULT_TIMEOUT,
                              time.monotonic)
 
@@ -295,12 +295,12 @@ class _Session:
         if timeout is None:
             timeout = DEFAULT_TIMEOUT
         deadline = time.monotonic() + timeout
-        if current.inline:
+        entry = turn_here()
+        if entry is INLINE:
             raise ProcletError(
                 "a proclet method that calls another proclet must be marked "
                 "@proclets.blocking: this one runs on its runtime's I/O thread, which would "
                 "stop serving while it waits")
-        entry = current.entry
         if entry is None:
             ids = self.ids
         else:
@@ -492,21 +492,15 @@ class ProcletRef:
         return f"<ProcletRef {self.pid} @ {self.controller}>"
 
 
-class _Method:
-    __slots__ = ("_ref", "_name")
+class _Method(MethodCall):
+    """``ref.name``: calling it is the sync form (MethodCall, in C-level code)."""
 
-    def __init__(self, ref: ProcletRef, name: str) -> None:
-        self._ref = ref
-        self._name = name
-
-    def __call__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        ref = self._ref
-        return (ref._session or ref._bind()).fast(ref.pid, self._name, args, kwargs, timeout)
+    __slots__ = ()
 
     def future(self, *args: Any, timeout: float | None = None,
                **kwargs: Any) -> concurrent.futures.Future:
         """The call on the session's thread pool: a concurrent.futures.Future."""
-        if current.entry is not None or current.inline:
+        if turn_here() is not None:
             # On the pool it would number its call with the process's ids, not the
             # proclet's, and could outlive the turn (and a migration) of its caller.
             raise ProcletError("inside a proclet method, call other proclets with the "

@@ -40,7 +40,7 @@ from microrpc.exactly_once import CachedLeases, CompletionTable
 from proclets import _net, _protocol as P
 from proclets._hot import (CallHandler, Entry as _Entry, Unavailable as _Unavailable,
                            inline_turn, turn)
-from proclets._turn import current
+from proclets._turn import enter_turn, leave_turn
 from proclets.errors import MigrationError, ProcletError, ProcletLost
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
 from proclets.migration import dump, load, pack_install, unpack_install
@@ -85,7 +85,7 @@ class Runtime:
         self._peers: dict[str, Any] = {}
         self.migrations_out = self.migrations_in = 0
         # The CALL handler (see proclets._protocol for the reply codes).
-        self.call = CallHandler(self._entries, _SERVING, current, method_of, self._refuse,
+        self.call = CallHandler(self._entries, _SERVING, method_of, self._refuse,
                                 self._queued)
 
     # -- calls ------------------------------------------------------------------------
@@ -104,12 +104,12 @@ class Runtime:
                 self._pool.submit(self._on_worker, e, ctx.defer(), job)
                 return None
             e.running = True
-        return inline_turn(e, fn, args, kwargs, lease, seq, ack, current)
+        return inline_turn(e, fn, args, kwargs, lease, seq, ack)
 
     def _on_worker(self, e: _Entry, reply, job: tuple) -> None:
         """Run a blocking turn, then whatever queued behind it, on this worker."""
         while True:
-            current.entry, current.inline = e, False
+            enter_turn(e)
             try:
                 reply.result(turn(e, *job))
             except BaseException as exc:     # an unencodable result, a bug: still a reply
@@ -118,7 +118,7 @@ class Runtime:
                 except RuntimeError:
                     pass
             finally:
-                current.entry = None
+                leave_turn()
             nxt = self._end_turn(e)
             if nxt is None:
                 return
