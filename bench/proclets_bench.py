@@ -14,8 +14,9 @@ counter migrated continuously while four client processes call it.
    The 16 MiB dict (a million objects, ~1 s to build) runs only in the full run.
 2. Call latency, closed loop (one call in flight): ``ref.add(1)`` against
    ``microrpc.Client.call("add", 1)`` on a plain microrpc Server doing the same work, a
-   Pyro5 proxy call, and a Ray actor call when ray is installed; each repetition runs
-   every peer in a rotated order, into HdrHistograms merged over repetitions. Ray's
+   Pyro5 proxy call, and a Ray actor call when ray is installed; in each repetition the
+   peers take turns in blocks of a twentieth of their calls (so that they share the
+   machine's moments), into HdrHistograms merged over repetitions. Ray's
    copy-and-kill "move" is the migration baseline.
 3. Continuous migration: a counter migrated between three runtimes every 250 ms while four
    client processes call it, with injected lost replies and duplicated requests
@@ -83,6 +84,8 @@ CLIENT_MAX_CALLS = 2_000_000            # a bound beside the time bound
 READY_TIMEOUT_S = 60.0                  # a client's start (imports, lease) on a busy machine
 HIST_ARGS = (1, 60_000_000_000, 3)      # 1 ns .. 60 s, 3 significant digits
 LATENCY_WARMUP = 200
+# Blocks per repetition in which the peers take turns (see measure_latency).
+LATENCY_BLOCKS = 20
 RAY_SKIP = "skipped: ray not installed (pip install '.[ray-bench]')"
 PEERS = ["ref", "microrpc", "pyro5", "ray"]
 PEER_TEXT = {"ref": "proclets ref.add(1)", "microrpc": "plain microrpc Client.call",
@@ -213,17 +216,14 @@ def summarize_migration(case: dict) -> dict:
 # --------------------------------------------------------------------------- 2. latency
 
 
-def closed_loop(call: Callable[[int], Any], calls: int) -> HdrHistogram:
-    """``calls`` calls, one in flight, after LATENCY_WARMUP untimed ones: ns per call."""
-    for _ in range(LATENCY_WARMUP):
-        call(1)
-    hist = HdrHistogram(*HIST_ARGS)
+def closed_loop(call: Callable[[int], Any], calls: int, hist: HdrHistogram) -> None:
+    """``calls`` calls, one in flight, into ``hist``: ns per call."""
     clock = time.perf_counter_ns
+    record = hist.record_value
     for _ in range(calls):
         t0 = clock()
         call(1)
-        hist.record_value(max(1, clock() - t0))
-    return hist
+        record(max(1, clock() - t0))
 
 
 def latency_peers(cluster: proclets.LocalCluster, placement: Placement, ray_ok: bool,
@@ -254,16 +254,31 @@ def latency_peers(cluster: proclets.LocalCluster, placement: Placement, ray_ok: 
 
 
 def measure_latency(calls_by_peer: dict[str, Callable], calls: int, reps: int) -> dict:
-    """Per peer: one histogram per repetition (base64), and the peers' order each time."""
+    """Per peer: one histogram per repetition (base64), and its p50. A repetition runs
+    every peer's ``calls`` calls in LATENCY_BLOCKS blocks, the peers taking turns block by
+    block (in an order rotated each repetition), so that the peers whose ratio is reported
+    see the same machine: on this shared 2-core machine the plain call's own p50 moves by
+    a third between runs of a few hundred milliseconds, and back-to-back runs of 20,000
+    calls put that drift into the ratio."""
     names = list(calls_by_peer)
     hists: dict[str, list[str]] = {n: [] for n in names}
     p50: dict[str, list[float]] = {n: [] for n in names}
+    block = max(1, calls // LATENCY_BLOCKS)
     for rep in range(reps):
         order = names[rep % len(names):] + names[:rep % len(names)]
+        rep_hists = {n: HdrHistogram(*HIST_ARGS) for n in names}
         for name in order:
-            hist = closed_loop(calls_by_peer[name], calls)
-            hists[name].append(hist.encode().decode("ascii"))
-            p50[name].append(hist.get_value_at_percentile(50) / 1e3)
+            for _ in range(LATENCY_WARMUP):
+                calls_by_peer[name](1)
+        done = 0
+        while done < calls:
+            n = min(block, calls - done)
+            for name in order:
+                closed_loop(calls_by_peer[name], n, rep_hists[name])
+            done += n
+        for name in names:
+            hists[name].append(rep_hists[name].encode().decode("ascii"))
+            p50[name].append(rep_hists[name].get_value_at_percentile(50) / 1e3)
         log(f"  rep {rep}: p50 " + ", ".join(f"{n} {p50[n][-1]:.1f} us" for n in names))
     return {"hists": hists, "p50_us": p50}
 

@@ -19,16 +19,18 @@ from proclets.proclet import method_table
 
 from proclets._turn cimport enter, leave
 from proclets._turn import INLINE
+from proclets._wire cimport decode_call, encode_reply
 from proclets.ref import ProcletRef, from_wire, to_wire
 
 cdef object _PRESENT = State.PRESENT
 cdef object _ABSENT = State.ABSENT
-cdef object _OK = P.OK
-cdef object _ERROR = P.ERROR
-cdef object _RETRY = P.RETRY
-cdef object _EXPIRED = P.EXPIRED
-cdef object _STALE = P.STALE
-cdef object _WRONG_TARGET = P.WRONG_TARGET
+cdef int _OK = P.OK
+cdef int _ERROR = P.ERROR
+# The replies that carry no value, encoded once.
+cdef bytes _RETRY = encode_reply(P.RETRY, None)
+cdef bytes _EXPIRED = encode_reply(P.EXPIRED, None)
+cdef bytes _STALE = encode_reply(P.STALE, None)
+cdef bytes _NOT_HERE = encode_reply(P.WRONG_TARGET, None)
 
 
 class Unavailable(Exception):
@@ -68,41 +70,47 @@ cdef class Entry:
         self.methods = method_table(cls) if cls is not None else None
 
 
-cpdef list turn(Entry e, object fn, object args, object kwargs, object lease, object seq,
-                object ack):
-    """One turn: the completion table's verdict, then (if new) the call, its outcome saved
-    in the same step (runtime.Runtime documents the codes)."""
+cpdef bytes turn(Entry e, object fn, object args, object kwargs, object lease, object seq,
+                 object ack):
+    """One turn: the completion table's verdict, then (if new) the call, its encoded
+    reply saved in the same step (runtime.Runtime documents the codes)."""
     cdef CompletionTable table
     cdef int code
+    cdef bytes out
     if e.state is not _PRESENT:
-        return [_RETRY, None]            # it waited in the queue and the proclet is moving
+        return _RETRY                    # it waited in the queue and the proclet is moving
     table = e.table
     try:
         code = table.check_code(lease, seq, ack)
     except Unavailable:
-        return [_RETRY, None]
+        return _RETRY
     except (ValueError, OverflowError, TypeError):
-        return [_ERROR, ["ValueError",
-                         f"malformed call id (lease {lease!r}, seq {seq!r}, ack {ack!r})"]]
+        return encode_reply(_ERROR, ["ValueError", f"malformed call id (lease {lease!r}, "
+                                                   f"seq {seq!r}, ack {ack!r})"])
     if code == CHECK_NEW:
         try:
             value = fn(e.obj, *args, **kwargs) if kwargs else fn(e.obj, *args)
-            out = [_OK, to_wire(value) if type(value) is ProcletRef else value]
+            try:
+                out = encode_reply(_OK, to_wire(value) if type(value) is ProcletRef
+                                   else value)
+            except TypeError as exc:     # it ran: its outcome is this error, saved too
+                out = encode_reply(_ERROR, ["TypeError", str(exc)])
         except Exception as exc:
-            out = [_ERROR, [type(exc).__name__, str(exc)]]
+            out = encode_reply(_ERROR, [type(exc).__name__, str(exc)])
         table.finish(lease, seq, out)
         return out
     if code == CHECK_DONE:
         return table.saved
     if code == CHECK_RUNNING or code == CHECK_WINDOW_FULL:
-        return [_RETRY, None]
+        return _RETRY
     if code == CHECK_EXPIRED:
-        return [_EXPIRED, None]
-    return [_STALE, None]
+        return _EXPIRED
+    return _STALE
 
 
 cdef class CallHandler:
-    """The runtime's CALL handler (registered with ``context=True``). The usual case, a
+    """The runtime's CALL handler (registered with ``context=True``; the request is the
+    bytes of proclets._wire, and so is the reply it returns). The usual case, a
     proclet present and idle and a method that is not blocking, runs its turn here, in
     line and without a lock: only this thread (the server's I/O thread, the only one that
     admits calls) sets ``running``; a worker clears it only while it is set; and the order
@@ -122,11 +130,12 @@ cdef class CallHandler:
         self.queued = queued              # (ctx, entry, fn, blocking, args, kwargs, lease,
                                           #  seq, ack): a busy proclet, a blocking method
 
-    def __call__(self, ctx, pid, method, args, kwargs, lease, seq, ack):
+    def __call__(self, ctx, bytes body):
         cdef Entry e
+        pid, method, args, kwargs, lease, seq, ack = decode_call(body)
         found = self.entries.get(pid)
         if found is None:
-            return [_WRONG_TARGET, None]
+            return _NOT_HERE
         e = <Entry>found
         state = e.state
         if state is not _PRESENT and state not in self.serving:
@@ -137,21 +146,20 @@ cdef class CallHandler:
         if found is None:
             found = self.method_of(e.cls, method)
             if found is None:
-                return [_ERROR, ["AttributeError",
-                                 f"{e.cls.__name__} has no public method {method!r}"]]
+                return encode_reply(_ERROR, [
+                    "AttributeError", f"{e.cls.__name__} has no public method {method!r}"])
         fn, blocking = <tuple>found
-        if type(args) is list or type(args) is tuple:
-            for a in args:
-                if type(a) is dict:
-                    args = from_wire(args)         # a ref passed as an argument
-                    break
+        for a in <list>args:
+            if type(a) is dict:
+                args = from_wire(args)         # a ref passed as an argument
+                break
         if e.running or blocking:
             return self.queued(ctx, e, fn, blocking, args, kwargs, lease, seq, ack)
         e.running = True
         return inline_turn(e, fn, args, kwargs, lease, seq, ack)
 
 
-cpdef object inline_turn(Entry e, object fn, object args, object kwargs, object lease,
+cpdef bytes inline_turn(Entry e, object fn, object args, object kwargs, object lease,
                          object seq, object ack):
     """A turn on the I/O thread, ``e.running`` already set by the caller: marked inline
     (a ref used in it raises: it would block the I/O thread), then ``running`` cleared

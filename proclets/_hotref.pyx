@@ -5,12 +5,17 @@ connected, and the answer OK. Anything else, or any other answer, goes to the se
 Python methods (proclets.ref._Session), with the call's number if it already has one, so
 the rules stay written once, there.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
+
+from microrpc._once cimport CallNumbers
 from microrpc.errors import ConnectionLost
 
 from proclets import _protocol as P
 from proclets._turn cimport here
+from proclets._wire cimport decode_reply, encode_call
 
-cdef object _OK = P.OK
+cdef int _OK = P.OK
 
 
 cdef class MethodCall:
@@ -57,6 +62,8 @@ cdef class FastCall:
         return self.call(pid, method, args, kwargs, timeout)
 
     cdef object call(self, pid, method, tuple args, dict kwargs, timeout):
+        cdef CallNumbers numbers
+        cdef uint64_t seq
         session = self.session
         ids = self.ids
         if here() is not None or self.faults.active or not ids.lease:
@@ -70,24 +77,26 @@ cdef class FastCall:
         if client is None:
             return session.invoke(pid, method, args, kwargs, timeout)
         numbers = ids.numbers
-        seq = numbers.try_next()
+        seq = numbers.take()
         if not seq:
             return session.invoke(pid, method, args, kwargs, timeout)
         lease = ids.lease
-        if timeout is None:
-            timeout = self.default_timeout
-        deadline = self.monotonic() + timeout
+        deadline = self.monotonic() + (self.default_timeout if timeout is None else timeout)
         try:
-            reply = client.call(self.call_name, pid, method, args, kwargs or None, lease, seq,
-                                numbers.ack, timeout=timeout)
+            body = encode_call(pid, method, args, kwargs, lease, seq, numbers.first_open - 1)
+            # The session's call clients default to DEFAULT_TIMEOUT: no keyword to pass.
+            if timeout is None:
+                reply = client.call(self.call_name, body)
+            else:
+                reply = client.call(self.call_name, body, timeout=timeout)
         except ConnectionLost:
             reply = self.lost
         except BaseException:
-            numbers.ended(seq)
+            numbers.end(seq)
             raise
-        if reply is not self.lost and type(reply) is list and len(reply) == 2 \
-                and reply[0] == _OK:
-            numbers.ended(seq)
-            value = reply[1]
+        if type(reply) is bytes and PyBytes_GET_SIZE(reply) and \
+                (<const unsigned char*>PyBytes_AS_STRING(reply))[0] == _OK:
+            numbers.end(seq)
+            value = decode_reply(reply)[1]
             return self.result(value) if type(value) is dict else value
         return session.numbered(pid, method, args, kwargs, ids, lease, seq, deadline, reply)

@@ -1,9 +1,10 @@
 """What runtimes, the controller and refs say to each other: method names, reply codes and
 the timing constants of membership. One place for each, so the three sides cannot drift.
 
-A call to a proclet is the runtime method ``CALL`` with the arguments
+A call to a proclet is the runtime method ``CALL``, a raw-codec request carrying
 ``(pid, method, args, kwargs, lease, seq, ack)`` (``lease, seq, ack``: the caller's RIFL id,
-see microrpc.exactly_once) and the reply ``[code, value]``:
+see microrpc.exactly_once) and answered ``(code, value)``, in the bytes proclets._wire
+writes and reads:
 
 =================  ==========================================================  ===========
 code               meaning                                                     ran?

@@ -80,7 +80,7 @@ class Cluster:
         address = self._address(on)
         pid = secrets.randbits(62) + 1
         try:
-            self.session.client(address).call(P.SPAWN, pid, path,
+            self.session.admin(address).call(P.SPAWN, pid, path,
                                               [to_wire(a) for a in args], kwargs,
                                               timeout=timeout)
         except RemoteError as exc:
@@ -110,7 +110,7 @@ class Cluster:
             if source == destination:
                 raise MigrationError(f"proclet {ref.pid} is already on {destination}")
             try:
-                stats = self.session.client(source).call(P.MIGRATE, ref.pid, destination,
+                stats = self.session.admin(source).call(P.MIGRATE, ref.pid, destination,
                                                          timeout=timeout)
                 break
             except RemoteError as exc:
@@ -125,7 +125,7 @@ class Cluster:
 
     def info(self, runtime: int | str) -> dict:
         """A runtime's id, address and proclets (pid -> lifecycle state)."""
-        return self.session.client(self._address(runtime)).call(P.INFO)
+        return self.session.admin(self._address(runtime)).call(P.INFO)
 
     def close(self) -> None:
         """Forget this process's session with the cluster (refs to it stop working here);

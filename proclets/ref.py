@@ -47,6 +47,7 @@ from microrpc.exactly_once import CallNumbers
 from proclets import _net, _protocol as P
 from proclets._hotref import FastCall, MethodCall
 from proclets._turn import INLINE, turn_here
+from proclets._wire import decode_reply, encode_call
 from proclets.errors import CallError, OutcomeUnknown, ProcletError, ProcletLost
 
 __all__ = ["ProcletRef", "Faults", "connect", "faults", "from_wire", "to_wire"]
@@ -182,7 +183,8 @@ class _Session:
         self.controller = RemoteController(controller, key)
         self.locations: dict[int, str] = {}
         self.ids = _CallIds()
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}      # address -> client for calls
+        self._admin: dict[str, Any] = {}        # address -> client for the rest
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._renewer: threading.Thread | None = None
@@ -218,25 +220,35 @@ class _Session:
     # -- connections --------------------------------------------------------------------
 
     def client(self, address: str):
-        client = self._clients.get(address)
+        """The connection for calls to the runtime at ``address`` (raw codec: a call's bytes
+        are proclets._wire's; a call without a timeout gets DEFAULT_TIMEOUT)."""
+        return self._client(self._clients, address, codec="raw", timeout=DEFAULT_TIMEOUT)
+
+    def admin(self, address: str):
+        """The connection for the runtime's other methods (spawn, migrate, info)."""
+        return self._client(self._admin, address, timeout=None)
+
+    def _client(self, clients: dict, address: str, **options):
+        client = clients.get(address)
         if client is None:
             with self._lock:
-                client = self._clients.get(address)
+                client = clients.get(address)
                 if client is None:
                     try:
-                        client = _net.connect(address, self.key, timeout=None,
-                                              connect_timeout=1.0)
+                        client = _net.connect(address, self.key, connect_timeout=1.0,
+                                              **options)
                     except OSError as exc:
                         raise ConnectionLost(f"cannot connect to {address}: {exc}") from None
-                    self._clients[address] = client
+                    clients[address] = client
         return client
 
     def close(self) -> None:
         """Close the connections and stop renewing (refs bound to it stop working)."""
         self._closed.set()
         with self._lock:
-            clients = list(self._clients.values())
+            clients = list(self._clients.values()) + list(self._admin.values())
             self._clients.clear()          # (the same dict: self.fast holds it)
+            self._admin.clear()
         for client in clients:
             client.close()
         self.controller.close()
@@ -340,13 +352,12 @@ class _Session:
     def _send(client, pid, method, args, kwargs, lease, seq, ids, left):
         """One attempt: the reply, or _LOST_CONNECTION (also for an injected lost reply:
         the proclet ran the call, the reply never arrives)."""
+        body = encode_call(pid, method, args, kwargs, lease, seq, ids.numbers.ack)
         try:
             if _faults.active and _faults._take("duplicate_requests", "duplicate_rate"):
                 _faults.duplicated += 1
-                client.call_async(P.CALL, pid, method, args, kwargs, lease, seq,
-                                  ids.numbers.ack, timeout=left)
-            reply = client.call(P.CALL, pid, method, args, kwargs, lease, seq,
-                                ids.numbers.ack, timeout=left)
+                client.call_async(P.CALL, body, timeout=left)
+            reply = client.call(P.CALL, body, timeout=left)
         except ConnectionLost:
             return _LOST_CONNECTION
         if _faults.active and _faults._take("drop_replies", "drop_rate"):
@@ -380,7 +391,7 @@ class _Session:
                 self.drop_client(address, self._clients.get(address))
                 address = self.locate(pid, deadline, avoid=address)
                 continue
-            code, value = outcome
+            code, value = decode_reply(outcome)
             if code == P.OK:
                 return _result(value) if type(value) is dict else value
             if code == P.ERROR:

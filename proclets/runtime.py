@@ -41,6 +41,7 @@ from proclets import _net, _protocol as P
 from proclets._hot import (CallHandler, Entry as _Entry, Unavailable as _Unavailable,
                            inline_turn, turn)
 from proclets._turn import enter_turn, leave_turn
+from proclets._wire import encode_reply
 from proclets.errors import MigrationError, ProcletError, ProcletLost
 from proclets.lifecycle import LIFECYCLE, Action, Event, State, step
 from proclets.migration import dump, load, pack_install, unpack_install
@@ -138,16 +139,16 @@ class Runtime:
             drained.set()
         return None
 
-    def _refuse(self, state: State, e: _Entry) -> list:
+    def _refuse(self, state: State, e: _Entry) -> bytes:
         """The reply to a call the lifecycle table does not run in ``state``."""
         return self._refusal(step(state, Event.CALL)[0], e)
 
-    def _refusal(self, action: Action, e: _Entry) -> list:
+    def _refusal(self, action: Action, e: _Entry) -> bytes:
         if action is Action.WRONG_TARGET:
-            return [P.WRONG_TARGET, e.moved_to]
+            return encode_reply(P.WRONG_TARGET, e.moved_to)
         if action is Action.RETRY_ELSEWHERE:
-            return [_RETRY, None]
-        return [P.LOST, None]
+            return encode_reply(_RETRY, None)
+        return encode_reply(P.LOST, None)
 
     # -- client leases ----------------------------------------------------------------
 

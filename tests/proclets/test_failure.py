@@ -81,6 +81,7 @@ def test_a_runtime_exits_when_its_parent_dies(tmp_path):
 
 def test_an_expired_lease_is_refused_and_a_new_call_takes_a_new_lease(no_leaked_processes):
     from proclets import _protocol as P
+    from proclets._wire import decode_reply, encode_call
     with proclets.Cluster.local(runtimes=1, lease_ttl=0.5) as cluster:
         ref = cluster.spawn(Counter, 0, on=0)
         session = cluster.session
@@ -95,8 +96,8 @@ def test_an_expired_lease_is_refused_and_a_new_call_takes_a_new_lease(no_leaked_
         # expiry is never later than the controller's)
         client = session.client(cluster.addresses[0])
         seq = session.ids.numbers.next()
-        assert client.call(P.CALL, ref.pid, "incr", [100], None, old, seq, 0) == \
-            [P.EXPIRED, None]
+        reply = client.call(P.CALL, encode_call(ref.pid, "incr", [100], None, old, seq, 0))
+        assert decode_reply(reply) == (P.EXPIRED, None)
         session.ids.numbers.ended(seq)
         # the ref's next call is refused on its first attempt, re-numbered under a new lease
         assert ref.incr(1) == 2
