@@ -26,6 +26,10 @@ class Counter(proclets.Proclet):
         self.n += 1000             # the state change of a failing call is kept (it ran)
         raise ValueError(message)
 
+    def incr_unsendable(self):
+        self.n += 1
+        return {self.n}            # a set: msgpack cannot send it
+
     @proclets.blocking
     def held_incr(self):
         _STARTED.set()

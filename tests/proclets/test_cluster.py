@@ -39,6 +39,17 @@ def test_an_application_exception_is_a_call_error_and_ran_once(cluster):
     assert ref.get() == 1000
 
 
+def test_what_cannot_be_sent_is_a_type_error_either_way(cluster):
+    ref = cluster.spawn(Counter, 0, on=1)
+    with pytest.raises(TypeError, match="cannot be sent"):
+        ref.incr(object())                         # refused here: nothing sent
+    with pytest.raises(proclets.CallError, match="TypeError: the result cannot be sent"):
+        ref.incr_unsendable()                      # it ran; its result could not travel
+    assert ref.get() == 1
+    _, (_, next_seq, first_open, _) = cluster.session.ids.numbers.__reduce__()
+    assert next_seq == first_open                  # every number taken has ended
+
+
 def test_private_names_are_not_reachable(cluster):
     ref = cluster.spawn(Counter, 0, on=0)
     with pytest.raises(AttributeError):

@@ -91,6 +91,17 @@ def test_an_exception_is_an_outcome_saved_for_retries(ctl, clock):
     assert call(rt, 7, "get", lease=lease, seq=2) == [P.OK, 1000]       # ran once
 
 
+def test_a_result_that_cannot_be_sent_is_the_saved_outcome(ctl, clock):
+    rt = make_runtime(ctl, clock, "a")
+    rt.spawn(7, class_path(Counter), [0], {})
+    lease = ctl.grant_lease()[0]
+    first = call(rt, 7, "incr_unsendable", lease=lease, seq=1)
+    assert first[0] == P.ERROR and first[1][0] == "TypeError"
+    assert "cannot be sent" in first[1][1]
+    assert call(rt, 7, "incr_unsendable", lease=lease, seq=1) == first      # a retry
+    assert call(rt, 7, "get", lease=lease, seq=2) == [P.OK, 1]           # ran once
+
+
 def test_private_and_missing_methods_are_not_callable(ctl, clock):
     rt = make_runtime(ctl, clock, "a")
     rt.spawn(7, class_path(Counter), [0], {})
