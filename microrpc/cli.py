@@ -204,7 +204,13 @@ def bench(address, json_path, hgrm_prefix, stats_method, progress, cpus, service
 @click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=3600.0,
               show_default=True, help="Stop by itself after this long.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed) -> None:
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="The pre-shared auth key (hex text or raw bytes); needed to serve on an "
+                   "address other machines reach, unless --insecure.")
+@click.option("--insecure", is_flag=True,
+              help="Serve on an address other machines reach without a key.")
+def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed, key_file,
+                    insecure) -> None:
     """Serve `spin` (busy-waits for the service time its request names, on the I/O thread)
     and `synthetic.stats`. Prints the bound address on one line, then serves until SIGINT,
     SIGTERM or --max-seconds."""
@@ -226,7 +232,9 @@ def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed) -> N
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        server = microrpc.Server(address, overload=overload, poll=poll)
+        server = microrpc.Server(address, overload=overload, poll=poll,
+                                 auth_key=_read_key_file(key_file) if key_file else None,
+                                 insecure=insecure)
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"cannot serve on {address}: {exc}") from None
     register_synthetic(server, default, seed)

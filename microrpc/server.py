@@ -176,6 +176,12 @@ class Server:
     gets it wrong, is closed and counted in ``auth_failures``; until then it counts toward
     ``max_connections``. It authenticates, it does not encrypt: on a network you do not
     trust, run it inside a VPN (WireGuard).
+
+    **Binding.** A server reachable from other machines (a TCP address that is not
+    loopback, the wildcards 0.0.0.0 and :: included) needs ``auth_key``, or
+    ``insecure=True`` to say that anyone who reaches it may call its methods: without
+    either, the constructor raises ValueError and binds nothing. Loopback and unix
+    addresses need neither.
     """
 
     def __init__(
@@ -201,6 +207,7 @@ class Server:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         auth_key: bytes | None = None,
         auth_timeout: float = auth.DEFAULT_AUTH_TIMEOUT,
+        insecure: bool = False,
     ):
         if poll not in _native.POLL_MODES:
             raise ValueError(f"poll must be one of {sorted(_native.POLL_MODES)}, not {poll!r}")
@@ -238,6 +245,13 @@ class Server:
             raise ValueError("auth_timeout must be positive")
         self._auth_timeout = auth_timeout
         self._sock, self._bound = transport.listen(address)
+        if self._auth_key is None and not insecure and \
+                transport.reachable_from_other_hosts(self._sock):
+            self._sock.close()
+            raise ValueError(
+                f"{address} is reachable from other machines: give the server an auth_key "
+                f"(a pre-shared key; the native transport authenticates, it does not "
+                f"encrypt), or insecure=True to let anyone who reaches it call its methods")
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._core: _dispatch.ServerCore | None = None
         self._loop: _native.ServerLoop | None = None

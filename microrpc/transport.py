@@ -6,6 +6,7 @@ reserved names; it is not built yet, and asking for it says so.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import stat
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from microrpc import auth
 from microrpc.errors import ConnectionLost
 
-__all__ = ["Address", "parse_address", "listen", "connect", "client_socket"]
+__all__ = ["Address", "parse_address", "listen", "connect", "client_socket",
+           "reachable_from_other_hosts"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,17 @@ def listen(address: str, backlog: int = 1024) -> tuple[socket.socket, Address]:
     sock.listen(backlog)
     sock.setblocking(False)
     return sock, bound
+
+
+def reachable_from_other_hosts(sock: socket.socket) -> bool:
+    """True for a TCP socket bound to an address other than loopback (a wildcard such as
+    0.0.0.0 or :: included); False for loopback and unix sockets."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    ip = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_loopback
 
 
 def connect(address: str, timeout: float | None,

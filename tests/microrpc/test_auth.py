@@ -445,3 +445,25 @@ def test_a_bad_key_file_says_why(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
         microrpc.auth.read_key_file(str(path))
+
+
+def test_a_server_reachable_from_other_machines_needs_a_key_or_insecure():
+    with pytest.raises(ValueError, match="reachable from other machines"):
+        microrpc.Server("tcp://0.0.0.0:0")
+    with pytest.raises(ValueError, match="auth_key"):
+        microrpc.Server("tcp://[::]:0")
+    for options in ({"auth_key": microrpc.new_auth_key()}, {"insecure": True}):
+        server = microrpc.Server("tcp://0.0.0.0:0", **options)
+        server.stop()
+    for address in ("tcp://127.0.0.2:0", "tcp://[::1]:0", "tcp://localhost:0"):
+        microrpc.Server(address).stop()                       # loopback: no key needed
+
+
+def test_a_refused_bind_leaves_the_port_free():
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ValueError):
+        microrpc.Server(f"tcp://0.0.0.0:{port}")
+    microrpc.Server(f"tcp://0.0.0.0:{port}", insecure=True).stop()   # the port is free again

@@ -293,6 +293,7 @@ def test_cli_help():
     (["bench", "tcp://127.0.0.1:1", "--cpu", "999"], "not available"),
     (["serve-synthetic", "--policy", "fifo"], "unknown policy"),
     (["serve-synthetic", "--service", "gauss:1ms"], "unknown service-time"),
+    (["serve-synthetic", "--address", "tcp://0.0.0.0:0"], "reachable from other machines"),
 ])
 def test_cli_bad_arguments_give_clean_errors(args, message):
     out = CliRunner().invoke(main, args)
