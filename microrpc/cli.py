@@ -227,10 +227,6 @@ def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed, key_
             os.sched_setaffinity(0, {cpu})
         except OSError as exc:
             raise click.UsageError(f"cannot pin to CPU {cpu}: {exc}") from None
-    # Block the stop signals before the server thread starts (threads inherit the mask), so
-    # that only this thread receives them, in sigtimedwait below.
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         server = microrpc.Server(address, overload=overload, poll=poll,
                                  auth_key=_read_key_file(key_file) if key_file else None,
@@ -238,15 +234,24 @@ def serve_synthetic(address, policy, service, cpu, poll, max_seconds, seed, key_
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"cannot serve on {address}: {exc}") from None
     register_synthetic(server, default, seed)
-    server.start()
-    click.echo(server.address)
-    sys.stdout.flush()
+    # Block the stop signals before the server thread starts (threads inherit the mask), so
+    # that only this thread receives them, in sigtimedwait below; the mask is restored at
+    # the end, since a caller in the same process (CliRunner) and the processes it starts
+    # later would inherit it, and could then never be stopped by SIGTERM.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        signal.sigtimedwait(stop_signals, max_seconds)
+        server.start()
+        click.echo(server.address)
+        sys.stdout.flush()
+        try:
+            signal.sigtimedwait(stop_signals, max_seconds)
+        finally:
+            final = statistics_dict(server.statistics())
+            server.stop(grace=0.5)
+            click.echo(json.dumps({"final_statistics": final}), err=True)
     finally:
-        final = statistics_dict(server.statistics())
-        server.stop(grace=0.5)
-        click.echo(json.dumps({"final_statistics": final}), err=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 # -- microrpc stats ---------------------------------------------------------------------------

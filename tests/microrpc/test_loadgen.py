@@ -296,10 +296,15 @@ def test_cli_help():
     (["serve-synthetic", "--address", "tcp://0.0.0.0:0"], "reachable from other machines"),
 ])
 def test_cli_bad_arguments_give_clean_errors(args, message):
+    import signal
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 2, out.output
     assert message in out.output
     assert "Traceback" not in out.output
+    # It ran in this process: a signal mask left behind would reach every process
+    # started later (a SIGTERM-proof child once hung the proclets CLI test).
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask
 
 
 def test_cli_unreachable_server_is_one_line():
