@@ -29,7 +29,8 @@ INFO = "p.info"              # () -> {"id", "address", "proclets"}
 FAULTS = "p.faults"          # (dict) -> None: fault injection for tests and benchmarks
 
 # --- controller methods
-REGISTER = "c.register"      # (runtime id, address, [[pid, epoch, class path], ...])
+REGISTER = "c.register"      # (runtime id, address, [[pid, epoch, class path], ...],
+                             #  [client leases it holds valid])
 BEAT = "c.beat"              # (runtime id, [proclet client leases]) -> known?
 LOCATE = "c.locate"          # (pid) -> [status, runtime id, address, epoch]
 PLACE = "c.place"            # (pid, runtime id, address, class path) -> placed?

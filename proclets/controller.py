@@ -15,7 +15,12 @@ Everything it must not lose lives in a :class:`proclets.store.MemoryStore` (etcd
 A controller that restarts relearns the directory from the runtimes: their heartbeat is
 answered "unknown runtime" and they register again with their proclets and epochs. Until
 ``relearn`` seconds after the start, a lookup of an unknown pid says UNKNOWN (the ref
-waits); after that, an unknown pid is lost.
+waits); after that, an unknown pid is lost. It relearns client leases the same way: a
+runtime registers with the leases it holds valid, and the controller *adopts* those of an
+earlier incarnation (a store lease of a full ttl each, renewed and checked like its own).
+A call retried under such a lease is then answered from its completion record instead of
+being refused as expired (which its caller could only report as an unknown outcome). A
+lease no runtime holds has no records anywhere, so its client may safely take a new one.
 
 Plain object, clock injected; :func:`serve` puts it on a microrpc server.
 """
@@ -55,15 +60,21 @@ class Controller:
         self.incarnation = (time.time_ns() // 1_000_000) & 0x7FFFFFFF
         self._lock = threading.Lock()
         self._members: dict[str, int] = {}          # runtime id -> its store lease
+        self._adopted: dict[int, int] = {}          # an earlier incarnation's client lease
+                                                    # -> its store lease here
+        self._next_adopted_sweep = self.started
         self._watch = self.store.watch(_RUNTIME, self.store.revision + 1)
         self.declared_dead = 0
 
     # -- membership -------------------------------------------------------------------
 
-    def register(self, rid: str, address: str, proclets: list) -> dict:
-        """A runtime (re)joins with the proclets it holds. Returns the pids it must treat
-        as lost (the directory says so) or drop (the directory puts them elsewhere at a
-        later epoch: a stale copy)."""
+    def register(self, rid: str, address: str, proclets: list,
+                 leases: list | None = None) -> dict:
+        """A runtime (re)joins with the proclets it holds and the client leases it holds
+        valid (adopted if they are an earlier incarnation's). Returns the pids it must
+        treat as lost (the directory says so) or drop (the directory puts them elsewhere
+        at a later epoch: a stale copy)."""
+        self.adopt(leases or ())
         lease = self.store.grant_lease(self.member_ttl)
         with self._lock:
             old = self._members.pop(rid, None)
@@ -122,6 +133,7 @@ class Controller:
         """Expire what is due and mark the proclets of runtimes declared dead as lost.
         Returns the runtimes declared dead now."""
         self.store.expire_leases()
+        self._sweep_adopted()
         dead = []
         for event in self._watch.poll(0):
             if event.type == "delete":
@@ -198,7 +210,40 @@ class Controller:
                 self.lease_ttl]
 
     def _local(self, lease: int) -> int:
-        return lease & 0xFFFFFFFF if lease >> 32 == self.incarnation else 0
+        if lease >> 32 == self.incarnation:
+            return lease & 0xFFFFFFFF
+        return self._adopted.get(lease, 0)
+
+    def adopt(self, leases) -> int:
+        """Keep alive the client leases of an earlier incarnation of the controller that
+        a runtime holds valid (see the module docstring). Returns how many were new."""
+        adopted = 0
+        for lease in leases:
+            if type(lease) is not int or not 0 < lease < (1 << 64) \
+                    or lease >> 32 == self.incarnation:
+                continue
+            with self._lock:
+                if lease in self._adopted:
+                    continue
+                self._adopted[lease] = self.store.grant_lease(self.lease_ttl)
+            adopted += 1
+        return adopted
+
+    def _sweep_adopted(self) -> None:
+        """Forget adopted leases whose store lease expired (at most once a second)."""
+        now = self.clock()
+        if now < self._next_adopted_sweep:
+            return
+        self._next_adopted_sweep = now + 1.0
+        with self._lock:
+            adopted = list(self._adopted.items())
+        for lease, local in adopted:
+            try:
+                self.store.time_to_live(local)
+            except LeaseExpired:
+                with self._lock:
+                    if self._adopted.get(lease) == local:
+                        del self._adopted[lease]
 
     def renew(self, lease: int) -> bool:
         local = self._local(lease)

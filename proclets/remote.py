@@ -45,8 +45,8 @@ class RemoteController:
         if client is not None:
             client.close()
 
-    def register(self, rid, address, proclets):
-        return self._call(P.REGISTER, rid, address, proclets)
+    def register(self, rid, address, proclets, leases=()):
+        return self._call(P.REGISTER, rid, address, proclets, list(leases))
 
     def beat(self, rid, leases):
         return self._call(P.BEAT, rid, leases)

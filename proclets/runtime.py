@@ -369,9 +369,17 @@ class Runtime:
                 out.append(ids.lease)
         return out
 
+    def held_leases(self) -> list:
+        """The client leases this runtime holds valid: those its cache says are alive, and
+        those of the calls its proclets make (a restarted controller adopts them)."""
+        now = self.clock()
+        valid = [lease for lease, until in list(self._leases.items()) if until > now]
+        return valid + self.client_leases()
+
     def register(self) -> None:
         """(Re)join the controller, then drop what it says is lost or stale here."""
-        answer = self.controller.register(self.rid, self.address, self.holdings())
+        answer = self.controller.register(self.rid, self.address, self.holdings(),
+                                          self.held_leases())
         with self._lock:
             for pid in answer["lost"]:
                 e = self._entries.get(pid)

@@ -96,7 +96,14 @@ def test_a_cluster_by_hand_through_the_cli(tmp_path, no_leaked_processes):
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
+        stuck = []
         for p in procs:
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                stuck.append(p.pid)
+                p.kill()                     # never leave one behind
+                p.wait(10)
             p.stdout.close()
+    assert not stuck, f"not stopped by SIGTERM within 10 s: {stuck}"
     assert [p.returncode for p in procs] == [0, 0, 0]

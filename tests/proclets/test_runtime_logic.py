@@ -330,3 +330,54 @@ def test_a_failed_install_during_a_controller_restart_waits_for_the_relearn(ctl,
     assert len(asked) == 2
     assert a.info()["proclets"]["7"] == "present"
     assert new.locate(7) == [P.HERE, "a", a.address, 2]
+
+
+def restarted(clock, old):
+    """A new controller on the same clock, of another incarnation than ``old``."""
+    new = Controller(clock=clock, lease_ttl=5.0)
+    new.incarnation = (old.incarnation + 1) & 0x7FFFFFFF
+    return new
+
+
+def test_a_restarted_controller_adopts_the_client_leases_runtimes_hold(ctl, clock):
+    rt = make_runtime(ctl, clock, "a")
+    rt.spawn(7, class_path(Counter), [0], {})
+    lease = ctl.grant_lease()[0]
+    assert call(rt, 7, "incr", 1, lease=lease, seq=1) == [P.OK, 1]
+    new = restarted(clock, ctl)
+    rt.controller = new
+    rt.register()                               # its heartbeat was unknown: it registers
+    clock.t += 4.0
+    assert new.renew(lease)                     # its client keeps renewing it
+    clock.t += 2.0                              # past the runtime's cached expiry (5 s)
+    assert rt.sweep_leases() == 0               # it asked: still valid
+    assert new.lease_left(lease) > 0
+    # the retry of a call whose reply was lost gets its saved reply, not EXPIRED
+    assert call(rt, 7, "incr", 1, lease=lease, seq=1) == [P.OK, 1]
+    assert call(rt, 7, "incr", 1, lease=lease, seq=2, ack=1) == [P.OK, 2]
+    assert new.adopt([lease]) == 0              # adopted once
+    assert new.adopt([new.grant_lease()[0], -1, "x", 1 << 70]) == 0   # own ids, junk
+
+
+def test_an_adopted_lease_expires_like_any_other(ctl, clock):
+    rt = make_runtime(ctl, clock, "a")
+    rt.spawn(7, class_path(Counter), [0], {})
+    lease = ctl.grant_lease()[0]
+    assert call(rt, 7, "incr", 1, lease=lease, seq=1) == [P.OK, 1]
+    new = restarted(clock, ctl)
+    rt.controller = new
+    rt.register()
+    assert new.lease_left(lease) > 0
+    clock.t += 6.0                              # never renewed: gone after its ttl
+    new.tick()
+    assert new.lease_left(lease) == -1.0
+    assert not new.renew(lease)
+    assert new._adopted == {}                   # and forgotten
+    assert call(rt, 7, "incr", 1, lease=lease, seq=2) == [P.EXPIRED, None]
+
+
+def test_without_a_runtime_holding_it_a_lease_is_not_adopted(ctl, clock):
+    lease = ctl.grant_lease()[0]
+    new = restarted(clock, ctl)
+    assert new.lease_left(lease) == -1.0      # no records anywhere: a new lease is safe
+    assert not new.renew(lease)
