@@ -206,3 +206,26 @@ def test_a_cluster_started_from_a_source_checkout_runs_the_installed_packages(
     with proclets.Cluster.local(runtimes=1) as c:
         ref = c.spawn(Counter, 1, on=0)
         assert ref.incr(1) == 2
+
+
+def test_malformed_calls_from_a_key_holder_are_errors_and_the_runtime_serves_on(cluster):
+    import random
+    from microrpc.errors import ProtocolError, RemoteError
+    from proclets._wire import decode_reply, encode_call
+    ref = cluster.spawn(Counter, 0, on=2)
+    assert ref.incr(1) == 1
+    client = cluster.session.client(cluster.addresses[2])
+    rng = random.Random(11)
+    good = encode_call(ref.pid, "incr", (1,), None, 1, 1, 0)
+    bodies = [b"", b"\x00" * 33, good[:40], good[:33] + b"\xff" + good[34:]]
+    bodies += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80)))
+               for _ in range(200)]
+    for body in bodies:
+        try:
+            reply = client.call("p.call", body, timeout=5)
+        except (ProtocolError, RemoteError):
+            continue                                   # refused: the usual answer
+        code, _ = decode_reply(reply)   # or a reply with a code
+        assert code in range(7)
+    assert ref.incr(1) == 2                            # ran once each, as before
+    assert ref.get() == 2
