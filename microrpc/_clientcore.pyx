@@ -34,6 +34,7 @@ from microrpc._core cimport (
     OutBuffer,
 )
 from microrpc._decode cimport DecodeLimits
+from microrpc._pack cimport pack
 from microrpc._once cimport CallNumbers
 
 from breakwater import DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_NS, ClientCredits, Submit
@@ -343,7 +344,7 @@ cdef class ClientCore:
                 raise TypeError("the raw codec takes exactly one bytes-like argument")
         elif codec == CODEC_MSGPACK:
             try:
-                body = msgpack.packb([args, kwargs] if kwargs else args)
+                body = pack([args, kwargs] if kwargs else args)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise TypeError(f"argument cannot be sent with the msgpack codec: {exc}") from None
         else:

@@ -23,9 +23,8 @@ from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
 
-import msgpack
-
 from microrpc._decode cimport DecodeLimits
+from microrpc._pack cimport pack
 from microrpc.errors import ProtocolError
 
 from microrpc._decode import DEFAULT_DECODE_LIMITS
@@ -38,26 +37,6 @@ cdef enum:
 HEADER = _HEADER
 
 cdef DecodeLimits _limits = DEFAULT_DECODE_LIMITS
-cdef object _packb = msgpack.packb
-
-# One Packer, reused (a new one per call, as msgpack.packb makes, costs ~0.13 us). Packing
-# runs no Python code, but an allocation in it may run the garbage collector and a
-# finalizer, and so let another thread in: a call that finds the packer busy packs with a
-# packer of its own.
-cdef object _packer = msgpack.Packer()
-cdef bint _packer_busy = False
-
-
-cdef bytes pack(object value):
-    global _packer_busy
-    if _packer_busy:
-        return _packb(value)
-    _packer_busy = True
-    try:
-        return _packer.pack(value)
-    finally:
-        _packer_busy = False
-
 
 cdef inline void _put64(char* p, uint64_t v) noexcept:
     cdef int i
