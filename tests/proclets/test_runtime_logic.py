@@ -339,14 +339,21 @@ def restarted(clock, old):
     return new
 
 
-def test_a_restarted_controller_adopts_the_client_leases_runtimes_hold(ctl, clock):
+def a_call_then_a_restart(ctl, clock):
+    """A runtime that ran call 1 of a lease, then re-registered with a restarted
+    controller (its heartbeat was unknown there): (runtime, lease, new controller)."""
     rt = make_runtime(ctl, clock, "a")
     rt.spawn(7, class_path(Counter), [0], {})
     lease = ctl.grant_lease()[0]
     assert call(rt, 7, "incr", 1, lease=lease, seq=1) == [P.OK, 1]
     new = restarted(clock, ctl)
     rt.controller = new
-    rt.register()                               # its heartbeat was unknown: it registers
+    rt.register()
+    return rt, lease, new
+
+
+def test_a_restarted_controller_adopts_the_client_leases_runtimes_hold(ctl, clock):
+    rt, lease, new = a_call_then_a_restart(ctl, clock)
     clock.t += 4.0
     assert new.renew(lease)                     # its client keeps renewing it
     clock.t += 2.0                              # past the runtime's cached expiry (5 s)
@@ -360,13 +367,7 @@ def test_a_restarted_controller_adopts_the_client_leases_runtimes_hold(ctl, cloc
 
 
 def test_an_adopted_lease_expires_like_any_other(ctl, clock):
-    rt = make_runtime(ctl, clock, "a")
-    rt.spawn(7, class_path(Counter), [0], {})
-    lease = ctl.grant_lease()[0]
-    assert call(rt, 7, "incr", 1, lease=lease, seq=1) == [P.OK, 1]
-    new = restarted(clock, ctl)
-    rt.controller = new
-    rt.register()
+    rt, lease, new = a_call_then_a_restart(ctl, clock)
     assert new.lease_left(lease) > 0
     clock.t += 6.0                              # never renewed: gone after its ttl
     new.tick()
