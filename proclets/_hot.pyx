@@ -140,9 +140,9 @@ cdef class CallHandler:
         state = e.state
         if state is not _PRESENT and state not in self.serving:
             return self.refusal(state, e)
-        # The class's table first (a C-level lookup); method_of fills it, and refuses
-        # what is not a remote method.
-        found = e.methods.get(method) if type(method) is str else None
+        # The class's table first (a C-level lookup; the name is a str, _wire decoded
+        # it); method_of fills it, and refuses what is not a remote method.
+        found = e.methods.get(method)
         if found is None:
             found = self.method_of(e.cls, method)
             if found is None:

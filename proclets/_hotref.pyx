@@ -83,7 +83,7 @@ cdef class FastCall:
         lease = ids.lease
         deadline = self.monotonic() + (self.default_timeout if timeout is None else timeout)
         try:
-            body = encode_call(pid, method, args, kwargs, lease, seq, numbers.first_open - 1)
+            body = encode_call(pid, method, args, kwargs, lease, seq, numbers.ack)
             # The session's call clients default to DEFAULT_TIMEOUT: no keyword to pass.
             if timeout is None:
                 reply = client.call(self.call_name, body)
