@@ -27,6 +27,7 @@ MIGRATE = "p.migrate"        # (pid, destination address) -> statistics dict (at
 INSTALL = "p.install"        # raw codec: an install message (proclets.migration)
 INFO = "p.info"              # () -> {"id", "address", "proclets"}
 FAULTS = "p.faults"          # (dict) -> None: fault injection for tests and benchmarks
+DESTROY = "p.destroy"        # (pid) -> DROPPED, BUSY (migrating: ask again) or NOT_HERE
 
 # --- controller methods
 REGISTER = "c.register"      # (runtime id, address, [[pid, epoch, class path], ...],
@@ -40,12 +41,16 @@ LEASE = "c.lease"            # () -> [lease id, ttl]
 RENEW = "c.renew"            # (lease) -> still alive?
 LEASE_LEFT = "c.lease_left"  # (lease) -> seconds left, or -1 if gone
 RUNTIMES = "c.runtimes"      # () -> [[runtime id, address], ...]
+FORGET = "c.forget"          # (pid) -> [status, runtime id, address, epoch]: destroyed now
 
 # --- reply codes of CALL
 OK, ERROR, WRONG_TARGET, RETRY, LOST, EXPIRED, STALE = range(7)
 
 # --- locate statuses
 HERE, GONE, UNKNOWN = "here", "lost", "unknown"
+
+# --- DESTROY answers
+DROPPED, BUSY, NOT_HERE = "dropped", "busy", "not here"
 
 # --- membership timing. A runtime beats every HEARTBEAT seconds and is declared dead after
 # DEAD_AFTER beats of silence: 0.8 s, inside the 1 s the issue allows for detection and

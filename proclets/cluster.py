@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from microrpc.errors import RemoteError
+from microrpc.errors import DeadlineExceeded, RemoteError, RpcError
 
 from proclets import _protocol as P
 from proclets.errors import MigrationError, NotImportable, ProcletError, ProcletLost
@@ -122,6 +122,40 @@ class Cluster:
                 _reraise(exc)
         self.session.locations[ref.pid] = destination
         return MigrationStats(**stats)
+
+    def destroy(self, ref: ProcletRef, *, timeout: float = 10.0) -> bool:
+        """Delete the proclet for good: its state and completion records are dropped, and
+        every later call through any ref to it ends with ProcletLost (a call that was
+        running completes; a retry of it after the destroy ends with ProcletLost, even if
+        an earlier copy ran). True if it existed; False if it was already gone (lost,
+        destroyed, or never made). DeadlineExceeded if its runtime could not be told
+        within ``timeout``: the directory says gone already, and that runtime drops it
+        when it registers again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, _, address, _ = self.session.controller.forget(ref.pid)
+            if status != P.UNKNOWN:
+                break
+            self._pause(deadline, f"the controller does not know proclet {ref.pid} yet")
+        self.session.locations.pop(ref.pid, None)
+        if status == P.GONE:
+            return False
+        while True:
+            try:
+                answer = self.session.admin(address).call(
+                    P.DESTROY, ref.pid, timeout=max(deadline - time.monotonic(), 0.001))
+            except (RpcError, OSError) as exc:
+                answer = str(exc)
+            if answer in (P.DROPPED, P.NOT_HERE):
+                return True
+            self._pause(deadline, f"runtime {address} did not drop proclet {ref.pid} "
+                                  f"({answer})")
+
+    @staticmethod
+    def _pause(deadline: float, what: str) -> None:
+        if time.monotonic() + P.RELOCATE_POLL > deadline:
+            raise DeadlineExceeded(what)
+        time.sleep(P.RELOCATE_POLL)
 
     def info(self, runtime: int | str) -> dict:
         """A runtime's id, address and proclets (pid -> lifecycle state)."""

@@ -171,6 +171,25 @@ class Controller:
         rid, address, epoch, _, lost = msgpack.unpackb(kv.value)
         return [P.GONE if lost else P.HERE, rid, address, epoch]
 
+    def forget(self, pid: int) -> list:
+        """Destroy proclet ``pid`` in the directory, for good: its entry is marked gone
+        (kept, so that no runtime that still holds it can register it back), a migration
+        of it fails its compare-and-swap, and every lookup says GONE. Returns [HERE,
+        runtime id, address, epoch] naming the runtime that must drop it now, [GONE, ...]
+        if it was already lost, destroyed or never made, or [UNKNOWN, ...] while a
+        restarted controller relearns (ask again)."""
+        key = _pkey(pid)
+        while True:
+            kv = self.store.get(key)
+            if kv is None:
+                return self.locate(pid)          # UNKNOWN while relearning, else GONE
+            rid, address, epoch, path, lost = msgpack.unpackb(kv.value)
+            if lost:
+                return [P.GONE, None, None, 0]
+            value = msgpack.packb([rid, address, epoch, path, True])
+            if self.store.compare_and_swap(key, value, mod_revision=kv.mod_revision)[0]:
+                return [P.HERE, rid, address, epoch]
+
     def place(self, pid: int, rid: str, address: str, path: str) -> bool:
         """A new proclet at epoch 1 (False: the pid exists)."""
         value = msgpack.packb([rid, address, 1, path, False])
@@ -275,7 +294,7 @@ def serve(address: str, key: bytes | None, controller: Controller | None = None)
                      (P.MOVE, controller.move), (P.RECLAIM, controller.reclaim),
                      (P.LEASE, controller.grant_lease), (P.RENEW, controller.renew),
                      (P.LEASE_LEFT, controller.lease_left),
-                     (P.RUNTIMES, controller.runtimes)):
+                     (P.RUNTIMES, controller.runtimes), (P.FORGET, controller.forget)):
         server.register(name, fn)
     stopping = threading.Event()
 

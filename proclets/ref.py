@@ -286,7 +286,8 @@ class _Session:
                 status, address = P.UNKNOWN, None     # controller restarting
             if status == P.GONE:
                 self.locations.pop(pid, None)
-                raise ProcletLost(f"proclet {pid} is lost (its runtime died) or never was")
+                raise ProcletLost(f"proclet {pid} is gone: lost with its runtime, destroyed, "
+                                  f"or never made")
             if status == P.HERE and address != avoid:
                 self.locations[pid] = address
                 return address

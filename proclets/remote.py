@@ -74,3 +74,6 @@ class RemoteController:
 
     def runtimes(self):
         return self._call(P.RUNTIMES)
+
+    def forget(self, pid):
+        return self._call(P.FORGET, pid)

@@ -213,6 +213,28 @@ class Runtime:
             self._entries[pid] = e
         return 1
 
+    # -- destroy ----------------------------------------------------------------------
+
+    def destroy(self, pid: int) -> str:
+        """DESTROY, after the controller marked ``pid`` destroyed (Controller.forget):
+        forget the proclet here, its entry included (no tombstone: a ref that calls here
+        is told WRONG_TARGET and learns GONE from the controller). A turn running on a
+        worker ends and is answered; the calls queued behind it are told to retry, and
+        then end lost. BUSY while it migrates: the migration's directory move fails (the
+        entry is marked) and the migration drops it, so the caller asks again."""
+        with self._lock:
+            e = self._entries.get(pid)
+            if e is None:
+                return P.NOT_HERE
+            action, after = step(e.state, Event.DESTROY)
+            if action is Action.REFUSE:
+                return P.BUSY
+            if action is Action.DROP:
+                e.state = after
+            e.obj = e.table = None
+            del self._entries[pid]
+        return P.DROPPED
+
     # -- migration: the source ----------------------------------------------------------
 
     def migrate_out(self, pid: int, destination: str) -> dict:
@@ -432,6 +454,7 @@ def serve(runtime: Runtime, listen: str, workers: int = 8, advertise: str | None
     server.register(P.INSTALL, runtime.install_message)
     server.register(P.MIGRATE, runtime.migrate_out, blocking=True)
     server.register(P.INFO, runtime.info)
+    server.register(P.DESTROY, runtime.destroy)
     try:
         runtime.address = advertised(server.address, advertise)
     except ValueError:

@@ -229,3 +229,18 @@ def test_malformed_calls_from_a_key_holder_are_errors_and_the_runtime_serves_on(
         assert code in range(7)
     assert ref.incr(1) == 2                            # ran once each, as before
     assert ref.get() == 2
+
+
+def test_a_destroyed_proclet_is_lost_to_every_ref_and_freed(cluster):
+    ref = cluster.spawn(Counter, 5, on=1)
+    other = pickle.loads(pickle.dumps(ref))        # a second ref, same process
+    assert ref.incr(1) == 6
+    address = cluster.where(ref)
+    assert cluster.destroy(ref)
+    with pytest.raises(proclets.ProcletLost, match="destroyed"):
+        ref.incr(1)
+    cluster.session.locations[ref.pid] = address   # a stale cache, as in another process
+    with pytest.raises(proclets.ProcletLost):
+        other.get()
+    assert str(ref.pid) not in cluster.info(address)["proclets"]
+    assert not cluster.destroy(ref)                # already gone

@@ -8,6 +8,7 @@ from proclets.controller import Controller
 from proclets.errors import MigrationError, ProcletError
 from proclets.migration import dump, load
 from proclets.proclet import class_path
+from proclets.lifecycle import State
 from proclets.runtime import Runtime
 from proclets._wire import decode_reply, encode_call
 from microrpc.exactly_once import CompletionTable
@@ -382,3 +383,49 @@ def test_without_a_runtime_holding_it_a_lease_is_not_adopted(ctl, clock):
     new = restarted(clock, ctl)
     assert new.lease_left(lease) == -1.0      # no records anywhere: a new lease is safe
     assert not new.renew(lease)
+
+
+def test_a_destroyed_proclet_is_gone_everywhere_and_stays_gone(ctl, clock):
+    rt = make_runtime(ctl, clock, "a")
+    rt.spawn(7, class_path(Counter), [0], {})
+    lease = ctl.grant_lease()[0]
+    assert call(rt, 7, "incr", 1, lease=lease, seq=1) == [P.OK, 1]
+    assert ctl.forget(7) == [P.HERE, "a", rt.address, 1]
+    assert ctl.locate(7)[0] == P.GONE                 # refs that ask learn it at once
+    assert rt.destroy(7) == P.DROPPED
+    assert call(rt, 7, "incr", 1, lease=lease, seq=2) == [P.WRONG_TARGET, None]
+    assert rt.info()["proclets"] == {}                # state, records, entry: all freed
+    assert ctl.forget(7)[0] == P.GONE                 # twice is harmless
+    assert rt.destroy(7) == P.NOT_HERE
+    assert ctl.forget(12345)[0] == P.UNKNOWN          # never made: while relearning, ask
+    clock.t += ctl.relearn                            # again; after, it is gone
+    assert ctl.forget(12345)[0] == P.GONE
+
+
+def test_a_runtime_that_missed_the_destroy_is_told_when_it_registers(ctl, clock):
+    rt = make_runtime(ctl, clock, "a")
+    rt.spawn(7, class_path(Counter), [0], {})
+    assert ctl.forget(7)[0] == P.HERE                 # its DESTROY never arrived
+    rt.register()
+    assert rt.info()["proclets"]["7"] == "lost"       # not registered back
+    assert ctl.locate(7)[0] == P.GONE
+
+
+def test_a_migration_racing_a_destroy_leaves_no_copy(ctl, clock):
+    a, b = make_runtime(ctl, clock, "a"), make_runtime(ctl, clock, "b")
+    connect_peers(a, b)
+    a.spawn(7, class_path(Counter), [0], {})
+    lease = ctl.grant_lease()[0]
+    state = a._entries[7].state
+    a._entries[7].state = State.MIGRATING_OUT         # as while a migration drains
+    assert ctl.forget(7)[0] == P.HERE
+    assert a.destroy(7) == P.BUSY                     # the caller asks again
+    a._entries[7].state = state
+    try:
+        a.migrate_out(7, b.address)   # b's directory move fails, so b aborts; a's reclaim
+    except MigrationError:            # fails too, and a reads that as b having it
+        pass
+    for rt in (a, b):                                 # neither serves it
+        assert call(rt, 7, "get", lease=lease, seq=1)[0] in (P.WRONG_TARGET, P.LOST)
+        assert rt.destroy(7) in (P.DROPPED, P.NOT_HERE)
+        assert rt.info()["proclets"] == {}
