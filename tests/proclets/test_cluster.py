@@ -232,11 +232,14 @@ def test_malformed_calls_from_a_key_holder_are_errors_and_the_runtime_serves_on(
 
 
 def test_a_destroyed_proclet_is_lost_to_every_ref_and_freed(cluster):
-    ref = cluster.spawn(Counter, 5, on=1)
+    ref = cluster.spawn(Counter, 5, on=0)
     other = pickle.loads(pickle.dumps(ref))        # a second ref, same process
+    cluster.migrate(ref, to=1)                     # runtime 0 keeps a tombstone
     assert ref.incr(1) == 6
     address = cluster.where(ref)
+    assert str(ref.pid) in cluster.info(0)["proclets"]
     assert cluster.destroy(ref)
+    assert all(str(ref.pid) not in cluster.info(i)["proclets"] for i in range(3))
     with pytest.raises(proclets.ProcletLost, match="destroyed"):
         ref.incr(1)
     cluster.session.locations[ref.pid] = address   # a stale cache, as in another process
