@@ -42,7 +42,7 @@ cdef class MethodCall:
 
 
 cdef class FastCall:
-    """``session.fast(pid, method, args, kwargs, timeout)``: the call (see the module doc)."""
+    """A session's call (see the module doc), made by MethodCall through ``call``."""
 
     def __init__(self, session, ids, locations, clients, faults, ref_type, lost,
                  result, call_name, default_timeout, monotonic):
@@ -57,9 +57,6 @@ cdef class FastCall:
         self.call_name = call_name
         self.default_timeout = default_timeout
         self.monotonic = monotonic
-
-    def __call__(self, pid, method, tuple args, dict kwargs, timeout):
-        return self.call(pid, method, args, kwargs, timeout)
 
     cdef object call(self, pid, method, tuple args, dict kwargs, timeout):
         cdef CallNumbers numbers

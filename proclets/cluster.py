@@ -18,13 +18,13 @@ import sys
 import time
 from typing import Any
 
-from microrpc.errors import DeadlineExceeded, RemoteError, RpcError
+from microrpc.errors import RemoteError, RpcError
 
 from proclets import _protocol as P
 from proclets.errors import MigrationError, NotImportable, ProcletError, ProcletLost
 from proclets.migration import MigrationStats
 from proclets.proclet import class_path
-from proclets.ref import ProcletRef, connect, disconnect, to_wire
+from proclets.ref import ProcletRef, connect, disconnect, poll_pause, to_wire
 
 __all__ = ["Cluster", "LocalCluster"]
 
@@ -136,7 +136,7 @@ class Cluster:
             status, _, address, _ = self.session.controller.forget(ref.pid)
             if status != P.UNKNOWN:
                 break
-            self._pause(deadline, f"the controller does not know proclet {ref.pid} yet")
+            poll_pause(deadline, f"the controller does not know proclet {ref.pid} yet")
         self.session.locations.pop(ref.pid, None)
         if status == P.GONE:
             return False
@@ -148,7 +148,7 @@ class Cluster:
                 answer = str(exc)
             if answer in (P.DROPPED, P.NOT_HERE):
                 break
-            self._pause(deadline, f"runtime {address} did not drop proclet {ref.pid} "
+            poll_pause(deadline, f"runtime {address} did not drop proclet {ref.pid} "
                                   f"({answer})")
         # Runtimes it left keep a tombstone naming where it went: free those too (best
         # effort; a missed one costs a few hundred bytes, and a call there still ends lost).
@@ -159,12 +159,6 @@ class Cluster:
                 except (RpcError, OSError):
                     pass
         return True
-
-    @staticmethod
-    def _pause(deadline: float, what: str) -> None:
-        if time.monotonic() + P.RELOCATE_POLL > deadline:
-            raise DeadlineExceeded(what)
-        time.sleep(P.RELOCATE_POLL)
 
     def info(self, runtime: int | str) -> dict:
         """A runtime's id, address and proclets (pid -> lifecycle state)."""

@@ -63,6 +63,14 @@ _RETRY_MAX = 0.01
 _LOST_CONNECTION = object()      # an attempt's outcome: ConnectionLost (or a lost reply)
 
 
+def poll_pause(deadline: float, what: str) -> None:
+    """Wait one RELOCATE_POLL before asking again, or raise DeadlineExceeded(``what``) if
+    that would pass ``deadline`` (monotonic seconds)."""
+    if time.monotonic() + P.RELOCATE_POLL > deadline:
+        raise DeadlineExceeded(what)
+    time.sleep(P.RELOCATE_POLL)
+
+
 class _FreshLease(Exception):
     """The first attempt of a call was refused: the caller's lease is expired."""
 
@@ -297,9 +305,7 @@ class _Session:
                     return avoid
                 except ConnectionLost:
                     pass
-            if time.monotonic() + P.RELOCATE_POLL > deadline:
-                raise DeadlineExceeded(f"proclet {pid}: no location within the deadline")
-            time.sleep(P.RELOCATE_POLL)
+            poll_pause(deadline, f"proclet {pid}: no location within the deadline")
 
     # -- the call -----------------------------------------------------------------------
 
